@@ -1,0 +1,3 @@
+"""needlework: synthetic long-context data, fine-tuning, and retrieval-head diagnostics."""
+
+__version__ = "0.1.0"

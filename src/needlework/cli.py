@@ -1,0 +1,62 @@
+"""The `needlework` command line: a thin layer over one public function per stage.
+
+Each stage module registers its own commands in `register(app)`, so this file only wires them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from needlework.errors import NeedleworkError
+
+app = typer.Typer(
+    name="needlework",
+    help="Synthetic long-context data, fine-tuning, and retrieval-head diagnostics.\n\n"
+    "Run `needlework COMMAND --help` for each command's options and examples.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each stage exposes `register(app)`; a missing optional stage is skipped so the CLI always starts.
+_STAGES = [
+    "needlework.data.cli",
+    "needlework.heads.cli",
+    "needlework.train.cli",
+    "needlework.evaluate.cli",
+    "needlework.interventions.cli",
+    "needlework.study.cli",
+    "needlework.report.cli",
+]
+
+
+def _register_all() -> None:
+    import importlib
+
+    for mod in _STAGES:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        m.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    try:
+        app()
+    except NeedleworkError as e:
+        typer.secho(f"error: {e.problem}", fg="red", err=True)
+        if e.fix:
+            typer.secho(f"  fix: {e.fix}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

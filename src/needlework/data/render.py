@@ -1,0 +1,160 @@
+"""Render a record for one tokenizer: prompt text, token ids, prompt/answer boundary and needle
+token spans. Training, head scoring and evaluation all go through `render`, so they see the same
+tokens.
+
+Needle token spans come from the tokenizer's character offsets (`return_offsets_mapping`): a token
+belongs to a needle when its character range overlaps the needle's. We never search for the
+answer's token subsequence, which breaks when the same string tokenises differently in context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from needlework.data.records import Record
+from needlework.errors import NeedleworkError
+
+INSTRUCTIONS = {
+    "mdqa": (
+        "Write a high-quality answer for the given question using only the provided search "
+        "results (some of which might be irrelevant). Answer with a short phrase only."
+    ),
+    "musique": (
+        "Answer the question using only the provided documents (some of which might be "
+        "irrelevant). The question needs facts from several documents. Answer with a short phrase only."
+    ),
+    "summhay": (
+        "Below are documents. Some of them contain the insight given after them. List the "
+        "numbers of every document that contains the insight, as [i] separated by spaces, and nothing else."
+    ),
+    "kv": (
+        "Extract the value corresponding to the specified key from the documents below. "
+        "Answer with the value only."
+    ),
+}
+QUESTION_LABEL = {"summhay": "Insight", "kv": "Key"}
+
+
+@dataclass
+class Rendered:
+    """A record rendered for one tokenizer.
+
+    `input_ids` = prompt ids + answer ids; `prompt_len` is the boundary (the first answer token is
+    `input_ids[prompt_len]`). `needle_spans[i]` = (start, end) token positions (end exclusive) of
+    needle i in the prompt, or None when no token overlaps it.
+    """
+
+    text: str  # the prompt as a string (chat template applied when asked)
+    input_ids: list[int]
+    prompt_len: int
+    needle_spans: list[tuple[int, int] | None]
+    needle_chars: list[tuple[int, int]] = field(default_factory=list)  # needle char spans in `text`
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.input_ids[: self.prompt_len]
+
+    @property
+    def answer_ids(self) -> list[int]:
+        return self.input_ids[self.prompt_len :]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def needle_positions(self) -> list[int]:
+        """All prompt token positions covered by any needle (the set S of SPEC §2), sorted."""
+        pos: set[int] = set()
+        for s in self.needle_spans:
+            if s is not None:
+                pos.update(range(*s))
+        return sorted(pos)
+
+
+def answer_text(record: Record) -> str:
+    """The completion for a record: the canonical answer (SummHay: cited document numbers)."""
+    if record.task == "summhay":
+        index = {d.id: i for i, d in enumerate(record.documents)}
+        return " ".join(f"[{index[c] + 1}]" for c in sorted(record.citations, key=lambda c: index[c]))
+    return record.answers[0]
+
+
+def build_prompt(record: Record) -> tuple[str, list[tuple[int, int]]]:
+    """The task prompt as text, and each needle's character span inside it."""
+    parts: list[str] = [INSTRUCTIONS.get(record.task, INSTRUCTIONS["mdqa"]), "\n\n"]
+    pos = sum(len(p) for p in parts)
+    doc_start: list[int] = []
+    for i, d in enumerate(record.documents):
+        head = f"Document [{i + 1}] (Title: {d.title}) " if d.title else f"Document [{i + 1}] "
+        parts.append(head)
+        pos += len(head)
+        doc_start.append(pos)
+        parts.append(d.text)
+        parts.append("\n")
+        pos += len(d.text) + 1
+    label = QUESTION_LABEL.get(record.task, "Question")
+    tail = f"\n{label}: {record.question}\n" + ("Documents:" if record.task == "summhay" else "Answer:")
+    parts.append(tail)
+    needle_chars = [(doc_start[n.doc] + n.start, doc_start[n.doc] + n.end) for n in record.needles]
+    return "".join(parts), needle_chars
+
+
+def to_messages(record: Record) -> list[dict[str, str]]:
+    """Chat-format rendering ("messages") for fine-tuning tools."""
+    prompt, _ = build_prompt(record)
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer_text(record)}]
+
+
+def _token_spans(offsets, char_spans) -> list[tuple[int, int] | None]:
+    spans: list[tuple[int, int] | None] = []
+    for cs, ce in char_spans:
+        hit = [t for t, (a, b) in enumerate(offsets) if b > a and a < ce and b > cs]
+        spans.append((hit[0], hit[-1] + 1) if hit else None)
+    return spans
+
+
+def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = True) -> Rendered:
+    """Render `record` for `tokenizer`.
+
+    Args:
+        chat: wrap the prompt in the tokenizer's chat template (user turn + generation prompt).
+        with_answer: append the answer tokens (and EOS) after the prompt.
+    Raises:
+        NeedleworkError: the tokenizer has no offset mapping, or a chat template was asked for and
+            the tokenizer has none.
+    """
+    prompt, needle_chars = build_prompt(record)
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise NeedleworkError(
+                "chat rendering asked for, but the tokenizer has no chat template",
+                "render without --chat, or use an instruction-tuned model's tokenizer",
+            )
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        shift = text.find(prompt)  # our own content string, located once in the templated text
+        if shift < 0:
+            raise NeedleworkError("the chat template altered the prompt text", "render without --chat")
+        needle_chars = [(a + shift, b + shift) for a, b in needle_chars]
+        add_special = False  # the template writes its own special tokens
+    else:
+        text = prompt
+        add_special = True
+    try:
+        enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise NeedleworkError(
+            "the tokenizer cannot return character offsets (a slow Python tokenizer)",
+            "use a fast tokenizer (tokenizers library); most hub models ship one",
+        ) from None
+    ids = list(enc["input_ids"])
+    spans = _token_spans(enc["offset_mapping"], needle_chars)
+    prompt_len = len(ids)
+    if with_answer:
+        ans = answer_text(record)
+        ans_ids = tokenizer(ans if chat else " " + ans, add_special_tokens=False)["input_ids"]
+        ids += list(ans_ids)
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+    return Rendered(text=text, input_ids=ids, prompt_len=prompt_len, needle_spans=spans, needle_chars=needle_chars)
