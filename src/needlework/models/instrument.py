@@ -1,0 +1,246 @@
+"""Attention instrumentation through transformers' attention-function registry.
+
+`instrumented(model)` switches every attention layer to a registered function
+`needlework_<backend>` that (1) computes the layer's output with the wrapped fast backend (SDPA by
+default) and (2) on the side, only for the query rows a `RowProbe` selects, computes the
+pre-softmax logits of those rows against all keys: the per-head argmax key and the attention mass
+on a key span. The full (q × k) attention matrix is never built. It also hosts the `uniform`
+knockout (a head attends uniformly over its visible prefix), which must change attention itself.
+
+Head *outputs* (the input of `o_proj`, see `sites.py`) are changed by forward pre-hooks installed
+with `head_output_hook`; knockout (zero/mean) and patching plug in there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from needlework.errors import NeedleworkError
+from needlework.models.sites import attention_modules, model_shape, out_proj
+
+PREFIX = "needlework_"
+_STATE = "_needlework_state"
+
+
+@dataclass
+class RowProbe:
+    """What to measure at selected query rows of every (or some) layer(s) during one forward.
+
+    rows: (b, r) long, indices into the query positions of the current call; -1 marks padding.
+        None means every query row of the call (a decoding step has one).
+    span_mask: (b, k) bool over key positions; when given, the probability mass each head puts on
+        those keys is recorded. Keys past its width count as outside the span.
+    seq_len: tokens in the sequence so far, this call's included. Layers with a sliding-window
+        cache hold only the last keys; with `seq_len` set, key indices are made absolute.
+    Results (per layer index): `argmax[l]` (b, h, r) long absolute key position; `mass[l]` (b, h, r).
+    """
+
+    rows: torch.Tensor | None = None
+    span_mask: torch.Tensor | None = None
+    want_argmax: bool = True
+    layers: frozenset[int] | None = None
+    seq_len: int | None = None
+    argmax: dict[int, torch.Tensor] = field(default_factory=dict)
+    mass: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.argmax.clear()
+        self.mass.clear()
+
+
+@dataclass
+class LayerState:
+    probe: RowProbe | None = None
+    uniform_heads: tuple[int, ...] = ()
+
+
+def _state(module) -> LayerState:
+    st = getattr(module, _STATE, None)
+    if st is None:
+        st = LayerState()
+        setattr(module, _STATE, st)
+    return st
+
+
+def _visible(attention_mask, b, q_rows, k, q_len, sliding_window, device) -> torch.Tensor:
+    """(b, 1, r, k) bool: which keys the query rows `q_rows` (b, r) may attend to."""
+    if attention_mask is not None:
+        m = attention_mask[..., :k]
+        idx = q_rows.clamp(min=0)[:, None, :, None].expand(m.shape[0], m.shape[1], -1, k)
+        m = torch.gather(m, 2, idx)
+        return m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+    # No mask: transformers skipped it because the call is plainly causal (queries are the last q_len keys).
+    abs_q = q_rows.clamp(min=0) + (k - q_len)  # (b, r)
+    keys = torch.arange(k, device=device)
+    vis = keys[None, None, :] <= abs_q[:, :, None]
+    if sliding_window:
+        vis &= keys[None, None, :] > abs_q[:, :, None] - sliding_window
+    return vis[:, None]
+
+
+def row_logits(module, query, key, attention_mask, scaling, rows, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-softmax logits (b, h, r, k) in float32 for the selected query rows, masked with -inf,
+    and the row indices used. Grouped-query heads are handled without repeating keys."""
+    b, h, q_len, d = query.shape
+    kvh, k = key.shape[1], key.shape[2]
+    if rows is None:
+        rows = torch.arange(q_len, device=query.device).expand(b, q_len)
+    r = rows.shape[1]
+    qs = torch.gather(query, 2, rows.clamp(min=0)[:, None, :, None].expand(b, h, r, d))  # b, h, r, d
+    g = h // kvh
+    # query head j uses key head j // g (repeat_kv's layout), so group query heads by key head
+    logits = torch.matmul(qs.reshape(b, kvh, g * r, d), key.transpose(-1, -2))  # b, kvh, g*r, k
+    logits = logits.reshape(b, h, r, k).float() * (scaling if scaling is not None else d**-0.5)
+    softcap = kwargs.get("softcap")
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    window = kwargs.get("sliding_window") or None
+    vis = _visible(attention_mask, b, rows, k, q_len, window, query.device)  # b, 1, r, k
+    return logits.masked_fill(~vis, float("-inf")), rows
+
+
+def _probe(module, query, key, attention_mask, scaling, kwargs, probe: RowProbe) -> None:
+    layer = module.layer_idx
+    logits, _ = row_logits(module, query, key, attention_mask, scaling, probe.rows, kwargs)
+    k = logits.shape[-1]
+    offset = max(0, probe.seq_len - k) if probe.seq_len is not None else 0  # sliding-window caches
+    if probe.want_argmax:
+        probe.argmax[layer] = logits.argmax(-1) + offset  # b, h, r
+    if probe.span_mask is not None:
+        span = probe.span_mask[:, offset : offset + k]
+        if span.shape[1] < k:
+            span = torch.nn.functional.pad(span, (0, k - span.shape[1]), value=False)
+        total = torch.logsumexp(logits, -1)
+        inside = torch.logsumexp(logits.masked_fill(~span[:, None, None, :], float("-inf")), -1)
+        probe.mass[layer] = torch.exp(inside - total).nan_to_num(0.0)  # b, h, r
+
+
+def _uniform(module, query, key, value, attention_mask, out, heads, kwargs) -> torch.Tensor:
+    """Replace `heads` of `out` (b, q, h, d) by the mean of their values over visible keys."""
+    b, h, q_len, d = query.shape
+    kvh, k = key.shape[1], key.shape[2]
+    g = h // kvh
+    rows = torch.arange(q_len, device=query.device).expand(b, q_len)
+    vis = _visible(attention_mask, b, rows, k, q_len, kwargs.get("sliding_window") or None, query.device)[:, 0]
+    w = vis.to(value.dtype)
+    w = w / w.sum(-1, keepdim=True).clamp(min=1)  # b, q, k: uniform weights over the visible prefix
+    out = out.clone()
+    for hd in heads:
+        out[:, :, hd] = torch.matmul(w, value[:, hd // g])  # (b, q, k) @ (b, k, d)
+    return out
+
+
+def _make_attention(backend: str) -> Callable:
+    from transformers import AttentionInterface
+
+    def needlework_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        inner = AttentionInterface._global_mapping[backend] if backend != "eager" else _eager(module)
+        out, weights = inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        st: LayerState | None = getattr(module, _STATE, None)
+        if st is not None:
+            if st.probe is not None and (st.probe.layers is None or module.layer_idx in st.probe.layers):
+                with torch.no_grad():
+                    _probe(module, query, key, attention_mask, scaling, kwargs, st.probe)
+            if st.uniform_heads:
+                out = _uniform(module, query, key, value, attention_mask, out, st.uniform_heads, kwargs)
+        return out, weights
+
+    return needlework_attention
+
+
+def _eager(module):
+    """The eager attention function of the module's own modeling file (Gemma's adds softcap)."""
+    import sys
+
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+    return fn
+
+
+def _ensure_registered(backend: str) -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    name = PREFIX + backend
+    if name not in AttentionInterface._global_mapping:
+        if backend != "eager" and backend not in AttentionInterface._global_mapping:
+            raise NeedleworkError(
+                f"attention backend {backend!r} is not available in transformers",
+                "use sdpa (default), eager, or an installed flash_attention_2",
+            )
+        AttentionInterface.register(name, _make_attention(backend))
+        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[backend])
+    return name
+
+
+def base_backend(model) -> str:
+    impl = model.config._attn_implementation or "sdpa"
+    return impl[len(PREFIX):] if impl.startswith(PREFIX) else impl
+
+
+@contextlib.contextmanager
+def instrumented(model, backend: str | None = None) -> Iterator[list]:
+    """Route every attention layer through needlework's function for the duration of the block.
+
+    Yields the attention modules in layer order (set probes with `set_probe`). Restores the
+    model's attention implementation and clears all layer state on exit.
+    """
+    mods = attention_modules(model)  # raises a clear error when the model has none
+    old = model.config._attn_implementation
+    backend = backend or base_backend(model)
+    name = _ensure_registered(backend)
+    model.set_attn_implementation(name)
+    try:
+        yield mods
+    finally:
+        for m in mods:
+            if hasattr(m, _STATE):
+                delattr(m, _STATE)
+        model.set_attn_implementation(old)
+
+
+def set_probe(model, probe: RowProbe | None) -> None:
+    for m in attention_modules(model):
+        _state(m).probe = probe
+
+
+def set_uniform_heads(model, heads_by_layer: dict[int, list[int]]) -> None:
+    """Make these heads attend uniformly over their causal (visible) prefix; {} clears."""
+    for m in attention_modules(model):
+        _state(m).uniform_heads = tuple(heads_by_layer.get(m.layer_idx, ()))
+
+
+HeadFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+@contextlib.contextmanager
+def head_output_hook(model, fn: HeadFn) -> Iterator[None]:
+    """Call `fn(layer, x)` on every layer's head outputs, x shaped (b, q, n_heads, head_dim), before
+    the output projection; `fn` may return a replacement tensor (or None to keep x). Hooks are
+    removed on exit, also after an exception."""
+    shape = model_shape(model)
+    handles = []
+
+    def make(layer: int):
+        def pre_hook(_mod, args):
+            x = args[0]
+            b, q, _ = x.shape
+            y = fn(layer, x.view(b, q, shape.n_heads, shape.head_dim))
+            if y is None:
+                return None
+            return (y.reshape(b, q, shape.n_heads * shape.head_dim),) + tuple(args[1:])
+
+        return pre_hook
+
+    try:
+        for m in attention_modules(model):
+            handles.append(out_proj(m).register_forward_pre_hook(make(m.layer_idx)))
+        yield
+    finally:
+        for hd in handles:
+            hd.remove()

@@ -1,0 +1,109 @@
+"""TrainConfig: every training setting in one dataclass whose fields are the YAML/CLI keys.
+
+Defaults live here and nowhere else; an unknown key fails and names itself. The resolved config is
+written to `out/train_config.json` and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from needlework.errors import NeedleworkError
+
+METHODS = ("lora", "attn", "full")  # LoRA adapters | full fine-tuning of attention weights only | everything
+SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
+ATTN_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@dataclass
+class TrainConfig:
+    """Supervised fine-tuning settings (loss on answer tokens only). Fields are YAML keys."""
+
+    # what to train
+    method: str = "lora"  # lora | attn (full fine-tuning of `targets` only) | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(ATTN_TARGETS))  # module names for lora/attn
+    # optimisation
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    schedule: str = "cosine"  # any of SCHEDULES (transformers.get_scheduler)
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps is 0
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 1  # micro-batch rows per process
+    grad_accum: int = 1  # micro-batches per optimizer step per process
+    seed: int = 0
+    # data
+    max_length: int = 0  # 0: the model's max_position_embeddings
+    truncate_haystack: bool = False  # drop non-gold documents of too-long examples (never the answer)
+    packing: bool = False  # pack short examples into rows of `pack_length` tokens (position_ids reset)
+    pack_length: int = 0  # 0: max_length
+    chat: bool = False  # render with the tokenizer's chat template
+    # memory
+    gradient_checkpointing: bool = True
+    # bookkeeping
+    log_every: int = 1
+    eval_every: int = 0  # 0: evaluate only at the end (when eval records are given)
+    save_every: int = 0  # 0: no intermediate checkpoints
+    keep_checkpoints: int = 2  # newest checkpoints kept (0 keeps all)
+    resume: str = "auto"  # auto (resume when out/checkpoints has one) | never | a checkpoint directory
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            problems.append("batch_size and grad_accum must be >= 1")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            problems.append("set epochs > 0 or max_steps > 0")
+        if self.method != "full" and not self.targets:
+            problems.append(f"method {self.method} needs at least one target module name")
+        if problems:
+            raise NeedleworkError("bad training config: " + "; ".join(problems), "fix the value(s); see `needlework train --help`")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (YAML section); unknown keys raise NeedleworkError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NeedleworkError(
+                f"unknown training config key(s): {', '.join(unknown)}",
+                f"valid keys: {', '.join(sorted(known))}",
+            )
+        return cls(**d)
+
+
+def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML file (its `train:` section, or the whole file) and apply CLI overrides."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise NeedleworkError(f"config file {p} not found", "check the path")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise NeedleworkError(f"{p}: expected a mapping of keys", "write `key: value` lines")
+    data = dict(data.get("train", data))
+    data.update(overrides or {})
+    return TrainConfig.from_dict(data)
