@@ -133,26 +133,19 @@ def encode_all(records: list[Record], tokenizer, max_length: int, chat: bool = F
             for r in tqdm(records, desc="tokenize", disable=not progress, leave=False)]
 
 
-def collate(examples: list[Example], pad_id: int) -> Batch:
-    """Right-pad examples into one micro-batch (one example per row)."""
-    t = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
-    rows, pos, targets = [], [], []
-    for i, e in enumerate(examples):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        n = e.n_answer
-        rows += [i] * n
-        pos += range(e.prompt_len - 1, len(e.input_ids) - 1)  # hidden at t predicts token t+1
-        targets += e.input_ids[e.prompt_len:]
-    return Batch(ids, None, torch.tensor(rows), torch.tensor(pos), torch.tensor(targets))
+def collate(rows_of_examples: list[list[Example]], pad_id: int, packed: bool = False) -> Batch:
+    """Build one micro-batch: one row per inner list, right-padded to the longest row.
 
-
-def collate_packed(rows_of_examples: list[list[Example]], pad_id: int) -> Batch:
-    """Pack several examples per row; position_ids restart at 0 for each example (and the pad tail)."""
+    Unpacked rows (one example each) get no position_ids: the default 0..t-1 is right under a
+    causal mask. Packed rows get position_ids that restart at 0 for each example and for the pad
+    tail, which transformers reads as sequence boundaries.
+    """
     t = max(sum(len(e.input_ids) for e in row) for row in rows_of_examples)
     ids = torch.full((len(rows_of_examples), t), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows_of_examples), t), dtype=torch.long)
-    rows, pos, targets = [], [], []
+    rows: list[int] = []
+    pos: list[int] = []
+    targets: list[int] = []
     for i, row in enumerate(rows_of_examples):
         off = 0
         for e in row:
@@ -160,11 +153,11 @@ def collate_packed(rows_of_examples: list[list[Example]], pad_id: int) -> Batch:
             ids[i, off: off + n] = torch.tensor(e.input_ids)
             position_ids[i, off: off + n] = torch.arange(n)
             rows += [i] * e.n_answer
-            pos += range(off + e.prompt_len - 1, off + n - 1)
+            pos += range(off + e.prompt_len - 1, off + n - 1)  # hidden at t predicts token t+1
             targets += e.input_ids[e.prompt_len:]
             off += n
         position_ids[i, off:] = torch.arange(t - off)  # the pad tail is a segment of its own
-    return Batch(ids, position_ids, torch.tensor(rows), torch.tensor(pos), torch.tensor(targets))
+    return Batch(ids, position_ids if packed else None, torch.tensor(rows), torch.tensor(pos), torch.tensor(targets))
 
 
 def pack(examples: list[Example], pack_length: int) -> list[list[Example]]:
@@ -184,14 +177,13 @@ def pack(examples: list[Example], pack_length: int) -> list[list[Example]]:
     return groups
 
 
-def epoch_batches(examples: list[Example], epoch: int, seed: int, batch_size: int, pad_id: int,
-                  packing: bool = False, pack_length: int = 0) -> list[Batch]:
-    """The micro-batches of one epoch, in a fixed order given (seed, epoch): every process and every
-    resumed run computes the same list, so the data position is just the step number."""
+def epoch_plan(examples: list[Example], epoch: int, seed: int, batch_size: int, packing: bool = False,
+               pack_length: int = 0) -> list[list[list[Example]]]:
+    """The micro-batches of one epoch (each a list of rows, each row a list of examples), in a fixed
+    order given (seed, epoch): every process and every resumed run computes the same plan, so the
+    data position is just the step number. Collate each entry with `collate` when it is used."""
     order = list(range(len(examples)))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     shuffled = [examples[i] for i in order]
-    if packing:
-        groups = pack(shuffled, pack_length)
-        return [collate_packed(groups[i: i + batch_size], pad_id) for i in range(0, len(groups), batch_size)]
-    return [collate(shuffled[i: i + batch_size], pad_id) for i in range(0, len(shuffled), batch_size)]
+    rows = pack(shuffled, pack_length) if packing else [[e] for e in shuffled]
+    return [rows[i: i + batch_size] for i in range(0, len(rows), batch_size)]

@@ -1,0 +1,277 @@
+"""Supervised fine-tuning with the loss on answer tokens only, memory-lean, on one device or many.
+
+Launch:
+  needlework train --model smollm2 --data train.jsonl --eval dev.jsonl --out runs/sft
+  accelerate launch --num_processes 2 -m needlework.cli train ...   # DDP/FSDP/DeepSpeed per accelerate config
+  torchrun --nproc_per_node 8 -m needlework.cli train ...
+
+`train` reads top to bottom: set up the processes, load the model, choose what trains, tokenize,
+optimizer and schedule, resume, then one loop (micro-steps, clip, step, log, evaluate, save).
+One optimizer step consumes `grad_accum × world_size` micro-batches of a fixed plan, so the global
+batch (and the loss) does not depend on how many processes share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from needlework.data.records import Record
+from needlework.errors import NeedleworkError
+from needlework.io import write_json
+from needlework.models.load import ModelConfig, load_model
+from needlework.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, trainable_state
+from needlework.train.config import TrainConfig
+from needlework.train.data import Example, collate, encode_all, epoch_plan
+from needlework.train.loss import AnswerOnlyLM, base_causal_lm
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int  # optimizer steps done in total (incl. before a resume)
+    final_loss: float  # answer-token loss of the last step
+    saved: Path  # out/adapter (LoRA) or out/model (attn/full)
+    log_path: Path
+    eval: dict[str, float] = field(default_factory=dict)  # last evaluation, when eval records were given
+
+
+def peak_mem_gb(device: torch.device) -> float:
+    """Peak memory in GiB: torch.cuda.max_memory_allocated on GPU; on CPU the process's peak RSS
+    (ru_maxrss, which counts everything the process ever held, not only tensors)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def setup_trainable(model, cfg: TrainConfig, adapter: str | None = None):
+    """Apply the training method: LoRA adapters (new, or continued from `adapter`), attention-only
+    or full fine-tuning. Returns the model to train (a PeftModel for LoRA).
+
+    Raises NeedleworkError: targets that match no module, or an adapter that does not fit the model.
+    """
+    if cfg.method == "lora":
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+        try:
+            if adapter:
+                if not (Path(adapter) / "adapter_config.json").exists():
+                    raise NeedleworkError(f"{adapter} holds no adapter_config.json", "point --adapter at a folder written by `needlework train`")
+                return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=list(cfg.targets), task_type="CAUSAL_LM")
+            return get_peft_model(model, lora)
+        except (RuntimeError, ValueError, KeyError) as e:
+            what = f"adapter {adapter}" if adapter else f"LoRA targets {cfg.targets}"
+            raise NeedleworkError(f"{what} do(es) not fit the model ({str(e).splitlines()[0][:300]})",
+                                  "use the base model the adapter was trained on, or targets that name its linear layers (e.g. q_proj)") from None
+    if adapter:
+        raise NeedleworkError("an adapter was given for a non-LoRA training method", "use --method lora, or drop --adapter")
+    for name, p in model.named_parameters():
+        p.requires_grad_(cfg.method == "full" or name.split(".")[-2] in cfg.targets)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise NeedleworkError(f"targets {cfg.targets} match no parameter of the model", "name its attention projections, e.g. q_proj,k_proj,v_proj,o_proj")
+    return model
+
+
+@torch.no_grad()
+def evaluate_answers(lm: AnswerOnlyLM, examples: list[Example], batch_size: int, device, pad_id: int,
+                     rank: int = 0, world: int = 1, reduce=None) -> dict[str, float]:
+    """Teacher-forced answer metrics: mean NLL per answer token, token accuracy, and exact match
+    (every answer token is the argmax). Examples are sharded over processes and the sums reduced."""
+    was_training = lm.training
+    lm.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # nll, correct tokens, tokens, exact examples
+    mine = examples[rank::world]
+    for i in range(0, len(mine), batch_size):
+        b = collate([[e] for e in mine[i: i + batch_size]], pad_id).to(device)
+        nll, pred = lm(b.input_ids, b.position_ids, b.rows, b.pos, b.targets)
+        wrong = torch.zeros(b.input_ids.shape[0], device=device).index_add_(0, b.rows, (pred != b.targets).float())
+        sums += torch.tensor([nll.sum().item(), (pred == b.targets).sum().item(), b.n_answer, (wrong == 0).sum().item()],
+                             dtype=torch.float64, device=device)
+    if reduce is not None:
+        sums = reduce(sums)
+    lm.train(was_training)
+    nll, correct, n_tok, exact = sums.tolist()
+    return {"eval_loss": nll / max(n_tok, 1), "eval_token_acc": correct / max(n_tok, 1), "eval_exact": exact / max(len(examples), 1)}
+
+
+def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainConfig, out_dir,
+          eval_records: list[Record] | None = None) -> TrainResult:
+    """Fine-tune a causal LM on records, the loss on answer tokens only.
+
+    Args:
+        model_cfg: the base model (name, dtype, device, rope_theta, max_position_embeddings, adapter
+            to continue training). Under several processes each uses its accelerate device.
+        train_records / eval_records: needlework records; eval metrics are teacher-forced.
+        cfg: TrainConfig. out_dir: receives log.jsonl, train_config.json, checkpoints/, adapter/ or model/.
+    Returns:
+        TrainResult.
+    Raises:
+        NeedleworkError: bad data (no answer, too long), a non-finite loss (the last good checkpoint is
+            kept), a checkpoint or adapter that does not match the model.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler, set_seed
+
+    if isinstance(model_cfg, str):
+        model_cfg = ModelConfig(name=model_cfg)
+    out = Path(out_dir)
+    ckpt_root = out / "checkpoints"
+
+    # --- processes, device, seed -------------------------------------------------------------
+    acc = Accelerator(cpu=model_cfg.device == "cpu")
+    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    device = acc.device
+    set_seed(cfg.seed)
+
+    # --- model: loaded per process on its device; train mode, no KV cache --------------------------
+    load_cfg = dataclasses.replace(model_cfg, device=str(device), adapter=None)
+    model, tok = load_model(load_cfg)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = setup_trainable(model, cfg, adapter=model_cfg.adapter)
+    model.train()
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    max_length = cfg.max_length or int(getattr(base_causal_lm(model).config, "max_position_embeddings", 0) or 0)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    # --- data: rendered once; the plan of micro-batches is a pure function of (seed, epoch) --------
+    examples = encode_all(train_records, tok, max_length, cfg.chat, cfg.truncate_haystack, progress=main and cfg.progress)
+    eval_examples = encode_all(eval_records, tok, max_length, cfg.chat, cfg.truncate_haystack) if eval_records else []
+    pack_length = cfg.pack_length or max_length
+    if cfg.packing and not pack_length:
+        raise NeedleworkError("packing needs a row length", "set --pack-length or --max-length")
+    plans: dict[int, list] = {}
+
+    def micro_batch(i: int):  # the i-th micro-batch of the endless stream over epochs
+        epoch, j = 0, i
+        while True:
+            if epoch not in plans:
+                plans[epoch] = epoch_plan(examples, epoch, cfg.seed, cfg.batch_size, cfg.packing, pack_length)
+            if j < len(plans[epoch]):
+                return plans[epoch][j]
+            j -= len(plans[epoch])
+            epoch += 1
+
+    per_step = cfg.grad_accum * world  # micro-batches per optimizer step, over all processes
+    micro_per_epoch = len(epoch_plan(examples, 0, cfg.seed, cfg.batch_size, cfg.packing, pack_length))
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * micro_per_epoch) // per_step)
+
+    # --- optimizer and schedule (created after accelerate wraps the model, as FSDP needs) ----------
+    lm = acc.prepare_model(AnswerOnlyLM(model))
+    params = [p for p in lm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    resolved = {"train": cfg.to_dict(), "model": dataclasses.asdict(model_cfg), "world_size": world,
+                "n_train": len(examples), "n_eval": len(eval_examples), "total_steps": total_steps,
+                "n_trainable_params": n_trainable, "max_length": max_length}
+    if main:
+        write_json(out / "train_config.json", resolved)
+
+    # --- resume: explicit directory, or the newest checkpoint in out/checkpoints -------------------
+    start_step = 0
+    ckpt = None
+    if cfg.resume not in ("auto", "never"):
+        ckpt = Path(cfg.resume)
+    elif cfg.resume == "auto" and list_checkpoints(ckpt_root):
+        ckpt = list_checkpoints(ckpt_root)[-1]
+    inner = acc.unwrap_model(lm).model  # the (peft) causal LM; checkpoint names are relative to it
+    if ckpt is not None:
+        start_step = int(load_checkpoint(ckpt, inner, optimizer, scheduler)["step"])
+    log_path = out / "log.jsonl"
+    if main:
+        kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln).get("step", 0) <= start_step] if log_path.exists() and start_step else []
+        log_path.write_text("".join(ln + "\n" for ln in kept))  # drop lines a crashed run wrote after its checkpoint
+
+    def log(row: dict[str, Any]) -> None:
+        if main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+        return acc.reduce(t, reduction="sum") if world > 1 else t
+
+    def run_eval() -> dict[str, float]:
+        return evaluate_answers(acc.unwrap_model(lm), eval_examples, cfg.batch_size, device, pad_id, rank, world, reduce_sum)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not (main and cfg.progress))
+    last_loss, last_eval = float("nan"), {}
+    t_last, tokens_since = time.perf_counter(), 0
+    for step in range(start_step, total_steps):
+        group = [micro_batch(step * per_step + k) for k in range(per_step)]  # every process sees the same list
+        n_answer = sum(len(e.input_ids) - e.prompt_len for mb in group for row in mb for e in row)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for a in range(cfg.grad_accum):
+            batch = collate(group[a * world + rank], pad_id, packed=cfg.packing).to(device)
+            sync = acc.no_sync(lm) if (a < cfg.grad_accum - 1 and world > 1) else contextlib.nullcontext()
+            with sync:
+                nll, _ = lm(batch.input_ids, batch.position_ids, batch.rows, batch.pos, batch.targets)
+                # DDP averages gradients over processes, so scale by world: the result is sum / n_answer
+                acc.backward(nll.sum() * (world / n_answer))
+            loss_sum += nll.detach().sum().double()
+            tokens_since += sum(len(e.input_ids) for row in group[a * world + rank] for e in row)
+        loss = float(reduce_sum(loss_sum)) / n_answer
+        if not math.isfinite(loss):
+            good = list_checkpoints(ckpt_root)
+            raise NeedleworkError(
+                f"the training loss became {loss} at step {step + 1}; training stopped"
+                + (f" (last good checkpoint: {good[-1]})" if good else " (no checkpoint was written yet)"),
+                "lower --lr, raise --warmup-steps, keep --max-grad-norm on, or use float32/bfloat16 instead of float16")
+        if cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_loss = loss
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if done % cfg.log_every == 0 or done == total_steps:
+            now = time.perf_counter()
+            tok_s = float(reduce_sum(torch.tensor(float(tokens_since), device=device))) / max(now - t_last, 1e-9)
+            log({"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
+                 "peak_mem_gb": peak_mem_gb(device), "answer_tokens": n_answer})
+            t_last, tokens_since = now, 0
+        if eval_examples and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total_steps):
+            last_eval = run_eval()
+            log({"step": done, **last_eval})
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            acc.wait_for_everyone()
+            if main:
+                save_checkpoint(ckpt_root, done, trainable_state(inner), optimizer, scheduler, resolved, keep=cfg.keep_checkpoints)
+            acc.wait_for_everyone()
+    bar.close()
+    if eval_examples and not last_eval:  # resumed at the end: still report the metrics
+        last_eval = run_eval()
+
+    # --- final weights: a peft adapter folder, or a full model folder ----------------------------
+    saved = out / ("adapter" if cfg.method == "lora" else "model")
+    acc.wait_for_everyone()
+    if main:
+        if cfg.method == "lora":
+            inner.save_pretrained(saved, safe_serialization=True)
+        else:
+            base_causal_lm(inner).save_pretrained(saved, safe_serialization=True)
+            tok.save_pretrained(saved)
+        # the base model and its RoPE settings travel with the weights: evaluate with the same theta
+        write_json(saved / "needlework_model_config.json", dataclasses.asdict(dataclasses.replace(model_cfg, adapter=None)))
+        save_checkpoint(ckpt_root, total_steps, trainable_state(inner), optimizer, scheduler, resolved, keep=cfg.keep_checkpoints)
+    acc.wait_for_everyone()
+    return TrainResult(out_dir=out, steps=total_steps, final_loss=last_loss, saved=saved, log_path=log_path, eval=last_eval)
+
