@@ -47,7 +47,7 @@ def eos_token_ids(model, tokenizer) -> frozenset[int]:
 def newline_and_blank_ids(tokenizer) -> tuple[frozenset[int], frozenset[int]]:
     """(ids whose text contains a newline, ids whose text is blank), decoding every vocab entry once."""
     n = len(tokenizer)
-    texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+    texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
     newline = frozenset(i for i, t in enumerate(texts) if "\n" in t)
     blank = frozenset(i for i, t in enumerate(texts) if not t.strip())
     return newline, blank
@@ -217,4 +217,4 @@ def generate_answers(model, tokenizer, records: Sequence[Record], cfg: "EvalConf
     gen = greedy_generate(model, prompts, max_new, pad_id=pad_id, eos_ids=eos_token_ids(model, tokenizer),
                           stop_at_newline=stops, newline_ids=newline_ids, blank_ids=blank_ids,
                           batch_size=cfg.batch_size, progress=progress)
-    return [postprocess(tokenizer.decode(g, skip_special_tokens=True), s) for g, s in zip(gen, stops)]
+    return [postprocess(tokenizer.decode(g, skip_special_tokens=True, clean_up_tokenization_spaces=False), s) for g, s in zip(gen, stops)]

@@ -1,0 +1,187 @@
+"""The evaluate stage: greedy answers, task metrics, gold-answer log-probability and bootstrap
+intervals, written as `predictions.jsonl` (one row per example) and `summary.json`.
+
+`evaluate_loaded` works on a model that is already loaded, and calls it as is, so knockout and
+patching can run it with their hooks installed; `evaluate` loads the model, runs it and writes.
+
+Columns of the per-example table: `id, task, output, score` (the task's primary metric), every
+metric of the example's task (other tasks' metrics are NaN), `n_prompt_tokens`, and with
+`logprob=True` `gold_logprob` (sum over answer tokens) and `gold_logprob_per_token`.
+
+`summary.json` keys: `model` (name), `adapter`, `model_config`, `data` (path or null),
+`data_hash`, `n`, `options` (the EvalConfig, with `chat` resolved), `elapsed_s`,
+`examples_per_s`, and `tasks` -> task -> {`n`, `primary`, `metrics` -> metric -> {`mean`, `lo`,
+`hi`}} where lo/hi bound a (1 - alpha) percentile bootstrap interval over examples; values that
+are undefined (NaN) are written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from needlework.data.records import Record, read_jsonl
+from needlework.errors import NeedleworkError
+from needlework.evaluate.bootstrap import bootstrap_ci
+from needlework.evaluate.generate import DEFAULT_MAX_NEW_TOKENS, generate_answers, render_prompts, resolve_chat
+from needlework.evaluate.logprob import gold_logprobs
+from needlework.evaluate.metrics import METRICS, PRIMARY, score_example
+from needlework.io import atomic_path, hash_file, hash_obj, write_json
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation options; the fields are the YAML keys of a study config's `eval:` section."""
+
+    batch_size: int = 4
+    max_new_tokens: int | None = None  # None: per task (mdqa/musique/kv 32, summhay 64)
+    chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    limit: int | None = None  # evaluate only the first `limit` records
+    n_boot: int = 1000  # bootstrap resamples for the confidence intervals
+    alpha: float = 0.05  # 1 - confidence level
+    seed: int = 0  # bootstrap seed (generation is greedy, hence deterministic)
+    logprob: bool = True  # also compute the teacher-forced log-probability of the gold answer
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalConfig":
+        """Build from a config mapping; an unknown key is an error that names itself."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NeedleworkError(f"unknown eval option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+def check_records(records: Sequence[Record]) -> None:
+    """Raise NeedleworkError for input evaluation cannot score: no records, unknown tasks, no gold."""
+    if not records:
+        raise NeedleworkError("no records to evaluate", "check the data file (it is empty) or --limit")
+    bad_task = sorted({r.task for r in records if r.task not in PRIMARY})
+    if bad_task:
+        raise NeedleworkError(f"no metrics for task(s) {', '.join(bad_task)}", f"tasks must be one of {', '.join(PRIMARY)}")
+    no_gold = [r.id for r in records if (not r.citations if r.task == "summhay" else not any(a.strip() for a in r.answers))]
+    if no_gold:
+        raise NeedleworkError(
+            f"{len(no_gold)} record(s) have no gold answer (summhay: no citations), e.g. {', '.join(no_gold[:3])}",
+            "evaluate data with answers; `needlework validate` lists every problem",
+        )
+
+
+def _summarise(df, cfg: EvalConfig) -> dict[str, Any]:
+    tasks: dict[str, Any] = {}
+    for task, g in df.groupby("task", sort=True):
+        metrics = list(METRICS[task]) + (["gold_logprob", "gold_logprob_per_token"] if "gold_logprob" in g else [])
+        out = {}
+        for m in metrics:
+            v = g[m].to_numpy(dtype=float)
+            lo, hi = bootstrap_ci(v, n_boot=cfg.n_boot, alpha=cfg.alpha, seed=cfg.seed)
+            mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            out[m] = {"mean": mean, "lo": lo, "hi": hi}
+        tasks[task] = {"n": int(len(g)), "primary": PRIMARY[task], "metrics": out}
+    return tasks
+
+
+def evaluate_loaded(model, tokenizer, records: Sequence[Record], cfg: EvalConfig | None = None, progress: bool = True):
+    """Evaluate an already-loaded model (called as is: hooks and adapters stay in place).
+
+    Args:
+        model: causal LM in eval mode.
+        tokenizer: its fast tokenizer.
+        records: examples (any mix of tasks); `cfg.limit` keeps the first ones.
+        cfg: options (defaults: EvalConfig()).
+    Returns:
+        (per-example DataFrame, summary dict with keys `n`, `options`, `elapsed_s`,
+        `examples_per_s`, `tasks`; see the module docstring).
+    Raises:
+        NeedleworkError: no records, unknown task, records without gold, prompts too long.
+    """
+    import pandas as pd
+
+    cfg = cfg or EvalConfig()
+    records = list(records)[: cfg.limit] if cfg.limit is not None else list(records)
+    check_records(records)
+    chat = resolve_chat(cfg.chat, tokenizer)
+    run_cfg = EvalConfig(**{**asdict(cfg), "chat": chat})
+    t0 = time.perf_counter()
+    outputs = generate_answers(model, tokenizer, records, run_cfg, progress=progress)
+    rows = []
+    for r, out in zip(records, outputs):
+        m = score_example(r, out)
+        rows.append({"id": r.id, "task": r.task, "output": out, "score": m[PRIMARY[r.task]], **m})
+    df = pd.DataFrame(rows)
+    df["n_prompt_tokens"] = [len(p) for p in render_prompts(records, tokenizer, chat)]
+    if cfg.logprob:
+        lps = gold_logprobs(model, tokenizer, records, chat=chat, batch_size=cfg.batch_size, progress=progress)
+        df["gold_logprob"] = [lp.logprob for lp in lps]
+        df["gold_logprob_per_token"] = [lp.per_token for lp in lps]
+    elapsed = time.perf_counter() - t0
+    summary = {
+        "n": len(records),
+        "options": asdict(run_cfg),
+        "max_new_tokens_by_task": {t: cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[t] for t in sorted(set(df["task"]))},
+        "elapsed_s": elapsed,
+        "examples_per_s": len(records) / elapsed if elapsed > 0 else float("nan"),
+        "tasks": _summarise(df, cfg),
+    }
+    return df, summary
+
+
+def _finite_or_none(obj):
+    """NaN/inf become null, so summary.json is strict JSON (readable outside Python)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_predictions(path: Path, df) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in df.to_dict(orient="records"):
+            clean = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            f.write(json.dumps(clean, ensure_ascii=False) + "\n")
+
+
+def evaluate(model_cfg, records: Sequence[Record] | str | os.PathLike, cfg: EvalConfig | None, out_dir: str | os.PathLike, progress: bool = True):
+    """Load a model, evaluate it on records, and write `predictions.jsonl` and `summary.json`.
+
+    Args:
+        model_cfg: a `needlework.models.load.ModelConfig` (name, adapter, device, dtype, ...).
+        records: Record objects or a JSONL path.
+        cfg: evaluation options (defaults: EvalConfig()).
+        out_dir: created if needed; both files are written atomically.
+    Returns:
+        (per-example DataFrame, summary dict); the summary adds `model`, `adapter`,
+        `model_config`, `data`, `data_hash` to `evaluate_loaded`'s.
+    Raises:
+        NeedleworkError: bad data, unknown model, adapter mismatch, prompts too long.
+    """
+    from needlework.models.load import load_model
+
+    cfg = cfg or EvalConfig()
+    data_path = None
+    if isinstance(records, (str, os.PathLike)):
+        data_path = str(records)
+        data_hash = hash_file(records)
+        records = read_jsonl(records)
+    else:
+        records = list(records)
+        data_hash = hash_obj([r.to_dict() for r in records])
+    check_records(records[: cfg.limit] if cfg.limit is not None else records)  # fail before loading a model
+    model, tokenizer = load_model(model_cfg)
+    df, summary = evaluate_loaded(model, tokenizer, records, cfg, progress=progress)
+    summary = _finite_or_none({"model": model_cfg.name, "adapter": model_cfg.adapter, "model_config": asdict(model_cfg),
+                               "data": data_path, "data_hash": data_hash, **summary})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out_dir / "predictions.jsonl", df)
+    write_json(out_dir / "summary.json", summary)
+    return df, summary
