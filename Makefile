@@ -25,10 +25,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The whole study on the embedded default (SmolLM2 on CPU): data, LoRA training, evaluation, head
+# scores, comparison, knockout, patching, and the HTML report; it ends by printing the report's path.
 demo: install
-	$(BIN)/needlework demo
+	$(BIN)/needlework study configs/demo.yaml --out runs/demo
 
+# The report test renders the page in headless Chromium (Debian packages, installed when missing).
 test: install
+	sh scripts/install-browser.sh
 	$(BIN)/python -m pytest -q
 
 clean:

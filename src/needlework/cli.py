@@ -20,6 +20,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Synthetic long-context data, fine-tuning, and retrieval-head diagnostics."""
+
+
 # Each stage exposes `register(app)`; a missing optional stage is skipped so the CLI always starts.
 _STAGES = [
     "needlework.data.cli",

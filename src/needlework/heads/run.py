@@ -1,0 +1,116 @@
+"""The `heads score` stage: load the model and data, score heads, write one result directory.
+
+A result directory is named by a hash of its inputs (model config and adapter files, data file
+hash, score config), so a re-run with other inputs writes a NEW directory and one with identical
+inputs finds the finished one (or overwrites it with `force`): results are never merged.
+
+Files: per_example.parquet (example_id, layer, head, hits, n_steps, span_tokens, score, success,
+kept, answer), heads.parquet (layer, head, mean, std, n), meta.json (model, shape, data hash,
+mode, options, counts, skipped ids with reasons).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from needlework.errors import NeedleworkError
+from needlework.heads.score import ScoreConfig, ScoreResult, score_heads
+from needlework.io import hash_file, hash_obj, write_json, write_parquet
+
+PER_EXAMPLE, HEADS, META = "per_example.parquet", "heads.parquet", "meta.json"
+
+
+def _adapter_hash(adapter: str | None) -> str | None:
+    if not adapter:
+        return None
+    files = sorted(p for p in Path(adapter).glob("adapter_*") if p.is_file())
+    return hash_obj({p.name: hash_file(p) for p in files})
+
+
+def inputs_key(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig) -> dict:
+    """Everything the scores depend on (the directory name hashes it)."""
+    mc = asdict(model_cfg)
+    return {"model": mc, "adapter_hash": _adapter_hash(mc.get("adapter")), "data_hash": hash_file(data_path),
+            "score": asdict(cfg)}
+
+
+def write_result(out: Path, res: ScoreResult, meta: dict) -> None:
+    write_parquet(out / PER_EXAMPLE, res.per_example)
+    write_parquet(out / HEADS, res.heads)
+    write_json(out / META, meta)  # written last: its presence marks a finished result
+
+
+def load_result(path: str | os.PathLike) -> tuple[pd.DataFrame | None, pd.DataFrame, dict]:
+    """(per_example or None, heads, meta) of a result directory (or of the directory holding a
+    heads.parquet given directly)."""
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    if not (p / HEADS).exists():
+        raise NeedleworkError(f"{p} holds no {HEADS}", "point at a directory written by `needlework heads score` or `heads import`")
+    meta = json.loads((p / META).read_text()) if (p / META).exists() else {}
+    per = pd.read_parquet(p / PER_EXAMPLE) if (p / PER_EXAMPLE).exists() else None
+    return per, pd.read_parquet(p / HEADS), meta
+
+
+def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir: str | os.PathLike,
+              force: bool = False) -> Path:
+    """Score heads of `model_cfg` on the records in `data_path`; returns the result directory.
+
+    Args:
+        model_cfg: a `needlework.models.load.ModelConfig`.
+        data_path: JSONL records.
+        cfg: scoring options.
+        out_dir: parent directory; the result goes to `out_dir/<hash of inputs>`.
+        force: recompute even when a finished result with identical inputs exists.
+    Raises:
+        NeedleworkError: missing data, bad options, model that cannot be instrumented, no example left.
+    """
+    from needlework.data.records import read_jsonl
+    from needlework.models.load import load_model
+    from needlework.models.sites import model_shape
+
+    cfg.check()
+    data_path = Path(data_path)
+    records = read_jsonl(data_path)
+    key = inputs_key(model_cfg, data_path, cfg)
+    out = Path(out_dir) / hash_obj(key)[:12]
+    if (out / META).exists() and not force:
+        print(f"heads: identical inputs already scored in {out} (use --force to recompute)")
+        return out
+    model, tok = load_model(model_cfg)
+    t0 = time.perf_counter()
+    res = score_heads(model, tok, records, cfg)
+    seconds = time.perf_counter() - t0
+    per = res.per_example
+    ex = per.drop_duplicates("example_id") if len(per) else per
+    n_failed = int((~ex["success"].fillna(True).astype(bool)).sum()) if len(ex) else 0
+    n_kept = int(ex["kept"].sum()) if len(ex) else 0
+    reasons: dict[str, int] = {}
+    for why in res.skipped.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    meta = {
+        **key, "data_path": str(data_path), "model_name": model_cfg.name, "shape": model_shape(model).to_dict(),
+        "n_records": res.n_examples, "n_scored": len(ex), "n_kept": n_kept, "n_failed_gate": n_failed,
+        "n_skipped": len(res.skipped), "skip_reasons": reasons, "skipped": res.skipped, "seconds": round(seconds, 2),
+    }
+    if res.skipped:
+        print(f"heads: skipped {len(res.skipped)} of {res.n_examples} records: "
+              + ", ".join(f"{n} {why}" for why, n in reasons.items()))
+    if cfg.mode == "generate":
+        print(f"heads: {n_failed} of {len(ex)} generated answers fail the success gate"
+              + ("" if cfg.keep_failed else " (excluded from the head means)"))
+    if n_kept == 0:
+        raise NeedleworkError(
+            f"no example of {data_path} could be scored ({len(res.skipped)} skipped, {n_failed} failed the gate)",
+            "check the records' needle spans and answers (`needlework validate`), or pass --keep-failed",
+        )
+    write_result(out, res, meta)
+    print(f"heads: wrote {out}")
+    return out

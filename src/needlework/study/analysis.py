@@ -1,0 +1,200 @@
+"""Across the training sets of one task: does the overlap of retrieval heads with the reference
+model predict the downstream score? (SPEC §2 "Prediction".)
+
+`compare_heads` compares two models' head scores on the same examples (cosine, Spearman, head-set
+recall/precision/Jaccard, with bootstrap intervals over examples); `correlate` gives Spearman and
+Pearson correlations of recall (and cosine) with score across training sets, with n and bootstrap
+intervals over sets; `leave_one_out` predicts each set's score from its recall by a linear fit on
+the others. n is small (a handful of training sets), so the intervals are wide: they are reported,
+not hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+METRICS = ("recall", "precision", "jaccard", "cosine", "spearman")
+
+
+# ----------------------------------------------------------------------------------- head comparison
+
+
+def head_set(means: np.ndarray, rule: str, k: int, threshold: float) -> set[int]:
+    """Indices of the head set: top-k by mean (ties: lower index first) or mean > threshold."""
+    if rule == "top_k":
+        order = np.lexsort((np.arange(len(means)), -np.nan_to_num(means, nan=-np.inf)))
+        return set(order[:k].tolist())
+    return set(np.flatnonzero(np.nan_to_num(means, nan=-np.inf) > threshold).tolist())
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def compare_means(a: np.ndarray, b: np.ndarray, rule: str, k: int, threshold: float) -> dict[str, float]:
+    """Compare head score vectors `a` (a model) and `b` (the reference) over the same heads."""
+    a, b = np.nan_to_num(np.asarray(a, float)), np.nan_to_num(np.asarray(b, float))
+    sa, sb = head_set(a, rule, k, threshold), head_set(b, rule, k, threshold)
+    inter = len(sa & sb)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return {
+        "recall": inter / len(sb) if sb else float("nan"),  # |H_a ∩ H_ref| / |H_ref|
+        "precision": inter / len(sa) if sa else float("nan"),
+        "jaccard": inter / len(sa | sb) if sa | sb else float("nan"),
+        "cosine": float(a @ b / norm) if norm > 0 else float("nan"),
+        "spearman": _spearman(a, b),
+    }
+
+
+def _matrix(per_example, heads: list[tuple[int, int]]) -> tuple[list[str], np.ndarray]:
+    """(example ids, (n_examples, n_heads) score matrix) over kept examples."""
+    df = per_example
+    if "kept" in df:
+        df = df[df["kept"].astype(bool)]
+    wide = df.pivot_table(index="example_id", columns=["layer", "head"], values="score", aggfunc="mean")
+    wide = wide.reindex(columns=heads)
+    return [str(i) for i in wide.index], wide.to_numpy(float)
+
+
+def compare_heads(heads_a, heads_ref, per_a=None, per_ref=None, rule: str = "top_k", k: int = 10,
+                  threshold: float = 0.1, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Compare a model's head scores with the reference model's, on the same evaluation examples.
+
+    Args:
+        heads_a, heads_ref: per-head tables (layer, head, mean, ...).
+        per_a, per_ref: per-example tables (example_id, layer, head, score, kept); when both are
+            given, intervals come from resampling the shared examples jointly (paired bootstrap).
+        rule, k, threshold: the head-set rule (SPEC §2).
+    Returns:
+        {metric: {mean, lo, hi}} for recall, precision, jaccard, cosine, spearman, plus `n_heads`
+        (the set size of the model) and `n_heads_ref`, `n_above_threshold` and `n_examples`.
+    """
+    import pandas as pd
+
+    m = pd.merge(heads_a[["layer", "head", "mean"]], heads_ref[["layer", "head", "mean"]], on=["layer", "head"],
+                 suffixes=("_a", "_ref")).sort_values(["layer", "head"])
+    a, b = m["mean_a"].to_numpy(float), m["mean_ref"].to_numpy(float)
+    point = compare_means(a, b, rule, k, threshold)
+    out: dict[str, Any] = {name: {"mean": v, "lo": float("nan"), "hi": float("nan")} for name, v in point.items()}
+    n_ex = 0
+    if per_a is not None and per_ref is not None and len(per_a) and len(per_ref):
+        heads = list(zip(m["layer"].astype(int), m["head"].astype(int)))
+        ids_a, xa = _matrix(per_a, heads)
+        ids_b, xb = _matrix(per_ref, heads)
+        shared = sorted(set(ids_a) & set(ids_b))
+        n_ex = len(shared)
+        if n_ex > 1:
+            ia = [ids_a.index(i) for i in shared]
+            ib = [ids_b.index(i) for i in shared]
+            xa, xb = xa[ia], xb[ib]
+            rng = np.random.default_rng(seed)
+            samples = {name: [] for name in point}
+            for _ in range(n_boot):
+                idx = rng.integers(0, n_ex, n_ex)
+                r = compare_means(np.nanmean(xa[idx], 0), np.nanmean(xb[idx], 0), rule, k, threshold)
+                for name, v in r.items():
+                    samples[name].append(v)
+            for name, vals in samples.items():
+                v = np.asarray(vals, float)
+                v = v[np.isfinite(v)]
+                if v.size:
+                    out[name]["lo"], out[name]["hi"] = (float(x) for x in np.quantile(v, [alpha / 2, 1 - alpha / 2]))
+    out["n_heads"] = len(head_set(np.nan_to_num(a), rule, k, threshold))
+    out["n_heads_ref"] = len(head_set(np.nan_to_num(b), rule, k, threshold))
+    out["n_above_threshold"] = int((np.nan_to_num(a) > threshold).sum())
+    out["n_examples"] = n_ex
+    return out
+
+
+# ----------------------------------------------------------------------------------- across training sets
+
+
+def _ci_over_sets(x: np.ndarray, y: np.ndarray, fn, n_boot: int, alpha: float, seed: int) -> tuple[float, float]:
+    """Percentile interval of fn(x, y) over resampled training sets (degenerate resamples dropped)."""
+    n = len(x)
+    if n < 3:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        v = fn(x[idx], y[idx])
+        if math.isfinite(v):
+            vals.append(v)
+    if len(vals) < max(10, n_boot // 20):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def correlate(x, y, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Spearman and Pearson correlation of x with y with n, p-values and bootstrap intervals."""
+    from scipy.stats import pearsonr, spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    out: dict[str, Any] = {"n": int(len(x))}
+    for name, fn, test in (("spearman", _spearman, spearmanr), ("pearson", _pearson, pearsonr)):
+        r = fn(x, y) if len(x) >= 2 else float("nan")
+        p = float(test(x, y).pvalue) if len(x) >= 3 and math.isfinite(r) else float("nan")
+        lo, hi = _ci_over_sets(x, y, fn, n_boot, alpha, seed)
+        out[name] = {"r": r, "p": p, "lo": lo, "hi": hi}
+    return out
+
+
+def leave_one_out(names: list[str], x, y) -> dict[str, Any]:
+    """Predict each set's score from its recall by a least-squares line fitted on the other sets."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rows = []
+    for i, name in enumerate(names):
+        rest = [j for j in range(len(x)) if j != i and math.isfinite(x[j]) and math.isfinite(y[j])]
+        if len(rest) < 2 or np.ptp(x[rest]) == 0 or not math.isfinite(x[i]):
+            pred = float(np.mean(y[rest])) if rest else float("nan")
+        else:
+            slope, icpt = np.polyfit(x[rest], y[rest], 1)
+            pred = float(slope * x[i] + icpt)
+        rows.append({"set": name, "x": float(x[i]), "actual": float(y[i]), "predicted": pred, "error": pred - float(y[i])})
+    errs = [abs(r["error"]) for r in rows if math.isfinite(r["error"])]
+    return {"rows": rows, "mae": float(np.mean(errs)) if errs else float("nan")}
+
+
+def analyze(rows: list[dict[str, Any]], reference: str, include_reference: bool = False, n_boot: int = 1000,
+            alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Correlations and leave-one-out prediction across a task's training sets.
+
+    Args:
+        rows: one per training set with `set`, `kind`, `score`, `recall`, `cosine`.
+        reference: the reference set (left out unless `include_reference`; kind `none` is always left out).
+    Returns:
+        {`n`, `sets`, `recall_vs_score`, `cosine_vs_score` (correlate()), `loo` (leave_one_out on recall),
+        `fit` (slope, intercept of score ~ recall over all used sets)}.
+    """
+    used = [r for r in rows if r["kind"] != "none" and (include_reference or r["set"] != reference)]
+    names = [r["set"] for r in used]
+    score = np.array([r["score"] for r in used], float)
+    out: dict[str, Any] = {"n": len(used), "sets": names}
+    for m in ("recall", "cosine"):
+        out[f"{m}_vs_score"] = correlate([r[m] for r in used], score, n_boot, alpha, seed)
+    recall = np.array([r["recall"] for r in used], float)
+    out["loo"] = leave_one_out(names, recall, score)
+    ok = np.isfinite(recall) & np.isfinite(score)
+    if ok.sum() >= 2 and np.ptp(recall[ok]) > 0:
+        slope, icpt = np.polyfit(recall[ok], score[ok], 1)
+        out["fit"] = {"slope": float(slope), "intercept": float(icpt)}
+    else:
+        out["fit"] = None
+    return out

@@ -1,0 +1,45 @@
+"""`needlework study`: a thin wrapper over `needlework.study.engine.run_study`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def study_cmd(
+    config: Path = typer.Argument(..., help="Study config (YAML), e.g. configs/demo.yaml."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder (default: runs/<config name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is cached; run nothing."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated stages to run (data, train, evaluate, score, "
+                                       "compare, knockout, patch, analysis, report); others come from the cache."),
+) -> None:
+    """Run the whole study of a config: data, training, evaluation, head scores, comparison with the
+    reference model, knockout, patching, correlations, and the HTML report. Resumable: every stage
+    is cached under OUT/stages/ by a hash of its inputs, so a rerun (also after a crash or kill)
+    skips what is done.
+
+    Example:
+
+        needlework study configs/demo.yaml --out runs/demo
+
+        needlework study configs/demo.yaml --out runs/demo --dry-run
+
+        needlework study configs/demo.yaml --out runs/demo --only knockout,analysis,report
+    """
+    from needlework.study.config import load_config
+    from needlework.study.engine import run_study
+
+    cfg = load_config(config)
+    out = out or Path("runs") / config.stem
+    stages = {s.strip() for s in only.split(",") if s.strip()} if only else None
+    run_study(cfg, out, dry_run=dry_run, only=stages)
+    if not dry_run and (out / "study.json").exists():
+        from needlework.report.report import summary_lines
+
+        typer.echo("\n".join(summary_lines(out)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("study")(study_cmd)

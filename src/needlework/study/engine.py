@@ -1,0 +1,407 @@
+"""The study engine: a plan of stage nodes per (model, task, training set), each cached under
+`OUT/stages/<stage>/<key>/` where `key` hashes the node's config slice and its inputs' output
+hashes. A node runs in `OUT/stages/<stage>/.work-<key>/` and becomes visible by one atomic rename
+after its `done.json` is written, so a study killed at any moment (kill -9) resumes where it
+stopped and ends with the same results; rerunning skips every node that is done.
+
+Stage functions come from a registry (`needlework.study.stages.REAL_STAGES`); tests pass their own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from needlework.errors import NeedleworkError
+from needlework.io import hash_obj, write_json, write_text
+from needlework.study.config import StudyConfig, dump_config
+
+STAGE_ORDER = ("data", "train", "evaluate", "score", "compare", "knockout", "patch", "analysis")
+RESUMABLE = {"train"}  # stages whose work dir is kept after a crash (training resumes from checkpoints)
+VERSION = 1  # bump to invalidate every cached stage when the layout of stage outputs changes
+# Keys dropped before hashing a JSON output: they change from run to run without changing results.
+VOLATILE = ("elapsed", "per_s", "time", "date", "wall", "peak_mem", "tokens_per_s")
+
+
+@dataclass
+class Node:
+    """One stage of one (model, task, training set); `deps` maps an input name to its node."""
+
+    stage: str
+    label: str  # model/task/set, for status lines and the manifest
+    slice: dict[str, Any]  # the config that determines this node's output
+    deps: dict[str, "Node"] = field(default_factory=dict)
+    model: str = ""
+    task: str = ""
+    set: str = ""
+    key: str | None = None  # set once every dep is done
+    status: str = "pending"  # pending | cached | done | skipped | blocked | failed
+    output_hash: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: its node, the study config, its work dir and its inputs' dirs."""
+
+    node: Node
+    cfg: StudyConfig
+    out: Path  # the work dir to write into
+    inputs: dict[str, Path]  # dep name -> that dep's done dir
+    study_dir: Path
+
+
+StageFn = Callable[[StageContext], None]
+
+
+# ----------------------------------------------------------------------------------- the plan
+
+
+def _model_slice(cfg: StudyConfig, m: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(cfg.models[m])
+
+
+def _set_slice(cfg: StudyConfig, task: str, sname: str | None, m: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    t = cfg.tasks[task]
+    s = t.eval_set if sname is None else t.train_sets[sname]
+    d = asdict(s)
+    d.pop("label", None)
+    d["n"] = s.n or (cfg.sizes.n_eval if sname is None else cfg.sizes.n_train)
+    d["seed"] = s.seed if s.seed is not None else (cfg.seed + 1000 if sname is None else cfg.seed)
+    if s.file:
+        from needlework.io import hash_file
+
+        d["file_hash"] = hash_file(s.file) if Path(s.file).exists() else "missing"
+    if s.load and Path(str(s.load.get("path", ""))).is_file():
+        from needlework.io import hash_file
+
+        d["load_hash"] = hash_file(s.load["path"])
+    return {"task": task, "length": t.length, "tokenizer": cfg.models[m].name, "role": "eval" if sname is None else "train", **d}
+
+
+def selected(cfg: StudyConfig, section: str, task: str) -> list[str]:
+    """Training sets that knockout (`sets`) or patching (`targets`) runs on for a task."""
+    sec = getattr(cfg, section)
+    t = cfg.tasks[task]
+    if not sec.get("enabled", True):
+        return []
+    choice = sec.get("sets" if section == "knockout" else "targets", "reference" if section == "knockout" else "all")
+    names = [n for n, s in t.train_sets.items() if s.kind != "none"]
+    if choice == "all":
+        out = names
+    elif choice == "reference":
+        out = [t.reference]
+    elif choice == "none":
+        out = []
+    else:
+        out = [t.reference if c == "reference" else c for c in choice]
+    if section == "patch":
+        out = [n for n in out if n != t.reference]  # the reference is the source
+    return [n for n in names if n in out]
+
+
+def build_plan(cfg: StudyConfig) -> list[Node]:
+    """Every node of the study in an order that respects dependencies."""
+    nodes: list[Node] = []
+    heads = {"rule": cfg.heads.rule, "k": cfg.heads.k, "threshold": cfg.heads.threshold}
+    for m in cfg.models:
+        ms = _model_slice(cfg, m)
+        for task, t in cfg.tasks.items():
+            base = dict(model=m, task=task)
+            evalset = Node("data", f"{m}/{task}/eval", _set_slice(cfg, task, None, m), set="eval", **base)
+            nodes.append(evalset)
+            train: dict[str, Node] = {}
+            score: dict[str, Node] = {}
+            ev: dict[str, Node] = {}
+            for sname, s in t.train_sets.items():
+                lab = f"{m}/{task}/{sname}"
+                up: dict[str, Node] = {}
+                if s.kind != "none":
+                    data = Node("data", lab, _set_slice(cfg, task, sname, m), set=sname, **base)
+                    tr = Node("train", lab, {"model": ms, "train": cfg.train}, {"data": data}, set=sname, **base)
+                    nodes += [data, tr]
+                    train[sname] = up["train"] = tr
+                ev[sname] = Node("evaluate", lab, {"model": ms, "eval": cfg.eval}, {"eval_data": evalset, **up}, set=sname, **base)
+                score[sname] = Node("score", lab, {"model": ms, "score": cfg.score}, {"eval_data": evalset, **up}, set=sname, **base)
+                nodes += [ev[sname], score[sname]]
+            ref = t.reference
+            cmp: dict[str, Node] = {}
+            for sname in t.train_sets:
+                cmp[sname] = Node("compare", f"{m}/{task}/{sname}", {"heads": heads, "analysis": vars(cfg.analysis)},
+                                  {"heads": score[sname], "ref_heads": score[ref]}, set=sname, **base)
+                nodes.append(cmp[sname])
+            for sname in selected(cfg, "knockout", task):
+                nodes.append(Node("knockout", f"{m}/{task}/{sname}",
+                                  {"model": ms, "knockout": cfg.knockout, "heads": heads, "eval": cfg.eval},
+                                  {"eval_data": evalset, "heads": score[sname], "train": train[sname]}, set=sname, **base))
+            for sname in selected(cfg, "patch", task):
+                nodes.append(Node("patch", f"{m}/{task}/{sname}",
+                                  {"model": ms, "patch": cfg.patch, "heads": heads, "eval": cfg.eval},
+                                  {"eval_data": evalset, "source_train": train[ref], "target_train": train[sname],
+                                   "source_heads": score[ref], "target_heads": score[sname]}, set=sname, **base))
+            sets = {n: {"kind": s.kind, "label": s.label or n} for n, s in t.train_sets.items()}
+            deps = {f"evaluate:{n}": ev[n] for n in t.train_sets} | {f"compare:{n}": cmp[n] for n in t.train_sets}
+            nodes.append(Node("analysis", f"{m}/{task}", {"analysis": vars(cfg.analysis), "sets": sets, "reference": ref},
+                              deps, **base))
+    return nodes
+
+
+# ----------------------------------------------------------------------------------- hashing
+
+
+def _strip_volatile(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _strip_volatile(v) for k, v in obj.items() if not any(s in k for s in VOLATILE)}
+    if isinstance(obj, list):
+        return [_strip_volatile(v) for v in obj]
+    return obj
+
+
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".md", ".txt")
+
+
+def output_hash(d: Path, study_dir: Path | None = None) -> str:
+    """A hash of a stage's results: file contents, JSON without timing keys, Parquet by value.
+    Logs, checkpoints and figures are left out (they differ between equal runs), and the study
+    folder's own path is masked, so a copied or moved study keeps its hashes."""
+    import hashlib
+
+    mask = str(study_dir) if study_dir is not None else None
+    h = hashlib.sha256()
+    for p in sorted(d.rglob("*")):
+        rel = p.relative_to(d).as_posix()
+        if not p.is_file() or rel == "done.json" or p.suffix in (".log", ".png", ".tmp") or rel.endswith("log.jsonl") \
+                or "checkpoints/" in rel:
+            continue
+        h.update(rel.encode() + b"\0")
+        if p.suffix == ".json":
+            try:
+                text = json.dumps(_strip_volatile(json.loads(p.read_text())), sort_keys=True, default=str)
+            except ValueError:
+                text = p.read_text(errors="replace")
+            h.update((text if mask is None else text.replace(mask, "<study>")).encode())
+            continue
+        if p.suffix in TEXT_SUFFIXES and mask is not None:
+            h.update(p.read_text(errors="replace").replace(mask, "<study>").encode())
+            continue
+        if p.suffix == ".parquet":
+            import pandas as pd
+
+            h.update(pd.read_parquet(p).to_csv(index=False).encode())
+            continue
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def node_key(node: Node) -> str | None:
+    """The node's cache key, or None while one of its inputs is not done."""
+    if any(d.output_hash is None for d in node.deps.values()):
+        return None
+    blob = {"v": VERSION, "stage": node.stage, "slice": node.slice, "inputs": {k: d.output_hash for k, d in node.deps.items()}}
+    return hash_obj(blob)[:16]
+
+
+# ----------------------------------------------------------------------------------- running
+
+
+def _try_lock(out: Path, node: Node):
+    """Take the node's lock file without waiting; None when another process holds it. The OS
+    drops the lock when its holder dies, so a killed run never leaves a stale lock."""
+    path = out / "stages" / node.stage / f".lock-{node.key}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def stage_dir(out: Path, node: Node) -> Path:
+    return out / "stages" / node.stage / str(node.key)
+
+
+_ICONS = {"cached": ("✓ cached", "green"), "done": ("✓ done", "bold green"), "run": ("▶ run", "yellow"),
+          "skipped": ("- skipped", "dim"), "blocked": ("… blocked", "dim"), "failed": ("✗ failed", "bold red"),
+          "busy": ("⧗ elsewhere", "cyan"), "plan-cached": ("cached", "green"), "plan-run": ("to run", "yellow"), "plan-pending": ("after inputs", "dim")}
+
+
+def _status_line(console, node: Node, note: str = "") -> None:
+    """One line per stage: status, stage, model/task/set, key (and seconds when it ran)."""
+    text, style = _ICONS.get(note or node.status, (node.status, ""))
+    key = (node.key or "-" * 12)[:12]
+    secs = f"  {node.seconds:.1f}s" if node.status == "done" else ""
+    console.print(f"[{style}]{text:<13}[/] {node.stage:<9} {node.label:<32} {key}{secs}", highlight=False)
+
+
+def write_manifest(cfg: StudyConfig, out: Path, nodes: list[Node]) -> None:
+    """`OUT/study.json`: every node with its stage dir, read by the report and by tests."""
+    rows = [{"stage": n.stage, "label": n.label, "model": n.model, "task": n.task, "set": n.set, "key": n.key,
+             "status": n.status, "dir": (f"stages/{n.stage}/{n.key}" if n.status in ("cached", "done") else None),
+             "seconds": round(n.seconds, 3)} for n in nodes]
+    write_json(out / "study.json", {"name": cfg.name, "config": cfg.to_dict(), "nodes": rows})
+
+
+def run_node(node: Node, cfg: StudyConfig, out: Path, fn: StageFn) -> None:
+    """Run one node in its work dir, then publish it by renaming the work dir onto its key dir."""
+    final = stage_dir(out, node)
+    work = final.with_name(f".work-{node.key}")
+    if work.exists() and node.stage not in RESUMABLE:
+        shutil.rmtree(work)  # left by a killed run
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(work / "stage.json", {"stage": node.stage, "label": node.label, "slice": node.slice,
+                                     "inputs": {k: f"stages/{d.stage}/{d.key}" for k, d in node.deps.items()}})
+    ctx = StageContext(node=node, cfg=cfg, out=work, inputs={k: stage_dir(out, d) for k, d in node.deps.items()}, study_dir=out)
+    t0 = time.perf_counter()
+    fn(ctx)
+    node.seconds = time.perf_counter() - t0
+    node.output_hash = output_hash(work, out)
+    write_json(work / "done.json", {"output_hash": node.output_hash, "seconds": node.seconds})
+    if final.exists():  # cannot happen under the node lock; keep the published one
+        shutil.rmtree(work)
+    else:
+        os.rename(work, final)
+
+
+def run_study(cfg: StudyConfig, out: str | os.PathLike, stages: dict[str, StageFn] | None = None, dry_run: bool = False,
+              only: set[str] | None = None, console=None, report: bool = True, poll_s: float = 2.0) -> list[Node]:
+    """Run (or, with `dry_run`, print) the whole study; returns the nodes with their status.
+
+    Args:
+        cfg: the validated study config.
+        out: the study folder (stages/, study.json, config.yaml, report/).
+        stages: stage name -> function; default `needlework.study.stages.REAL_STAGES`.
+        dry_run: print the plan and what is cached; run nothing.
+        only: run only these stages (others are taken from the cache when done, else skipped).
+        report: write the HTML report at the end.
+        poll_s: seconds between checks while the only stages left are run by other processes.
+    Several processes may run the same study in the same folder at once (one per GPU, or per
+    machine on a shared file system): each takes the stages no one else holds, and waits for the
+    rest.
+    Raises:
+        NeedleworkError: an unknown stage in `only`, or a stage's error.
+    """
+    from rich.console import Console
+
+    console = console or Console(highlight=False)
+    out = Path(out).resolve()
+    if only is not None:
+        unknown = sorted(set(only) - set(STAGE_ORDER) - {"report"})
+        if unknown:
+            raise NeedleworkError(f"unknown stage(s) in --only: {', '.join(unknown)}", f"use any of {', '.join(STAGE_ORDER)}, report")
+    if stages is None:
+        from needlework.study.stages import REAL_STAGES
+
+        stages = REAL_STAGES
+    nodes = build_plan(cfg)
+    if dry_run:
+        return _dry_run(cfg, out, nodes, only, console)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", dump_config(cfg))
+    console.print(f"[bold]study {cfg.name}[/]: {len(nodes)} stages -> {out}", highlight=False)
+    try:
+        while True:
+            progressed = False
+            for node in nodes:
+                if node.status not in ("pending", "waiting", "busy"):
+                    continue
+                before = node.status
+                _step(node, cfg, out, stages, only, console)
+                if node.status in ("done", "cached", "skipped", "blocked"):
+                    progressed = True
+                if node.status == "done":
+                    write_manifest(cfg, out, nodes)  # a partial report can be written at any time
+                if node.status == "busy" and before != "busy":
+                    _status_line(console, node)
+            busy = [n for n in nodes if n.status in ("waiting", "busy")]
+            if not busy:
+                break
+            if not progressed:  # everything left runs in other processes (or waits on it)
+                time.sleep(poll_s)
+    finally:
+        write_manifest(cfg, out, nodes)
+    if report and (only is None or "report" in only):
+        from needlework.report.report import write_report
+
+        path = write_report(out)
+        console.print(f"report: {path}", highlight=False)
+    return nodes
+
+
+def _step(node: Node, cfg: StudyConfig, out: Path, stages: dict[str, StageFn], only, console) -> None:
+    """Resolve one node: waiting (inputs run elsewhere), blocked, cached, skipped, busy (another
+    process holds its lock), or run it here."""
+    if any(d.status in ("waiting", "busy") for d in node.deps.values()):
+        node.status = "waiting"
+        return
+    node.key = node_key(node)
+    if node.key is None:
+        node.status = "blocked"
+        _status_line(console, node)
+        return
+    done = stage_dir(out, node) / "done.json"
+    if done.exists():
+        _cached(node, done, console)
+        return
+    if only is not None and node.stage not in only:
+        node.status = "skipped"
+        _status_line(console, node)
+        return
+    if node.stage not in stages:
+        raise NeedleworkError(f"no function for stage {node.stage!r}", "install the package that provides it")
+    lock = _try_lock(out, node)
+    if lock is None:
+        node.status = "busy"
+        return
+    try:
+        if done.exists():  # another process finished it between our check and our lock
+            _cached(node, done, console)
+            return
+        _status_line(console, node, "run")
+        try:
+            run_node(node, cfg, out, stages[node.stage])
+        except BaseException:
+            node.status = "failed"
+            _status_line(console, node)
+            raise
+        node.status = "done"
+        _status_line(console, node)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _cached(node: Node, done: Path, console) -> None:
+    node.output_hash = json.loads(done.read_text())["output_hash"]
+    node.status = "cached"
+    _status_line(console, node)
+
+
+def _dry_run(cfg: StudyConfig, out: Path, nodes: list[Node], only, console) -> list[Node]:
+    console.print(f"[bold]plan of study {cfg.name}[/] ({len(nodes)} stages) in {out}; nothing runs (--dry-run)", highlight=False)
+    for node in nodes:
+        node.key = node_key(node)
+        done = node.key is not None and (stage_dir(out, node) / "done.json").exists()
+        if done:
+            node.output_hash = json.loads((stage_dir(out, node) / "done.json").read_text())["output_hash"]
+            node.status = "cached"
+            note = "plan-cached"
+        elif only is not None and node.stage not in only:
+            node.status, note = "skipped", "skipped"
+        else:
+            node.status, note = ("pending", "plan-run") if node.key else ("pending", "plan-pending")
+        _status_line(console, node, note)
+    n_cached = sum(n.status == "cached" for n in nodes)
+    console.print(f"{n_cached} cached, {len(nodes) - n_cached} to run", highlight=False)
+    return nodes

@@ -1,0 +1,221 @@
+"""The study's stage functions: thin adapters from a `StageContext` to each package's one public
+function (generate / load_real, train, evaluate, score_heads, run_knockout, run_patch), plus the
+study's own `compare` and `analysis` stages. Each writes only into `ctx.out`.
+
+Files each stage leaves (read by later stages and by the report):
+  data: records.jsonl, data.json            train: adapter/ (LoRA) or model/, log.jsonl
+  evaluate: summary.json, predictions.jsonl  score: heads.parquet, per_example.parquet, meta.json
+  compare: compare.json                      knockout: summary.json (+ per_example.parquet, knockout.png)
+  patch: summary.json                        analysis: analysis.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from typing import Any
+
+from needlework.errors import NeedleworkError
+from needlework.io import write_json
+from needlework.study.engine import StageContext
+
+
+def model_config(ctx: StageContext, train_dep: str | None = "train"):
+    """The ModelConfig of this node: the base model, plus what its train input produced."""
+    from needlework.models.load import ModelConfig
+
+    mc = ModelConfig(**ctx.node.slice["model"])
+    d = ctx.inputs.get(train_dep) if train_dep else None
+    if d is not None:
+        if (d / "adapter").exists():
+            mc = dataclasses.replace(mc, adapter=str(d / "adapter"))
+        elif (d / "model").exists():
+            mc = dataclasses.replace(mc, name=str(d / "model"))
+    return mc
+
+
+def records_of(ctx: StageContext, dep: str = "eval_data"):
+    from needlework.data.records import read_jsonl
+
+    return read_jsonl(ctx.inputs[dep] / "records.jsonl")
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def data_stage(ctx: StageContext) -> None:
+    """Generate, load or copy a data set at the task's length for the model's tokenizer."""
+    from needlework.data.records import read_jsonl, write_jsonl
+
+    s = ctx.node.slice
+    n, seed = s["n"], s["seed"]
+    if s.get("generate") is not None:
+        from needlework.data.generate import GenerateConfig, generate
+
+        gcfg = GenerateConfig(**{**s["generate"], "task": s["task"], "n": n, "length": s["length"],
+                                 "tokenizer": s["tokenizer"], "seed": seed})
+        records = generate(gcfg)
+    elif s.get("load") is not None:
+        from needlework.data.loaders import LoadConfig, load_real
+
+        opts = dict(s["load"])
+        fmt, path = opts.pop("format"), opts.pop("path")
+        if "limited" in opts and isinstance(opts["limited"], list):
+            opts["limited"] = tuple(opts["limited"])
+        records = load_real(fmt, path, LoadConfig(**{**opts, "length": s["length"], "tokenizer": s["tokenizer"],
+                                                     "limit": n, "seed": seed}))
+    else:
+        records = read_jsonl(s["file"])[:n]
+    if not records:
+        raise NeedleworkError(f"data set {ctx.node.label} came out empty", "check its source and options")
+    wrong = sorted({r.task for r in records} - {s["task"]})
+    if wrong:
+        raise NeedleworkError(f"data set {ctx.node.label} holds task(s) {wrong}, not {s['task']}", "use data of the task")
+    write_jsonl(ctx.out / "records.jsonl", records)
+    write_json(ctx.out / "data.json", {"n": len(records), "kind": s["kind"], "task": s["task"], "length": s["length"]})
+
+
+# ----------------------------------------------------------------------------------- train / evaluate / score
+
+
+def train_stage(ctx: StageContext) -> None:
+    from needlework.train.config import TrainConfig
+    from needlework.train.sft import train
+
+    cfg = TrainConfig.from_dict({**ctx.node.slice["train"], "resume": "auto"})
+    train(model_config(ctx, None), records_of(ctx, "data"), cfg, ctx.out)
+    shutil.rmtree(ctx.out / "checkpoints", ignore_errors=True)  # only needed to resume a killed run
+
+
+def evaluate_stage(ctx: StageContext) -> None:
+    from needlework.evaluate.evaluate import EvalConfig, evaluate
+
+    evaluate(model_config(ctx), records_of(ctx), EvalConfig.from_dict(ctx.node.slice["eval"]), ctx.out)
+
+
+def score_stage(ctx: StageContext) -> None:
+    from needlework.heads.score import ScoreConfig, score_heads
+    from needlework.io import write_parquet
+    from needlework.models.load import load_model
+
+    cfg = ScoreConfig(**ctx.node.slice["score"])
+    model, tok = load_model(model_config(ctx))
+    res = score_heads(model, tok, records_of(ctx), cfg)
+    write_parquet(ctx.out / "heads.parquet", res.heads)
+    write_parquet(ctx.out / "per_example.parquet", res.per_example)
+    write_json(ctx.out / "meta.json", {"options": dataclasses.asdict(cfg), "n_examples": res.n_examples,
+                                       "skipped": res.skipped})
+
+
+def compare_stage(ctx: StageContext) -> None:
+    """Head-set comparison of this model with the reference model (both scored on the eval set)."""
+    import pandas as pd
+
+    from needlework.study.analysis import compare_heads
+
+    h, a = ctx.node.slice["heads"], ctx.node.slice["analysis"]
+
+    def load(dep):
+        d = ctx.inputs[dep]
+        per = pd.read_parquet(d / "per_example.parquet") if (d / "per_example.parquet").exists() else None
+        return pd.read_parquet(d / "heads.parquet"), per
+
+    (ha, pa), (hr, pr) = load("heads"), load("ref_heads")
+    res = compare_heads(ha, hr, pa, pr, rule=h["rule"], k=h["k"], threshold=h["threshold"],
+                        n_boot=a["n_boot"], alpha=a["alpha"], seed=a["seed"])
+    write_json(ctx.out / "compare.json", res)
+
+
+# ----------------------------------------------------------------------------------- interventions
+
+
+def _rule_kwargs(h: dict[str, Any]) -> dict[str, Any]:
+    return {"top": h["k"], "threshold": None} if h["rule"] == "top_k" else {"top": None, "threshold": h["threshold"]}
+
+
+def _eval_opts(ctx: StageContext, section: str) -> dict[str, Any]:
+    opts = {**ctx.node.slice["eval"], "logprob": False}
+    limit = ctx.node.slice[section].get("limit")
+    if limit is not None:
+        opts["limit"] = limit
+    return opts
+
+
+def knockout_stage(ctx: StageContext) -> None:
+    from needlework.evaluate.evaluate import EvalConfig
+    from needlework.interventions.knockout import KnockoutConfig, run_knockout
+
+    own = {"enabled", "sets", "limit"}
+    opts = {k: v for k, v in ctx.node.slice["knockout"].items() if k not in own}
+    cfg = KnockoutConfig.from_dict({**opts, **_rule_kwargs(ctx.node.slice["heads"])})
+    cfg = dataclasses.replace(cfg, eval=EvalConfig.from_dict({**dataclasses.asdict(cfg.eval), **_eval_opts(ctx, "knockout")}))
+    run_knockout(model_config(ctx), records_of(ctx), str(ctx.inputs["heads"] / "heads.parquet"), cfg, ctx.out)
+
+
+def patch_stage(ctx: StageContext) -> None:
+    """Patch the reference (source) model's head outputs into this (target) model, one run per head
+    set kind; `patch.json` gathers the rows (source, target, and each set before/after)."""
+    from needlework.evaluate.evaluate import EvalConfig
+    from needlework.interventions.patch import PatchConfig, run_patch
+
+    own = {"enabled", "targets", "limit", "sets"}
+    sec = ctx.node.slice["patch"]
+    opts = {k: v for k, v in sec.items() if k not in own}
+    cfg = PatchConfig.from_dict({**opts, **_rule_kwargs(ctx.node.slice["heads"])})
+    cfg = dataclasses.replace(cfg, eval=EvalConfig.from_dict({**dataclasses.asdict(cfg.eval), **_eval_opts(ctx, "patch")}))
+    src, tgt = model_config(ctx, "source_train"), model_config(ctx, "target_train")
+    records = records_of(ctx)
+    rows: list[dict[str, Any]] = []
+    sets: dict[str, Any] = {}
+    for kind in sec.get("sets", list(PATCH_KINDS)):
+        summ = run_patch(src, tgt, records, str(ctx.inputs["source_heads"] / "heads.parquet"),
+                         str(ctx.inputs["target_heads"] / "heads.parquet"), dataclasses.replace(cfg, set=kind), ctx.out / kind)
+        for r in summ["table"]:
+            if r["condition"] in ("source", "target"):
+                if not any(x["condition"] == r["condition"] and x["task"] == r["task"] for x in rows):
+                    rows.append({**r, "kind": r["condition"]})
+            else:
+                rows.append({**r, "kind": kind})
+        sets.update(summ["sets"])
+    write_json(ctx.out / "patch.json", {"rows": rows, "sets": sets, "n": len(records[: cfg.eval.limit] if cfg.eval.limit else records)})
+
+
+PATCH_KINDS = ("intersection", "complement", "random")
+
+
+# ----------------------------------------------------------------------------------- analysis
+
+
+def primary_score(summary: dict[str, Any], task: str) -> dict[str, Any]:
+    t = summary["tasks"][task]
+    m = t["metrics"][t["primary"]]
+    return {"metric": t["primary"], "score": m["mean"], "score_lo": m["lo"], "score_hi": m["hi"], "n_eval": t["n"]}
+
+
+def analysis_stage(ctx: StageContext) -> None:
+    """Per task and model: a row per training set and the correlations across sets."""
+    from needlework.study.analysis import analyze
+
+    s = ctx.node.slice
+    rows = []
+    for name, info in s["sets"].items():
+        summ = json.loads((ctx.inputs[f"evaluate:{name}"] / "summary.json").read_text())
+        cmp = json.loads((ctx.inputs[f"compare:{name}"] / "compare.json").read_text())
+        row = {"set": name, "label": info["label"], "kind": info["kind"], "reference": name == s["reference"],
+               **primary_score(summ, ctx.node.task)}
+        for m in ("recall", "precision", "jaccard", "cosine", "spearman"):
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = cmp[m]["mean"], cmp[m]["lo"], cmp[m]["hi"]
+        row["n_heads"] = cmp["n_heads"]
+        row["n_above_threshold"] = cmp["n_above_threshold"]
+        rows.append(row)
+    a = s["analysis"]
+    res = analyze(rows, s["reference"], a["include_reference"], a["n_boot"], a["alpha"], a["seed"])
+    write_json(ctx.out / "analysis.json", {"model": ctx.node.model, "task": ctx.node.task, "reference": s["reference"],
+                                           "rows": rows, **res})
+
+
+REAL_STAGES = {
+    "data": data_stage, "train": train_stage, "evaluate": evaluate_stage, "score": score_stage,
+    "compare": compare_stage, "knockout": knockout_stage, "patch": patch_stage, "analysis": analysis_stage,
+}

@@ -1,0 +1,29 @@
+"""Tiny random models (built by tests/models/conftest.py's `_build`) and hand-made token-level
+examples whose needle spans are full of answer tokens, so that copies actually happen.
+(A uniquely named module: `from conftest import` would be ambiguous across test packages.)"""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from needlework.heads.score import Example
+
+_spec = importlib.util.spec_from_file_location("_models_conftest", Path(__file__).parents[1] / "models" / "conftest.py")
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+build = _mod._build
+ARCHS = _mod.ARCHS
+VOCAB = _mod.VOCAB
+
+
+def make_example(seed: int, n_prompt: int, answer=(7, 9, 7, 11), span_at: int = 5, span_len: int = 12) -> Example:
+    """Random prompt tokens with a needle span filled with the answer's tokens (so argmaxes into the
+    span copy often), followed by the gold answer."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(3, VOCAB, (n_prompt,), generator=g)
+    fill = torch.tensor(answer)[torch.randint(0, len(answer), (span_len,), generator=g)]
+    prompt[span_at : span_at + span_len] = fill
+    span = list(range(span_at, span_at + span_len))
+    return Example(id=f"ex{seed}", prompt_ids=prompt.tolist(), answer_ids=list(answer), span=span, answer_text="")
+

@@ -1,0 +1,147 @@
+"""Result directories: run_score on a tiny saved model, skips, new directories for new inputs,
+export/import round trips, the heatmap, and the CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from needlework.errors import NeedleworkError
+from needlework.heads.compare import compare_dirs
+from needlework.heads.io import export_scores, import_scores
+from needlework.heads.run import write_result
+from needlework.heads.score import ScoreResult, head_table
+
+
+def _fake_result(tmp_path, name="a", seed=0, L=2, H=4, K=2, n=5):
+    rng = np.random.default_rng(seed)
+    rows = [{"example_id": f"e{i}", "layer": l, "head": h, "hits": 1.0, "n_steps": 3, "span_tokens": 4,
+             "score": float(rng.random() * (l + 1) / 4), "success": True, "kept": True, "answer": "x"}
+            for i in range(n) for l in range(L) for h in range(H)]
+    per = pd.DataFrame(rows)
+    out = tmp_path / name
+    write_result(out, ScoreResult(per, head_table(per)), {"shape": {"n_layers": L, "n_heads": H, "n_kv_heads": K}})
+    return out
+
+
+def test_wu_round_trip(tmp_path):
+    d = _fake_result(tmp_path)
+    f = export_scores(d, "wu", tmp_path / "wu.json")
+    obj = json.loads(f.read_text())
+    assert set(obj) == {f"{l}-{h}" for l in range(2) for h in range(4)} and len(obj["1-3"]) == 5
+    back = import_scores(f, "wu", tmp_path / "back", n_kv_heads=2)
+    a, b = pd.read_parquet(d / "heads.parquet"), pd.read_parquet(back / "heads.parquet")
+    np.testing.assert_allclose(a.sort_values(["layer", "head"])["mean"], b.sort_values(["layer", "head"])["mean"])
+    t = compare_dirs(d, back)
+    assert dict(zip(t.stat, t.value))["cosine"] == pytest.approx(1.0)
+
+
+def test_duo_round_trip(tmp_path):
+    d = _fake_result(tmp_path)
+    f = export_scores(d, "duo", tmp_path / "duo.tsv", kv_agg="max")
+    lines = f.read_text().strip().split("\n")
+    assert len(lines) == 2 and all(len(x.split("\t")) == 2 for x in lines)
+    heads = pd.read_parquet(d / "heads.parquet")
+    want = heads["mean"].to_numpy().reshape(2, 2, 2).max(-1)
+    np.testing.assert_allclose(np.loadtxt(f, delimiter="\t"), want)
+    back = import_scores(f, "duo", tmp_path / "back")
+    np.testing.assert_allclose(pd.read_parquet(back / "heads.parquet")["mean"].to_numpy().reshape(2, 2), want)
+    export_scores(back, "duo", tmp_path / "again.tsv")
+    assert (tmp_path / "again.tsv").read_text() == f.read_text()
+    t = compare_dirs(d, back)  # kv view forced: the imported table has kv heads only
+    assert t.attrs["view"] == "kv" and dict(zip(t.stat, t.value))["cosine"] == pytest.approx(1.0)
+
+
+def test_bad_import_and_mismatch(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"x": [1]}')
+    with pytest.raises(NeedleworkError):
+        import_scores(bad, "wu", tmp_path / "o")
+    with pytest.raises(NeedleworkError, match="different shapes"):
+        compare_dirs(_fake_result(tmp_path, "a"), _fake_result(tmp_path, "b", L=3))
+
+
+def test_plot_writes_png(tmp_path):
+    from needlework.heads.plot import heatmap
+
+    png = heatmap(_fake_result(tmp_path))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_compare_plot_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from needlework.cli import app
+
+    a, b = _fake_result(tmp_path, "a", 0), _fake_result(tmp_path, "b", 1)
+    r = CliRunner().invoke(app, ["heads", "compare", str(a), str(b), "--top", "3", "--n-boot", "50"])
+    assert r.exit_code == 0, r.output
+    assert "jaccard" in r.output and "spearman" in r.output
+    r = CliRunner().invoke(app, ["heads", "export", str(a), "--format", "wu", "--out", str(tmp_path / "w.json")])
+    assert r.exit_code == 0 and (tmp_path / "w.json").exists()
+    r = CliRunner().invoke(app, ["heads", "plot", str(a)])
+    assert r.exit_code == 0 and (a / "heads.png").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama saved with SmolLM2's tokenizer (real offsets and chat template)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from needlework.models.load import load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    d = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def _records(path):
+    from needlework.data.records import Document, Needle, Record, write_jsonl
+
+    good = Record("ok", "mdqa", "high", "high", [Document("d0", "T", "The key is Marlowe, they said.")],
+                  "What is the key?", ["Marlowe"], [Needle(0, 11, 18)])
+    absent = Record("absent", "mdqa", "high", "high", [Document("d0", "T", "The key is Marlowe, they said.")],
+                    "What is the key?", ["Quillby"], [Needle(0, 11, 18)])
+    write_jsonl(path, [good, absent])
+    return path
+
+
+def test_run_score_writes_result_and_reports_skips(tmp_path, tiny_dir, capsys):
+    from needlework.heads.run import run_score
+    from needlework.heads.score import ScoreConfig
+    from needlework.models.load import ModelConfig
+
+    data = _records(tmp_path / "d.jsonl")
+    mc = ModelConfig(name=str(tiny_dir), device="cpu")
+    out = run_score(mc, data, ScoreConfig(), tmp_path / "res")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["n_skipped"] == 1 and meta["skipped"] == {"absent": "answer tokens absent from the needle span"}
+    assert "skipped 1 of 2" in capsys.readouterr().out
+    per = pd.read_parquet(out / "per_example.parquet")
+    assert set(per.example_id) == {"ok"} and len(per) == 2 * 4
+    assert list(pd.read_parquet(out / "heads.parquet").columns) == ["layer", "head", "mean", "std", "n"]
+    assert run_score(mc, data, ScoreConfig(), tmp_path / "res") == out  # identical inputs: same result
+    other = run_score(mc, data, ScoreConfig(score="insight"), tmp_path / "res")
+    assert other != out and (out / "meta.json").exists()  # new inputs: a new directory, nothing merged
+    gen = run_score(mc, data, ScoreConfig(mode="generate", keep_failed=True, max_new_tokens=3), tmp_path / "res")
+    assert json.loads((gen / "meta.json").read_text())["n_failed_gate"] == 1  # a random model fails the gate
+
+
+def test_cli_score(tmp_path, tiny_dir):
+    from typer.testing import CliRunner
+
+    from needlework.cli import app
+
+    data = _records(tmp_path / "d.jsonl")
+    r = CliRunner().invoke(app, ["heads", "score", "--model", str(tiny_dir), "--data", str(data), "--mode", "teacher",
+                                 "--score", "mass", "--out", str(tmp_path / "o"), "--device", "cpu", "--batch-size", "2"])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "o").glob("*/heads.parquet"))) == 1

@@ -1,0 +1,81 @@
+"""SmolLM2 (the real embedded model): fast hit counts equal the eager reference in both modes on two
+short hand-made needle records, batched; generate mode emits transformers' greedy tokens."""
+
+import pytest
+import torch
+
+from heads_reference import reference_hits
+from needlework.data.records import Document, Needle, Record
+from needlework.heads.score import ScoreConfig, greedy_decode, prepare_examples, rouge1_recall, score_examples, stop_rule
+
+pytestmark = pytest.mark.slow
+
+FILLER = [
+    "The harbour town woke slowly, its fishing boats knocking against the old stone pier while gulls argued overhead.",
+    "In the valley the orchards were heavy with apples, and the farmers spoke of little but the coming frost.",
+    "A small museum near the station keeps maps of railways that were planned but never built.",
+]
+
+
+def _record(i: int, answer: str, fact: str, question: str) -> Record:
+    text = f"{FILLER[i % 3]} {fact} {FILLER[(i + 1) % 3]}"
+    start = text.index(answer)
+    docs = [Document("d0", "Notes", FILLER[(i + 2) % 3] + " " + FILLER[i % 3]), Document("d1", "Facts", text),
+            Document("d2", "More", FILLER[(i + 1) % 3])]
+    return Record(f"r{i}", "mdqa", "high", "high", docs, question, [answer], [Needle(1, start, start + len(answer))])
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from needlework.models.load import load_model
+
+    return load_model("smollm2")
+
+
+@pytest.fixture(scope="module")
+def records():
+    return [_record(0, "Marlowe", "The lighthouse keeper of Quillby was named Marlowe.", "Who kept the lighthouse of Quillby?"),
+            _record(1, "Tarragon Bay", "The painter Ilse Varn was born in Tarragon Bay.", "Where was Ilse Varn born?")]
+
+
+def test_teacher_hits_equal_reference(smol, records):
+    model, tok = smol
+    cfg = ScoreConfig(mode="teacher", batch_size=2, match="id", chat=False)  # no chat: answer keeps its leading space
+    exs, skipped = prepare_examples(records, tok, cfg)
+    assert not skipped
+    df = score_examples(model, exs, cfg, pad_id=tok.pad_token_id)
+    total = 0
+    for e in exs:
+        ref = reference_hits(model, e.prompt_ids, e.answer_ids, e.span)
+        got = {(int(r.layer), int(r.head)): r.hits for r in df[df.example_id == e.id].itertuples()}
+        assert got == ref
+        total += sum(ref.values())
+    assert total > 0  # SmolLM2 has copy heads
+
+
+def test_generate_tokens_and_hits_equal_reference(smol, records):
+    model, tok = smol
+    cfg = ScoreConfig(mode="generate", batch_size=2, match="loose", max_new_tokens=8)  # chat template
+    exs, _ = prepare_examples(records, tok, cfg)
+    is_stop = stop_rule(tok, cfg)
+    df = score_examples(model, exs, cfg, pad_id=tok.pad_token_id, decode=tok.decode, is_stop=is_stop)
+    prompts = [e.prompt_ids for e in exs]
+    mine = greedy_decode(model, prompts, 8, tok.pad_token_id, is_stop)
+    P = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in prompts])
+    mask = (torch.arange(P)[None] >= torch.tensor([P - len(p) for p in prompts])[:, None]).long()
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id)
+    for i, e in enumerate(exs):
+        want = []
+        for t in out[i, P:].tolist():
+            if is_stop(t, len(want)):
+                break
+            want.append(t)
+        assert mine[i] == want
+        sub = df[df.example_id == e.id]
+        assert sub.answer.iloc[0] == tok.decode(want)
+        norm = lambda t: tok.decode([t]).strip().lower()  # noqa: E731
+        ref = reference_hits(model, e.prompt_ids, want, e.span, same=lambda a, b: norm(a) == norm(b))
+        got = {(int(r.layer), int(r.head)): r.hits for r in sub.itertuples()}
+        assert got == ref
+        assert bool(sub.success.iloc[0]) == (rouge1_recall(e.answer_text, tok.decode(want)) > 0.5)

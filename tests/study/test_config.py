@@ -1,0 +1,87 @@
+"""Study config validation: every bad key or value is named by its path, with the fix."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+import study_helpers as H
+from needlework.errors import NeedleworkError
+from needlework.study.config import dump_config, from_dict, load_config
+
+
+def _bad(mutate, match: str):
+    cfg = copy.deepcopy(H.fake_config())
+    mutate(cfg)
+    with pytest.raises(NeedleworkError, match=match) as e:
+        from_dict(cfg)
+    assert e.value.fix  # every error says what to do
+    return e.value
+
+
+def test_valid_config_round_trips_through_saved_yaml():
+    cfg = from_dict(H.fake_config())
+    assert cfg.tasks["mdqa"].reference == "hh" and cfg.sizes.n_train == 4
+    again = from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+
+
+def test_unknown_top_level_key_names_itself_and_suggests():
+    e = _bad(lambda c: c.update(sizs={"n_train": 3}), r"unknown key\(s\) in the top level: `sizs` \(did you mean `sizes`\?\)")
+    assert "valid keys" in e.fix
+
+
+def test_unknown_nested_key_names_its_path():
+    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(genrate={}), r"`tasks.mdqa.train_sets.ll`.*`genrate`")
+    _bad(lambda c: c["heads"].update(topk=3), r"`heads`.*`topk`")
+
+
+def test_unknown_generator_option_is_checked_against_generate_config():
+    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"]["generate"].update(concpt="low"),
+         r"`tasks.mdqa.train_sets.ll.generate`.*`concpt` \(did you mean `concept`\?\)")
+
+
+def test_study_filled_keys_are_refused():
+    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"]["generate"].update(length=100),
+         r"`tasks.mdqa.train_sets.ll.generate.length`: is set by the study itself")
+    _bad(lambda c: c["knockout"].update(top=5), r"`knockout.top`: is set by the study")
+
+
+def test_wrong_types_name_the_expected_type():
+    _bad(lambda c: c["sizes"].update(n_train="many"), r"`sizes.n_train`: expected int, got str 'many'")
+    _bad(lambda c: c["analysis"].update(include_reference="yes"), r"`analysis.include_reference`: expected bool")
+    _bad(lambda c: c.update(models=["smollm2"]), r"`models`: expected a mapping")
+    _bad(lambda c: c["knockout"].update(limit="all"), r"`knockout.limit`: expected int or null")
+
+
+def test_foreign_stage_sections_are_validated():
+    _bad(lambda c: c["train"].update(learning_rate=1e-3), r"unknown key\(s\) in `train`.*`learning_rate`")
+    _bad(lambda c: c["eval"].update(batchsize=2), r"`eval`.*`batchsize` \(did you mean `batch_size`\?\)")
+    _bad(lambda c: c["train"].update(method="qlora"), r"config section `train`: bad training config: method 'qlora'")
+
+
+def test_cross_field_errors():
+    _bad(lambda c: c["tasks"]["mdqa"].update(reference="real"), r"`tasks.mdqa.reference`: 'real' names no training set")
+    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(file="x.jsonl"), r"needs exactly one data source")
+    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].pop("generate"), r"needs exactly one data source")
+    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(kind="fake"), r"`tasks.mdqa.train_sets.ll.kind`: 'fake' is not one of")
+    _bad(lambda c: c["patch"].update(targets=["lll"]), r"`patch.targets`: 'lll' name\(s\) no training set")
+    _bad(lambda c: c["heads"].update(rule="best"), r"`heads.rule`")
+    _bad(lambda c: c["patch"].update(sets=["intersect"]), r"`patch.sets\[0\]`: 'intersect' is not a head-set kind")
+    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(kind="real"), r"a `real` set cannot be generated")
+    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(load={"path": "x"}, generate=None), r"`tasks.mdqa.train_sets.ll.load.format`: is missing")
+    _bad(lambda c: c["tasks"]["mdqa"].pop("reference"), r"`tasks.mdqa.reference`: is missing")
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(NeedleworkError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nmodels: {a: [\n")
+    with pytest.raises(NeedleworkError, match=r"YAML syntax error at line \d+"):
+        load_config(p)
+    p.write_text(yaml.safe_dump({**H.fake_config(), "sizes": {"n_eval": 0}}))
+    with pytest.raises(NeedleworkError, match=r"bad.yaml: config key `sizes.n_eval`: must be at least 1"):
+        load_config(p)

@@ -1,0 +1,160 @@
+"""Engine behaviour with fake stages (seconds): caching by input hash, atomic publication, --only,
+--dry-run, the study lock, and the manifest the report reads."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+import study_helpers as H
+from needlework.errors import NeedleworkError
+from needlework.study.config import from_dict
+from needlework.study.engine import build_plan, run_study
+
+
+def _run(cfg_dict, out, **kw):
+    H.CALLS.clear()
+    buf = io.StringIO()
+    nodes = run_study(from_dict(cfg_dict), out, stages=H.fake_stages(), console=Console(file=buf, width=200), report=False, **kw)
+    return nodes, buf.getvalue()
+
+
+def _status(nodes):
+    return {(n.stage, n.label): n.status for n in nodes}
+
+
+def test_plan_has_every_stage_per_set():
+    nodes = build_plan(from_dict(H.fake_config()))
+    stages = [(n.stage, n.set) for n in nodes]
+    for s in ("hh", "hl", "lh", "ll", "sym"):
+        assert ("data", s) in stages and ("train", s) in stages and ("evaluate", s) in stages and ("score", s) in stages
+        assert ("compare", s) in stages
+    assert ("train", "base") not in stages and ("evaluate", "base") in stages  # kind none: no fine-tuning
+    assert [s for st, s in stages if st == "knockout"] == ["hh"]
+    assert [s for st, s in stages if st == "patch"] == ["ll", "sym"]  # targets; the reference is the source
+    assert [n.stage for n in nodes][-1] == "analysis"
+
+
+def test_rerun_skips_everything_and_keeps_results(tmp_path):
+    nodes, log = _run(H.fake_config(), tmp_path)
+    assert all(n.status == "done" for n in nodes)
+    assert log.count("✓ done") == len(nodes) and log.count("▶ run") == len(nodes)  # one status line per stage
+    first = {(n.stage, n.label): (n.key, n.output_hash) for n in nodes}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "stages").glob("*/*/done.json")}
+    nodes2, log = _run(H.fake_config(), tmp_path)
+    assert H.CALLS == []  # nothing ran
+    assert all(n.status == "cached" for n in nodes2)
+    assert {(n.stage, n.label): (n.key, n.output_hash) for n in nodes2} == first
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert "cached" in log
+    manifest = json.loads((tmp_path / "study.json").read_text())
+    assert {r["dir"] for r in manifest["nodes"]} == {f"stages/{n.stage}/{n.key}" for n in nodes}
+    assert not list((tmp_path / "stages").glob("*/.work-*"))  # every work dir was published
+
+
+def test_changed_option_reruns_only_dependents(tmp_path):
+    _run(H.fake_config(), tmp_path)
+    cfg = H.fake_config()
+    cfg["knockout"]["random_seeds"] = 3
+    nodes, _ = _run(cfg, tmp_path)
+    assert {s for s, _ in H.CALLS} == {"knockout"}
+    cfg["eval"]["max_new_tokens"] = 5  # evaluation options feed evaluate, knockout, patch, then analysis
+    nodes, _ = _run(cfg, tmp_path)
+    ran = sorted({s for s, _ in H.CALLS})
+    # analysis stays cached: the fake evaluation writes the same numbers, and keys hash outputs
+    assert ran == ["evaluate", "knockout", "patch"]
+    assert all(n.status == "cached" for n in nodes if n.stage in ("data", "train", "score", "compare"))
+
+
+def test_upstream_output_change_propagates(tmp_path):
+    """A new training set size changes that set's data and adapter, hence its evaluate/score/patch;
+    compare and analysis stay cached because the fake scores they read come out the same."""
+    _run(H.fake_config(), tmp_path)
+    cfg = H.fake_config()
+    cfg["tasks"]["mdqa"]["train_sets"]["ll"]["n"] = 7
+    _run(cfg, tmp_path)
+    assert sorted(H.CALLS) == sorted([("data", "tiny/mdqa/ll"), ("train", "tiny/mdqa/ll"), ("evaluate", "tiny/mdqa/ll"),
+                                      ("score", "tiny/mdqa/ll"), ("patch", "tiny/mdqa/ll")])
+
+
+def test_dry_run_prints_plan_and_runs_nothing(tmp_path):
+    _, log = _run(H.fake_config(), tmp_path, dry_run=True)
+    assert H.CALLS == [] and not (tmp_path / "stages").exists()
+    assert "to run" in log and "after inputs" in log and "0 cached" in log
+    _run(H.fake_config(sets=("hh", "ll", "sym")), tmp_path)
+    _, log = _run(H.fake_config(), tmp_path, dry_run=True)
+    assert H.CALLS == []
+    assert "cached" in log and "data      tiny/mdqa/hh" in log
+
+
+def test_only_runs_named_stages_and_blocks_the_rest(tmp_path):
+    nodes, log = _run(H.fake_config(), tmp_path, only={"data"})
+    st = _status(nodes)
+    assert {s for s, _ in H.CALLS} == {"data"}
+    assert st[("train", "tiny/mdqa/hh")] == "skipped" and st[("evaluate", "tiny/mdqa/hh")] == "blocked"
+    nodes, _ = _run(H.fake_config(), tmp_path, only={"train", "evaluate"})
+    assert {s for s, _ in H.CALLS} == {"train", "evaluate"}
+    with pytest.raises(NeedleworkError, match="unknown stage"):
+        _run(H.fake_config(), tmp_path, only={"trian"})
+
+
+def test_failed_stage_leaves_nothing_published_and_resumes(tmp_path):
+    stages = H.fake_stages()
+
+    def boom(ctx):
+        (ctx.out / "partial.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    cfg = from_dict(H.fake_config())
+    with pytest.raises(RuntimeError):
+        run_study(cfg, tmp_path, stages={**stages, "score": boom}, console=Console(file=io.StringIO()), report=False)
+    assert list((tmp_path / "stages" / "score").glob(".work-*"))  # the crash left only a work dir
+    assert not [p for p in (tmp_path / "stages" / "score").iterdir() if not p.name.startswith(".")]
+    nodes, _ = _run(H.fake_config(), tmp_path)
+    assert all(n.status in ("cached", "done") for n in nodes)
+    assert ("score", "tiny/mdqa/hh") in H.CALLS
+    assert ("data", "tiny/mdqa/hh") not in H.CALLS and ("train", "tiny/mdqa/hh") not in H.CALLS  # done before the crash
+    assert not list((tmp_path / "stages").glob("*/.work-*"))
+
+
+def test_two_processes_share_one_study_folder(tmp_path):
+    """Two study processes on one folder (e.g. one per GPU) split the stages: each stage runs
+    once in all, both end with every stage done, and the results equal a one-process run."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("fake_study_main.py")
+    out = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, str(script), str(out), str(tmp_path / f"calls{i}.tsv")]) for i in range(2)]
+    assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    ran, final, per_proc = [], [], []
+    for i in range(2):
+        mine = []
+        for line in (tmp_path / f"calls{i}.tsv").read_text().splitlines():
+            parts = tuple(line.split("\t"))
+            (final if parts[0] == "#" else mine).append(parts)
+        ran += mine
+        per_proc.append(len(mine))
+    single, _ = _run(H.fake_config(), tmp_path / "single")
+    # every stage ran exactly once in all (nodes with equal inputs share one run, as in one process)
+    assert len(ran) == len(set(ran)) == sum(n.status == "done" for n in single)
+    assert min(per_proc) > 0  # and the work was split
+    assert all(f[3] in ("done", "cached") for f in final)
+    hashes = {(n.stage, n.label): n.output_hash for n in single}
+    assert {(f[1], f[2]): f[4] for f in final} == hashes  # same results as one process
+
+
+def test_analysis_correlates_recall_with_score(tmp_path):
+    nodes, _ = _run(H.fake_config(), tmp_path)
+    an = next(n for n in nodes if n.stage == "analysis")
+    res = json.loads((tmp_path / "stages" / "analysis" / an.key / "analysis.json").read_text())
+    assert res["n"] == 4 and res["sets"] == ["hl", "lh", "ll", "sym"]  # reference and base left out
+    rows = {r["set"]: r for r in res["rows"]}
+    assert rows["hh"]["recall"] == 1.0 and rows["hh"]["reference"]
+    assert res["loo"]["rows"][0]["set"] == "hl" and len(res["loo"]["rows"]) == 4
+    assert res["recall_vs_score"]["n"] == 4
+    assert "spearman" in res["recall_vs_score"] and "pearson" in res["cosine_vs_score"]
