@@ -1,0 +1,308 @@
+"""Head knockout (SPEC §2): ablate a head set during evaluation, in prefill and decoding alike, and
+compare the top retrieval heads against layer-matched random heads and the unablated baseline.
+
+Interventions are small functions with one signature, `fn(x, heads, value)`, acting on one layer's
+head-output site x (b, q, n_heads, head_dim) = the input of the output projection: `zero_heads`,
+`mean_heads`, and `patch.patch_heads`. `uniform` changes attention itself, so it goes through
+`instrument.set_uniform_heads`. `knocked_out` installs one of them and removes it in `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from needlework.data.records import Record, read_jsonl
+from needlework.errors import NeedleworkError
+from needlework.evaluate.evaluate import EvalConfig
+from needlework.interventions.heads import (check_table_shape, describe, load_scores, parse_head_list,
+                                           random_layer_matched, select_heads)
+from needlework.io import hash_file, hash_obj, write_json, write_parquet
+from needlework.models.instrument import head_output_hook, instrumented, set_uniform_heads
+from needlework.models.sites import HeadId, heads_by_layer, model_shape
+
+MODES = ("zero", "mean", "uniform")
+
+
+# --- interventions: (site tensor x (b, q, h, d), heads of this layer, value) -> new x -------------
+
+def replace_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor | float) -> torch.Tensor:
+    """x with heads `heads` (indices into dim 2) set to `value`, broadcast to (b, q, len(heads), d)."""
+    out = x.clone()
+    out[:, :, list(heads)] = value if not torch.is_tensor(value) else value.to(x.dtype)
+    return out
+
+
+def zero_heads(x: torch.Tensor, heads: Sequence[int], value=None) -> torch.Tensor:
+    """The head's output before the output projection set to 0."""
+    return replace_heads(x, heads, 0.0)
+
+
+def mean_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor) -> torch.Tensor:
+    """Each head replaced by its mean output over a reference set; `value` = that layer's means (h, d)."""
+    return replace_heads(x, heads, value[list(heads)].to(x.device))
+
+
+@contextlib.contextmanager
+def knocked_out(model, heads, mode: str = "zero", means: torch.Tensor | None = None) -> Iterator[None]:
+    """Ablate `heads` of `model` for the duration of the block (every forward: prefill and decoding).
+
+    Args:
+        model: a transformers causal LM (peft-wrapped is fine).
+        heads: iterable of HeadId; empty means no change.
+        mode: `zero`, `mean` (needs `means`) or `uniform` (the head attends uniformly over its
+            visible causal prefix).
+        means: (n_layers, n_heads, head_dim) mean head outputs, from `head_means`.
+    Raises:
+        NeedleworkError: unknown mode, heads outside the model, mean mode without means.
+    """
+    if mode not in MODES:
+        raise NeedleworkError(f"unknown knockout mode {mode!r}", f"use one of {', '.join(MODES)}")
+    heads = frozenset(heads)
+    shape = model_shape(model)
+    shape.check(heads)
+    by_layer = heads_by_layer(heads)
+    if not heads:
+        yield
+        return
+    if mode == "uniform":
+        with instrumented(model):  # restores the attention implementation and clears state on exit
+            set_uniform_heads(model, by_layer)
+            yield
+        return
+    if mode == "mean":
+        want = (shape.n_layers, shape.n_heads, shape.head_dim)
+        if means is None or tuple(means.shape) != want:
+            raise NeedleworkError(f"mean knockout needs head means shaped {want}, got "
+                                  f"{None if means is None else tuple(means.shape)}", "compute them with head_means()")
+    fn = zero_heads if mode == "zero" else mean_heads
+
+    def hook(layer: int, x: torch.Tensor):
+        hs = by_layer.get(layer)
+        if not hs:
+            return None  # untouched layers cost nothing
+        return fn(x, hs, means[layer] if means is not None else None)
+
+    with head_output_hook(model, hook):
+        yield
+
+
+# --- mean head outputs over a reference set, cached on disk ---------------------------------------
+
+def _model_device(model):
+    return next(model.parameters()).device
+
+
+def head_means(model, prompts: Sequence[Sequence[int]], batch_size: int = 4, progress: bool = True) -> torch.Tensor:
+    """Mean head output (before the output projection) of every head over all prompt positions of
+    the reference prompts, (n_layers, n_heads, head_dim) float32. Padding is excluded."""
+    from tqdm.auto import tqdm
+
+    shape = model_shape(model)
+    sums = torch.zeros(shape.n_layers, shape.n_heads, shape.head_dim, dtype=torch.float64)
+    count = 0
+    cur: dict[str, torch.Tensor] = {}
+
+    def hook(layer: int, x: torch.Tensor):
+        m = cur["mask"]  # b, q
+        sums[layer] += (x.double() * m[:, :, None, None]).sum((0, 1)).cpu()  # h, d
+        return None
+
+    device = _model_device(model)
+    with torch.inference_mode(), head_output_hook(model, hook):
+        for s in tqdm(range(0, len(prompts), batch_size), desc="head means", disable=not progress, leave=False):
+            batch = [list(p) for p in prompts[s : s + batch_size]]
+            L = max(len(p) for p in batch)
+            ids = torch.zeros(len(batch), L, dtype=torch.long)
+            mask = torch.zeros(len(batch), L, dtype=torch.long)
+            for i, p in enumerate(batch):  # left padding, as in generation
+                ids[i, L - len(p) :] = torch.tensor(p)
+                mask[i, L - len(p) :] = 1
+            cur["mask"] = mask.to(device, torch.float64)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), logits_to_keep=1)
+            count += int(mask.sum())
+    return (sums / max(count, 1)).float()
+
+
+def model_key(model_cfg) -> str:
+    """A hash naming a loaded model: its config, plus the adapter weights' hash when there is one."""
+    d = asdict(model_cfg)
+    if model_cfg.adapter:
+        p = Path(model_cfg.adapter)
+        files = sorted(p.glob("adapter_model.*"))
+        d["adapter_hash"] = [hash_file(f) for f in files]
+    return hash_obj(d)
+
+
+def cached_head_means(model, prompts, key: str, cache_root: str | os.PathLike | None = None, **kw) -> torch.Tensor:
+    """`head_means`, read from / written to `<cache>/head_means/<hash(key, prompts)>.pt`."""
+    from needlework.io import atomic_path
+    from needlework.models.load import cache_dir
+
+    root = Path(cache_root) if cache_root is not None else cache_dir() / "head_means"
+    path = root / f"{hash_obj({'model': key, 'prompts': [list(p) for p in prompts]})[:32]}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    means = head_means(model, prompts, **kw)
+    with atomic_path(path) as tmp:
+        torch.save(means, tmp)
+    return means
+
+
+# --- the knockout stage ---------------------------------------------------------------------------
+
+@dataclass
+class KnockoutConfig:
+    """Knockout options; the fields are the YAML keys of a study config's `knockout:` section."""
+
+    top: int | None = 10  # ablate the top-k heads by mean score ...
+    threshold: float | None = None  # ... or every head scoring above this (overrides top)
+    heads: str | None = None  # ... or an explicit list "L-H,..." (overrides both)
+    mode: str = "zero"  # zero | mean | uniform
+    random_seeds: int = 5  # layer-matched random control sets, seeds 0..N-1
+    mean_reference: str | None = None  # JSONL of reference records for `mean` (default: the eval records)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(logprob=False))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KnockoutConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NeedleworkError(f"unknown knockout option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")
+        d = dict(d)
+        if isinstance(d.get("eval"), dict):
+            d["eval"] = EvalConfig.from_dict(d["eval"])
+        return cls(**d)
+
+
+def choose_heads(table, shape, cfg: KnockoutConfig) -> frozenset[HeadId]:
+    """The ablated set from the config: explicit list, else threshold, else top-k; checked on `shape`."""
+    if cfg.heads:
+        heads = parse_head_list(cfg.heads)
+    else:
+        if table is None:
+            raise NeedleworkError("no head scores given", "pass --heads SCORES, or an explicit --list L-H,...")
+        check_table_shape(table, shape)
+        heads = select_heads(table, top=None if cfg.threshold is not None else cfg.top, threshold=cfg.threshold)
+    shape.check(heads)
+    if not heads:
+        raise NeedleworkError("the head selection is empty", "lower --threshold or raise --top")
+    return heads
+
+
+def _bar_plot(path: Path, conditions: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for c in conditions.values() for t in c["tasks"]})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.2 + 0.7 * len(conditions) * len(tasks), 3.2), squeeze=False)
+    names = list(conditions)
+    colors = ["#777777" if n == "baseline" else "#c0392b" if n == "top" else "#5d8aa8" for n in names]
+    for ax, task in zip(axes[0], tasks):
+        t = [conditions[n]["tasks"].get(task) for n in names]
+        prim = next(x["primary"] for x in t if x)
+        m = [x["metrics"][prim] if x else {"mean": np.nan, "lo": np.nan, "hi": np.nan} for x in t]
+        mean = np.array([v["mean"] for v in m])
+        err = np.array([[v["mean"] - v["lo"] for v in m], [v["hi"] - v["mean"] for v in m]])
+        ax.bar(range(len(names)), mean, yerr=np.nan_to_num(err), color=colors, capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_ylabel(prim)
+        ax.set_title(task)
+    fig.tight_layout()
+    from needlework.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _paired_delta(df, cond: str, n_boot: int, alpha: float, seed: int) -> dict[str, Any]:
+    from needlework.evaluate.bootstrap import paired_diff_ci
+
+    out = {}
+    base = df[df["condition"] == "baseline"].set_index("id")
+    cur = df[df["condition"] == cond].set_index("id").loc[base.index]
+    for task, g in base.groupby("task"):
+        d, lo, hi = paired_diff_ci(cur.loc[g.index, "score"].to_numpy(float), g["score"].to_numpy(float), n_boot, alpha, seed)
+        out[task] = {"mean": d, "lo": lo, "hi": hi}
+    return out
+
+
+def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads_table, cfg: KnockoutConfig | None,
+                 out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a model unablated, with the chosen head set knocked out, and with layer-matched
+    random sets (one per seed); write `summary.json`, `per_example.parquet`, `knockout.png`.
+
+    Args:
+        model_cfg: `needlework.models.load.ModelConfig` (adapter included).
+        records: Record objects or a JSONL path.
+        heads_table: score table (DataFrame, heads-score folder, parquet, Wu et al. JSON) or None
+            when `cfg.heads` lists the heads.
+        cfg: options (KnockoutConfig()).
+        out_dir: output folder (created).
+    Returns:
+        the summary dict: `conditions` -> name (`baseline`, `top`, `random_<seed>`) -> {`heads`,
+        `tasks` (metrics with bootstrap intervals, as `evaluate`), `delta_vs_baseline` (paired
+        primary-metric difference with interval), `elapsed_s`}; and `random_mean` per task.
+    Raises:
+        NeedleworkError: heads outside the model, a score table of another shape, bad data.
+    """
+    import pandas as pd
+
+    from needlework.evaluate.evaluate import check_records, evaluate_loaded
+    from needlework.evaluate.generate import render_prompts, resolve_chat
+    from needlework.models.load import load_model
+
+    cfg = cfg or KnockoutConfig()
+    if cfg.mode not in MODES:
+        raise NeedleworkError(f"unknown knockout mode {cfg.mode!r}", f"use one of {', '.join(MODES)}")
+    data_path = str(records) if isinstance(records, (str, os.PathLike)) else None
+    records = read_jsonl(records) if data_path else list(records)
+    records = records[: cfg.eval.limit] if cfg.eval.limit is not None else records
+    check_records(records)
+    table = load_scores(heads_table) if heads_table is not None else None
+    model, tok = load_model(model_cfg)
+    shape = model_shape(model)
+    top = choose_heads(table, shape, cfg)
+    sets: dict[str, frozenset[HeadId]] = {"baseline": frozenset(), "top": top}
+    for s in range(cfg.random_seeds):
+        sets[f"random_{s}"] = random_layer_matched(top, shape, seed=s)
+    means = None
+    if cfg.mode == "mean":
+        ref = read_jsonl(cfg.mean_reference) if cfg.mean_reference else records
+        prompts = render_prompts(ref, tok, resolve_chat(cfg.eval.chat, tok))
+        means = cached_head_means(model, prompts, model_key(model_cfg), batch_size=cfg.eval.batch_size, progress=progress)
+    frames, conditions = [], {}
+    for name, heads in sets.items():
+        with knocked_out(model, heads, cfg.mode, means):
+            df, summ = evaluate_loaded(model, tok, records, replace(cfg.eval, limit=None), progress=progress)
+        frames.append(df.assign(condition=name))
+        conditions[name] = {**describe(heads), "tasks": summ["tasks"], "elapsed_s": summ["elapsed_s"]}
+    per_example = pd.concat(frames, ignore_index=True)
+    for name in conditions:
+        conditions[name]["delta_vs_baseline"] = _paired_delta(per_example, name, cfg.eval.n_boot, cfg.eval.alpha, cfg.eval.seed)
+    random_mean = {}
+    for task in conditions["baseline"]["tasks"]:
+        prim = conditions["baseline"]["tasks"][task]["primary"]
+        vals = [c["tasks"][task]["metrics"][prim]["mean"] for n, c in conditions.items() if n.startswith("random_")]
+        if vals:
+            random_mean[task] = {"metric": prim, "mean": float(np.mean(vals)), "min": float(np.min(vals)),
+                                 "max": float(np.max(vals)), "n_seeds": len(vals)}
+    summary = {"model": model_cfg.name, "adapter": model_cfg.adapter, "model_config": asdict(model_cfg),
+               "shape": shape.to_dict(), "data": data_path, "data_hash": hash_obj([r.to_dict() for r in records]),
+               "n": len(records), "config": asdict(cfg), "conditions": conditions, "random_mean": random_mean}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(out / "per_example.parquet", per_example)
+    write_json(out / "summary.json", summary)
+    _bar_plot(out / "knockout.png", conditions)
+    return summary

@@ -1,0 +1,361 @@
+"""Cross-model activation patching (SPEC §2, Prakash et al. 2024): run a source and a target model
+on the same input and replace the target's per-head outputs (the input of the output projection)
+for a head set by the source's, at every prompt position and every generated position.
+
+Both models advance in lockstep on the TARGET's greedy tokens, each with its own KV cache; the
+source is never patched. When source and target are one base model with different LoRA adapters,
+the base is loaded once and each forward switches the active adapter (peft multi-adapter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from needlework.data.records import Record, read_jsonl
+from needlework.errors import NeedleworkError
+from needlework.evaluate.evaluate import EvalConfig
+from needlework.interventions.heads import check_table_shape, describe, load_scores, patch_sets, select_heads
+from needlework.interventions.knockout import replace_heads
+from needlework.io import hash_obj, write_json, write_parquet, write_text
+from needlework.models.instrument import head_output_hook
+from needlework.models.sites import heads_by_layer, model_shape
+
+
+def patch_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor) -> torch.Tensor:
+    """The heads `heads` of x (b, q, h, d) replaced by the source's head outputs `value` (b, q, h, d)."""
+    return replace_heads(x, heads, value[:, :, list(heads)])
+
+
+# --- two roles on one or two models ---------------------------------------------------------------
+
+@dataclass
+class Role:
+    """A model as seen by one role: the module to call and, for a shared peft base, its adapter
+    (None = the base with adapters disabled)."""
+
+    model: Any
+    adapter: str | None = None
+    shared: bool = False  # True when the other role calls the same module
+
+    @contextlib.contextmanager
+    def active(self):
+        if not self.shared or not hasattr(self.model, "peft_config"):
+            yield
+        elif self.adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(self.adapter)
+            yield
+
+
+def check_same_tokenizer(tok_a, tok_b) -> None:
+    """Raise NeedleworkError unless both tokenizers map the same strings to the same ids (and agree
+    on the special tokens): patching feeds the target's tokens to the source."""
+    va, vb = tok_a.get_vocab(), tok_b.get_vocab()
+    if va != vb:
+        diff = len(set(va.items()) ^ set(vb.items()))
+        raise NeedleworkError(
+            f"source and target tokenizers differ ({len(va)} vs {len(vb)} entries, {diff} (token, id) pairs differ)",
+            "patch between models of one family that share a tokenizer (e.g. two fine-tunes of one base)",
+        )
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        a, b = getattr(tok_a, attr, None), getattr(tok_b, attr, None)
+        if a != b and attr != "pad_token_id":
+            raise NeedleworkError(f"source and target tokenizers disagree on {attr} ({a} vs {b})", "use tokenizers of one base model")
+
+
+def _attach(base, adapters: dict[str, str]):
+    from peft import PeftModel
+
+    model = None
+    for name, d in adapters.items():
+        p = Path(d)
+        if not (p / "adapter_config.json").exists():
+            raise NeedleworkError(f"{p} holds no adapter_config.json", "point the adapter option at a folder written by `needlework train`")
+        try:
+            if model is None:
+                model = PeftModel.from_pretrained(base, str(p), adapter_name=name)
+            else:
+                model.load_adapter(str(p), adapter_name=name)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise NeedleworkError(f"adapter {p} does not match the model ({str(e).splitlines()[0][:300]})",
+                                  "use the base model the adapter was trained on") from None
+    return model.eval()
+
+
+def load_pair(source_cfg, target_cfg):
+    """(source Role, target Role, tokenizer). One base is loaded when the two configs differ only in
+    their adapter; otherwise two models, whose tokenizers and shapes must match.
+
+    Raises:
+        NeedleworkError: different tokenizers or model shapes, adapters that do not fit.
+    """
+    from needlework.models.load import load_model, resolve_device
+
+    same_base = replace(source_cfg, adapter=None) == replace(target_cfg, adapter=None)
+    if same_base:
+        base, tok = load_model(replace(source_cfg, adapter=None))
+        adapters = {k: v for k, v in (("source", source_cfg.adapter), ("target", target_cfg.adapter)) if v}
+        if source_cfg.adapter and source_cfg.adapter == target_cfg.adapter:
+            adapters = {"source": source_cfg.adapter}
+        model = _attach(base, adapters).to(resolve_device(source_cfg.device)) if adapters else base
+        src = Role(model, "source" if source_cfg.adapter else None, shared=True)
+        tgt = Role(model, ("target" if "target" in adapters else "source") if target_cfg.adapter else None, shared=True)
+        return src, tgt, tok
+    from needlework.models.load import load_tokenizer
+
+    check_same_tokenizer(load_tokenizer(source_cfg.name), load_tokenizer(target_cfg.name))  # before loading weights
+    ms, tok = load_model(source_cfg)
+    mt, _ = load_model(target_cfg)
+    if model_shape(ms) != model_shape(mt):
+        raise NeedleworkError(f"source and target shapes differ ({model_shape(ms)} vs {model_shape(mt)})",
+                              "patch between models of one architecture and size")
+    return Role(ms), Role(mt), tok
+
+
+# --- lockstep greedy generation -------------------------------------------------------------------
+
+@dataclass
+class _PatchState:
+    by_layer: dict[int, list[int]]
+    phase: str = "off"  # source (record head outputs) | target (replace them) | off
+    store: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def hook(self, layer: int, x: torch.Tensor):
+        hs = self.by_layer.get(layer)
+        if not hs or self.phase == "off":
+            return None
+        if self.phase == "source":
+            self.store[layer] = x  # the source is never modified in place, so no copy is needed
+            return None
+        return patch_heads(x, hs, self.store[layer])
+
+
+@contextlib.contextmanager
+def patching(source: Role, target: Role, heads):
+    """Install the capture/replace hook on both models (once when they are one module); yields the
+    state whose `phase` each forward sets."""
+    st = _PatchState(heads_by_layer(heads))
+    with contextlib.ExitStack() as stack:
+        if heads:
+            for m in {id(source.model): source.model, id(target.model): target.model}.values():
+                stack.enter_context(head_output_hook(m, st.hook))
+        yield st
+
+
+def _call(role: Role, st: _PatchState, phase: str, **kw):
+    st.phase = phase
+    try:
+        with role.active():
+            return role.model(**kw, logits_to_keep=1)
+    finally:
+        st.phase = "off"
+
+
+def lockstep_batch(source: Role, target: Role, st: _PatchState, prompts, max_new, stops, pad_id, eos_ids,
+                   newline_ids, blank_ids, return_logits: bool = False):
+    """Greedy generation of a left-padded batch by the patched target, the source running alongside
+    on the target's tokens. Stop rules as `evaluate.generate`. Returns (generated ids per row,
+    per-step target logits (b, vocab) when `return_logits`)."""
+    device = next(target.model.parameters()).device
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, L - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    skip_source = not st.by_layer  # nothing to patch: the source is not needed
+    cache_s = None if skip_source else _call(source, st, "source", **kw).past_key_values
+    out = _call(target, st, "target", **kw)
+    cache_t, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+    logits = [out.logits[:, -1].float()] if return_logits else []
+    gen: list[list[int]] = [[] for _ in range(B)]
+    done = [m <= 0 for m in max_new]
+    has_text = [False] * B
+    for _ in range(max(max_new)):
+        for i, t in enumerate(nxt.tolist()):
+            if done[i]:
+                continue
+            if t in eos_ids:
+                done[i] = True
+                continue
+            gen[i].append(t)
+            if stops[i] and t in newline_ids and (has_text[i] or t not in blank_ids):
+                done[i] = True
+            has_text[i] = has_text[i] or t not in blank_ids
+            if len(gen[i]) >= max_new[i]:
+                done[i] = True
+        if all(done):
+            break
+        mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
+        pos = pos[:, -1:] + 1
+        kw = dict(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True)
+        if not skip_source:
+            cache_s = _call(source, st, "source", past_key_values=cache_s, **kw).past_key_values
+        out = _call(target, st, "target", past_key_values=cache_t, **kw)
+        cache_t, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+        if return_logits:
+            logits.append(out.logits[:, -1].float())
+    return gen, logits
+
+
+def patched_answers(source: Role, target: Role, tokenizer, records: Sequence[Record], heads, cfg: EvalConfig,
+                    progress: bool = True) -> list[str]:
+    """The patched target's greedy answers (rendering, budgets and stop rules of `evaluate`)."""
+    from tqdm.auto import tqdm
+
+    from needlework.evaluate.generate import (DEFAULT_MAX_NEW_TOKENS, NEWLINE_STOP_TASKS, check_lengths, eos_token_ids,
+                                              newline_and_blank_ids, postprocess, render_prompts, resolve_chat)
+
+    chat = resolve_chat(cfg.chat, tokenizer)
+    prompts = render_prompts(records, tokenizer, chat)
+    max_new = [cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(r.task, 32) for r in records]
+    check_lengths(target.model, prompts, max_new, records)
+    stops = [r.task in NEWLINE_STOP_TASKS for r in records]
+    nl, blank = newline_and_blank_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    eos = eos_token_ids(target.model, tokenizer)
+    order = sorted(range(len(records)), key=lambda i: -len(prompts[i]))
+    results: list[list[int]] = [[] for _ in records]
+    bs = max(1, cfg.batch_size)
+    with torch.inference_mode(), patching(source, target, heads) as st:
+        for s in tqdm(range(0, len(order), bs), desc="patch", disable=not progress, leave=False):
+            idx = order[s : s + bs]
+            gen, _ = lockstep_batch(source, target, st, [prompts[i] for i in idx], [max_new[i] for i in idx],
+                                    [stops[i] for i in idx], pad, eos, nl, blank)
+            for i, g in zip(idx, gen):
+                results[i] = g
+    return [postprocess(tokenizer.decode(g, skip_special_tokens=True, clean_up_tokenization_spaces=False), s)
+            for g, s in zip(results, stops)]
+
+
+# --- the patch stage ------------------------------------------------------------------------------
+
+@dataclass
+class PatchConfig:
+    """Patching options; the fields are the YAML keys of a study config's `patch:` section."""
+
+    set: str = "intersection"  # intersection | complement | random | all | "L-H,..."
+    top: int | None = 10  # retrieval heads of each model = its top-k ...
+    threshold: float | None = None  # ... or its heads above this score (overrides top)
+    random_seeds: int = 3  # random sets, seeds 0..N-1
+    random_like: str = "complement"  # the set random sets match in size and layers
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(logprob=False))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PatchConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NeedleworkError(f"unknown patch option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")
+        d = dict(d)
+        if isinstance(d.get("eval"), dict):
+            d["eval"] = EvalConfig.from_dict(d["eval"])
+        return cls(**d)
+
+
+def _scores(records, outputs, condition: str):
+    from needlework.evaluate.metrics import PRIMARY, score_example
+
+    rows = []
+    for r, o in zip(records, outputs):
+        m = score_example(r, o)
+        rows.append({"condition": condition, "id": r.id, "task": r.task, "output": o, "score": m[PRIMARY[r.task]], **m})
+    return rows
+
+
+def _table(per_example, sets: dict, cfg: EvalConfig) -> tuple[list[dict], str]:
+    from needlework.evaluate.bootstrap import bootstrap_ci, paired_diff_ci
+
+    rows = []
+    for task, g in per_example.groupby("task"):
+        by = {c: x.set_index("id")["score"] for c, x in g.groupby("condition")}
+        before, source = by["target"], by["source"]
+        gap = float(source.mean() - before.mean())
+        for cond in ["source", "target", *sets]:
+            v = by[cond].loc[before.index].to_numpy(float)
+            lo, hi = bootstrap_ci(v, cfg.n_boot, cfg.alpha, cfg.seed)
+            d, dlo, dhi = paired_diff_ci(v, before.to_numpy(float), cfg.n_boot, cfg.alpha, cfg.seed)
+            rows.append({"task": task, "condition": cond, "n_heads": len(sets[cond]) if cond in sets else None,
+                         "score": float(v.mean()), "lo": lo, "hi": hi, "delta": d, "delta_lo": dlo, "delta_hi": dhi,
+                         "recovered": d / gap if cond in sets and abs(gap) > 1e-12 else None})
+    lines = ["| task | condition | heads | score [95% CI] | delta vs target [95% CI] | recovered |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        rec = "" if r["recovered"] is None else f"{r['recovered']:.2f}"
+        lines.append(f"| {r['task']} | {r['condition']} | {'' if r['n_heads'] is None else r['n_heads']} | "
+                     f"{r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | {r['delta']:+.3f} [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}] | {rec} |")
+    return rows, "\n".join(lines) + "\n"
+
+
+def run_patch(source_cfg, target_cfg, records: Sequence[Record] | str | os.PathLike, heads_source, heads_target,
+              cfg: PatchConfig | None, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Score the source, the target, and the target patched with the source's head outputs per head
+    set; write `summary.json`, `per_example.parquet`, `patch.csv` and `patch.md`.
+
+    Args:
+        source_cfg, target_cfg: ModelConfigs (same base + different adapters loads the base once).
+        records: Record objects or a JSONL path.
+        heads_source, heads_target: score tables (DataFrame, folder, parquet, Wu et al. JSON) of
+            each model; may be None when `cfg.set` is `all` or an explicit list.
+        cfg: options (PatchConfig()).
+        out_dir: output folder (created).
+    Returns:
+        summary dict: `sets` -> name -> head description, `table` rows (task, condition, score with
+        interval, paired delta vs the unpatched target, fraction of the source-target gap recovered).
+    Raises:
+        NeedleworkError: different tokenizers or shapes, score tables of another shape, bad heads.
+    """
+    import pandas as pd
+
+    from needlework.evaluate.evaluate import check_records, evaluate_loaded
+
+    cfg = cfg or PatchConfig()
+    data_path = str(records) if isinstance(records, (str, os.PathLike)) else None
+    records = read_jsonl(records) if data_path else list(records)
+    records = records[: cfg.eval.limit] if cfg.eval.limit is not None else records
+    check_records(records)
+    explicit = cfg.set == "all" or "-" in cfg.set
+    tables = [load_scores(t) if t is not None else None for t in (heads_source, heads_target)]
+    if not explicit and any(t is None for t in tables):
+        raise NeedleworkError(f"--set {cfg.set} needs the head scores of both models", "pass --heads-source and --heads-target")
+    source, target, tok = load_pair(source_cfg, target_cfg)
+    shape = model_shape(target.model)
+    chosen = []
+    for t in tables:
+        if t is None:
+            chosen.append(frozenset())
+            continue
+        check_table_shape(t, shape)
+        chosen.append(select_heads(t, top=None if cfg.threshold is not None else cfg.top, threshold=cfg.threshold))
+    sets = patch_sets(cfg.set, chosen[0], chosen[1], shape, seeds=range(cfg.random_seeds), random_like=cfg.random_like)
+    ecfg = replace(cfg.eval, limit=None, logprob=False)
+    rows = []
+    for name, role in (("source", source), ("target", target)):
+        with role.active():
+            df, _ = evaluate_loaded(role.model, tok, records, ecfg, progress=progress)
+        rows += [{"condition": name, **r} for r in df.drop(columns=["n_prompt_tokens"], errors="ignore").to_dict("records")]
+    for name, heads in sets.items():
+        rows += _scores(records, patched_answers(source, target, tok, records, heads, ecfg, progress), name)
+    per_example = pd.DataFrame(rows)
+    table, md = _table(per_example, sets, ecfg)
+    summary = {"source": asdict(source_cfg), "target": asdict(target_cfg), "data": data_path,
+               "data_hash": hash_obj([r.to_dict() for r in records]), "n": len(records), "config": asdict(cfg),
+               "shape": shape.to_dict(), "heads_source": describe(chosen[0]), "heads_target": describe(chosen[1]),
+               "sets": {k: describe(v) for k, v in sets.items()}, "table": table}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(out / "per_example.parquet", per_example)
+    write_text(out / "patch.csv", pd.DataFrame(table).to_csv(index=False))
+    write_text(out / "patch.md", md)
+    write_json(out / "summary.json", summary)
+    return summary

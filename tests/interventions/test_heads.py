@@ -1,0 +1,108 @@
+"""Head selection, layer-matched random controls and patching sets."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from needlework.errors import NeedleworkError
+from needlework.interventions.heads import (check_table_shape, load_scores, parse_head_list, patch_sets,
+                                           random_layer_matched, select_heads)
+from needlework.models.sites import HeadId, ModelShape, heads_by_layer
+
+SHAPE = ModelShape(n_layers=6, n_heads=8, n_kv_heads=2, head_dim=16)
+
+
+def _table(shape=SHAPE, hot=()):
+    rows = [{"layer": l, "head": h, "mean": 0.01 * ((l * 7 + h * 3) % 5), "std": 0.0, "n": 10}
+            for l in range(shape.n_layers) for h in range(shape.n_heads)]
+    df = pd.DataFrame(rows)
+    for i, (l, h) in enumerate(hot):
+        df.loc[(df["layer"] == l) & (df["head"] == h), "mean"] = 0.9 - 0.01 * i
+    return df
+
+
+def test_select_top_threshold_and_list():
+    hot = [(4, 1), (4, 5), (5, 0), (2, 7)]
+    df = _table(hot=hot)
+    assert select_heads(df, top=3) == {HeadId(4, 1), HeadId(4, 5), HeadId(5, 0)}
+    assert select_heads(df, threshold=0.5) == {HeadId(*x) for x in hot}
+    assert parse_head_list("4-1, 5-0") == {HeadId(4, 1), HeadId(5, 0)}
+    with pytest.raises(NeedleworkError):
+        parse_head_list("4:1")
+    with pytest.raises(NeedleworkError):
+        select_heads(df, top=3, threshold=0.1)
+
+
+def test_random_controls_layer_matched_disjoint_reproducible():
+    top = frozenset({HeadId(4, 1), HeadId(4, 5), HeadId(5, 0), HeadId(2, 7)})
+    draws = [random_layer_matched(top, SHAPE, seed=s) for s in range(5)]
+    for r in draws:
+        assert len(r) == len(top) and not (r & top)
+        assert {l: len(v) for l, v in heads_by_layer(r).items()} == {l: len(v) for l, v in heads_by_layer(top).items()}
+    assert random_layer_matched(top, SHAPE, seed=3) == draws[3]  # reproducible by seed
+    assert len(set(draws)) > 1  # and seeds differ
+
+
+def test_random_controls_fill_a_full_layer_from_its_neighbours():
+    full = frozenset(HeadId(3, h) for h in range(SHAPE.n_heads)) | {HeadId(1, 0)}
+    r = random_layer_matched(full, SHAPE, seed=0)
+    assert len(r) == len(full) and not (r & full)
+    layers = [h.layer for h in r]
+    assert layers.count(1) >= 1 and all(abs(l - 3) <= 1 or l == 1 for l in layers)
+
+
+def test_load_scores_from_folder_and_wu_json(tmp_path):
+    df = _table(hot=[(4, 1)])
+    (tmp_path / "run").mkdir()
+    df.to_parquet(tmp_path / "run" / "heads.parquet")
+    got = load_scores(tmp_path / "run")
+    assert select_heads(got, top=1) == {HeadId(4, 1)}
+    assert select_heads(load_scores(tmp_path), top=1) == {HeadId(4, 1)}  # `heads score --out` parent folder
+    wu = {f"{l}-{h}": [0.8, 1.0] if (l, h) == (4, 1) else [0.0, 0.1] for l in range(6) for h in range(8)}
+    (tmp_path / "wu.json").write_text(json.dumps(wu))
+    got = load_scores(tmp_path / "wu.json")
+    assert got.loc[(got["layer"] == 4) & (got["head"] == 1), "mean"].item() == pytest.approx(0.9)
+    check_table_shape(got, SHAPE)
+    with pytest.raises(NeedleworkError, match="not found"):
+        load_scores(tmp_path / "missing.json")
+
+
+def test_score_table_of_another_shape_is_refused():
+    other = _table(ModelShape(n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64))
+    with pytest.raises(NeedleworkError, match="30 layers x 9 heads"):
+        check_table_shape(other, SHAPE)
+
+
+def test_heads_out_of_range_are_refused():
+    with pytest.raises(NeedleworkError, match="do not exist"):
+        random_layer_matched({HeadId(6, 0)}, SHAPE, seed=0)
+    with pytest.raises(NeedleworkError, match="do not exist"):
+        patch_sets("2-9", frozenset(), frozenset(), SHAPE)
+
+
+def test_patch_sets():
+    src = frozenset({HeadId(4, 1), HeadId(4, 5), HeadId(5, 0)})
+    tgt = frozenset({HeadId(4, 1), HeadId(2, 2)})
+    assert patch_sets("intersection", src, tgt, SHAPE) == {"intersection": {HeadId(4, 1)}}
+    assert patch_sets("complement", src, tgt, SHAPE) == {"complement": {HeadId(4, 5), HeadId(5, 0)}}
+    assert len(patch_sets("all", src, tgt, SHAPE)["all"]) == 48
+    rnd = patch_sets("random", src, tgt, SHAPE, seeds=range(3))
+    assert sorted(rnd) == ["random_0", "random_1", "random_2"]
+    for r in rnd.values():  # matches the complement's layers, avoids both models' retrieval heads
+        assert sorted(h.layer for h in r) == [4, 5] and not (r & (src | tgt))
+    assert patch_sets("3-1,0-0", src, tgt, SHAPE) == {"list": {HeadId(3, 1), HeadId(0, 0)}}
+    with pytest.raises(NeedleworkError):
+        patch_sets("bogus", src, tgt, SHAPE)
+
+
+def test_shape_recorded_by_the_heads_stage_is_checked(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    _table().to_parquet(d / "heads.parquet")
+    (d / "meta.json").write_text(json.dumps({"shape": {"n_layers": 7, "n_heads": 8, "n_kv_heads": 2}, "view": "query"}))
+    with pytest.raises(NeedleworkError, match="7 layers x 8 heads"):
+        check_table_shape(load_scores(d / "heads.parquet"), SHAPE)
+    (d / "meta.json").write_text(json.dumps({"view": "kv"}))
+    with pytest.raises(NeedleworkError, match="key/value-head"):
+        load_scores(d)
