@@ -89,7 +89,7 @@ def knocked_out(model, heads, mode: str = "zero", means: torch.Tensor | None = N
             return None  # untouched layers cost nothing
         return fn(x, hs, means[layer] if means is not None else None)
 
-    with head_output_hook(model, hook):
+    with head_output_hook(model, hook, layers=by_layer):
         yield
 
 

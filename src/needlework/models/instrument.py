@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -219,8 +219,8 @@ HeadFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
 @contextlib.contextmanager
-def head_output_hook(model, fn: HeadFn) -> Iterator[None]:
-    """Call `fn(layer, x)` on every layer's head outputs, x shaped (b, q, n_heads, head_dim), before
+def head_output_hook(model, fn: HeadFn, layers: Iterable[int] | None = None) -> Iterator[None]:
+    """Call `fn(layer, x)` on each layer's head outputs (only `layers`, when given), x shaped (b, q, n_heads, head_dim), before
     the output projection; `fn` may return a replacement tensor (or None to keep x). Hooks are
     removed on exit, also after an exception."""
     shape = model_shape(model)
@@ -238,8 +238,10 @@ def head_output_hook(model, fn: HeadFn) -> Iterator[None]:
         return pre_hook
 
     try:
+        wanted = None if layers is None else set(layers)
         for m in attention_modules(model):
-            handles.append(out_proj(m).register_forward_pre_hook(make(m.layer_idx)))
+            if wanted is None or m.layer_idx in wanted:  # untouched layers get no hook at all
+                handles.append(out_proj(m).register_forward_pre_hook(make(m.layer_idx)))
         yield
     finally:
         for hd in handles:
