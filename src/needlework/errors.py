@@ -11,3 +11,14 @@ class NeedleworkError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(problem if not fix else f"{problem}\n  fix: {fix}")
+
+
+def check_keys(cls, d: dict, what: str) -> None:
+    """Raise NeedleworkError when `d` has keys that are not fields of dataclass `cls`; the message
+    names the unknown keys and lists the valid ones (configs fail loudly, never silently)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise NeedleworkError(f"unknown {what} option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")

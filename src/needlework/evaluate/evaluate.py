@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from needlework.data.records import Record, read_jsonl
-from needlework.errors import NeedleworkError
+from needlework.errors import NeedleworkError, check_keys
 from needlework.evaluate.bootstrap import bootstrap_ci
 from needlework.evaluate.generate import DEFAULT_MAX_NEW_TOKENS, generate_answers, render_prompts, resolve_chat
 from needlework.evaluate.logprob import gold_logprobs
@@ -51,10 +51,7 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalConfig":
         """Build from a config mapping; an unknown key is an error that names itself."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise NeedleworkError(f"unknown eval option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")
+        check_keys(cls, d, "eval")
         return cls(**d)
 
 

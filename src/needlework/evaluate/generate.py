@@ -76,40 +76,61 @@ def _forward(model, state: dict, **kw):
     return model(**kw)
 
 
-def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newline_ids, blank_ids):
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device):
+    """Left-pad a batch so every prompt ends at the last column; returns (ids, mask, position_ids),
+    each (b, q), with positions counting real tokens only."""
     import torch
 
-    device = _model_device(model)
     B, L = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     mask = torch.zeros((B, L), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding: every prompt ends at column L-1
+    for i, p in enumerate(prompts):
         ids[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[i, L - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # b, q: positions count real tokens only
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class StopRules:
+    """Per-row stop rules of greedy decoding, shared by evaluation and patching: EOS (not kept), a
+    newline once some text has appeared (for short-answer tasks), and a per-row token budget."""
+
+    def __init__(self, max_new, stop_newline, eos_ids, newline_ids, blank_ids):
+        self.max_new, self.stop_newline = list(max_new), list(stop_newline)
+        self.eos_ids, self.newline_ids, self.blank_ids = eos_ids, newline_ids, blank_ids
+        self.gen: list[list[int]] = [[] for _ in self.max_new]
+        self.done = [m <= 0 for m in self.max_new]
+        self.has_text = [False] * len(self.max_new)
+
+    def push(self, toks: Sequence[int]) -> bool:
+        """Take one step's tokens (one per row); returns True when every row is done."""
+        for i, t in enumerate(toks):
+            if self.done[i]:
+                continue
+            if t in self.eos_ids:
+                self.done[i] = True
+                continue
+            self.gen[i].append(t)
+            if self.stop_newline[i] and t in self.newline_ids and (self.has_text[i] or t not in self.blank_ids):
+                self.done[i] = True
+            self.has_text[i] = self.has_text[i] or t not in self.blank_ids
+            if len(self.gen[i]) >= self.max_new[i]:
+                self.done[i] = True
+        return all(self.done)
+
+
+def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newline_ids, blank_ids):
+    import torch
+
+    B = len(prompts)
+    ids, mask, pos = left_pad(prompts, pad_id, _model_device(model))
     state: dict = {}
     out = _forward(model, state, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     past = out.past_key_values
     nxt = out.logits[:, -1].argmax(-1)  # b
-    gen: list[list[int]] = [[] for _ in range(B)]
-    done = [m <= 0 for m in max_new]
-    has_text = [False] * B
-    for step in range(max(max_new)):
-        toks = nxt.tolist()
-        for i, t in enumerate(toks):
-            if done[i]:
-                continue
-            if t in eos_ids:
-                done[i] = True
-                continue
-            gen[i].append(t)
-            if stop_newline[i] and t in newline_ids and (has_text[i] or t not in blank_ids):
-                done[i] = True
-            has_text[i] = has_text[i] or t not in blank_ids
-            if len(gen[i]) >= max_new[i]:
-                done[i] = True
-        if all(done):
+    stops = StopRules(max_new, stop_newline, eos_ids, newline_ids, blank_ids)
+    for _ in range(max(max_new)):
+        if stops.push(nxt.tolist()):
             break
         mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
         pos = pos[:, -1:] + 1
@@ -117,7 +138,7 @@ def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newl
                        past_key_values=past, use_cache=True)
         past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
-    return gen
+    return stops.gen
 
 
 def greedy_generate(

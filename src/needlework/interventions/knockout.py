@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from needlework.data.records import Record, read_jsonl
-from needlework.errors import NeedleworkError
+from needlework.errors import NeedleworkError, check_keys
 from needlework.evaluate.evaluate import EvalConfig
 from needlework.interventions.heads import (check_table_shape, describe, load_scores, parse_head_list,
                                            random_layer_matched, select_heads)
@@ -172,10 +172,7 @@ class KnockoutConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "KnockoutConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise NeedleworkError(f"unknown knockout option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")
+        check_keys(cls, d, "knockout")
         d = dict(d)
         if isinstance(d.get("eval"), dict):
             d["eval"] = EvalConfig.from_dict(d["eval"])

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from needlework.data.records import Record, read_jsonl
-from needlework.errors import NeedleworkError
+from needlework.errors import NeedleworkError, check_keys
 from needlework.evaluate.evaluate import EvalConfig
 from needlework.interventions.heads import check_table_shape, describe, load_scores, patch_sets, select_heads
 from needlework.interventions.knockout import replace_heads
@@ -164,38 +164,19 @@ def lockstep_batch(source: Role, target: Role, st: _PatchState, prompts, max_new
     """Greedy generation of a left-padded batch by the patched target, the source running alongside
     on the target's tokens. Stop rules as `evaluate.generate`. Returns (generated ids per row,
     per-step target logits (b, vocab) when `return_logits`)."""
-    device = next(target.model.parameters()).device
-    B, L = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, L), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, L - len(p) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    from needlework.evaluate.generate import StopRules, left_pad
+
+    B = len(prompts)
+    ids, mask, pos = left_pad(prompts, pad_id, next(target.model.parameters()).device)
     kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     skip_source = not st.by_layer  # nothing to patch: the source is not needed
     cache_s = None if skip_source else _call(source, st, "source", **kw).past_key_values
     out = _call(target, st, "target", **kw)
     cache_t, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
     logits = [out.logits[:, -1].float()] if return_logits else []
-    gen: list[list[int]] = [[] for _ in range(B)]
-    done = [m <= 0 for m in max_new]
-    has_text = [False] * B
+    rules = StopRules(max_new, stops, eos_ids, newline_ids, blank_ids)
     for _ in range(max(max_new)):
-        for i, t in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
-            if t in eos_ids:
-                done[i] = True
-                continue
-            gen[i].append(t)
-            if stops[i] and t in newline_ids and (has_text[i] or t not in blank_ids):
-                done[i] = True
-            has_text[i] = has_text[i] or t not in blank_ids
-            if len(gen[i]) >= max_new[i]:
-                done[i] = True
-        if all(done):
+        if rules.push(nxt.tolist()):
             break
         mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
         pos = pos[:, -1:] + 1
@@ -206,7 +187,7 @@ def lockstep_batch(source: Role, target: Role, st: _PatchState, prompts, max_new
         cache_t, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
         if return_logits:
             logits.append(out.logits[:, -1].float())
-    return gen, logits
+    return rules.gen, logits
 
 
 def patched_answers(source: Role, target: Role, tokenizer, records: Sequence[Record], heads, cfg: EvalConfig,
@@ -254,10 +235,7 @@ class PatchConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PatchConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise NeedleworkError(f"unknown patch option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")
+        check_keys(cls, d, "patch")
         d = dict(d)
         if isinstance(d.get("eval"), dict):
             d["eval"] = EvalConfig.from_dict(d["eval"])

@@ -15,7 +15,7 @@ import importlib.util
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,6 @@ def load_model(cfg: ModelConfig | str = DEFAULT_MODEL):
 
     Raises NeedleworkError: unknown model id/path, missing GPU, adapter that does not fit.
     """
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if isinstance(cfg, str):

@@ -135,6 +135,13 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
     acc = Accelerator(cpu=model_cfg.device == "cpu")
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     device = acc.device
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        # checkpoints gather trainable weights and optimizer state from rank 0, which holds only
+        # a shard under FSDP/ZeRO: refuse rather than write incomplete checkpoints
+        raise NeedleworkError(
+            f"training under {acc.distributed_type.name} is not supported yet (sharded checkpoints)",
+            "launch with plain data parallelism (accelerate config: multi-GPU, no FSDP/DeepSpeed)",
+        )
     set_seed(cfg.seed)
 
     # --- model: loaded per process on its device; train mode, no KV cache --------------------------
