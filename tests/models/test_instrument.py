@@ -1,6 +1,5 @@
 """The instrumented attention against the slow reference: eager attention with output_attentions."""
 
-import pytest
 import torch
 
 from needlework.models.instrument import RowProbe, head_output_hook, instrumented, set_probe, set_uniform_heads
@@ -8,17 +7,20 @@ from needlework.models.sites import HeadId, attention_modules, model_shape
 
 
 def _eager_attn(model, ids, mask=None):
+    old = model.config._attn_implementation
     model.set_attn_implementation("eager")
-    with torch.no_grad():
-        out = model(ids, attention_mask=mask, output_attentions=True)
-    model.set_attn_implementation("sdpa")
-    return out
+    try:
+        with torch.no_grad():
+            return model(ids, attention_mask=mask, output_attentions=True)
+    finally:
+        model.set_attn_implementation(old)  # Gemma2 has no sdpa in newer transformers
 
 
 def test_outputs_unchanged_and_argmax_matches_eager(tiny_model):
     model = tiny_model
     # Gemma2's softcapping exists only in eager attention: instrument eager there, sdpa elsewhere
     backend = "eager" if getattr(model.config, "attn_logit_softcapping", None) else "sdpa"
+    model.set_attn_implementation(backend)
     torch.manual_seed(1)
     ids = torch.randint(3, 128, (2, 24))
     mask = torch.ones_like(ids)
