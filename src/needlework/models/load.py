@@ -144,7 +144,7 @@ class ModelConfig:
     name: str = DEFAULT_MODEL  # hub id, local folder, .gguf file, or "smollm2"
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N
-    attn_implementation: str = "sdpa"  # transformers backend the instrumented attention wraps
+    attn_implementation: str = "sdpa"  # backend the instrumentation wraps (eager for softcapped models)
     rope_theta: float | None = None  # raise the RoPE base to extend context
     max_position_embeddings: int | None = None
     adapter: str | None = None  # LoRA adapter directory (peft) to apply
@@ -198,8 +198,13 @@ def load_model(cfg: ModelConfig | str = DEFAULT_MODEL):
             config.rope_theta = float(cfg.rope_theta)
     if cfg.max_position_embeddings is not None:
         config.max_position_embeddings = int(cfg.max_position_embeddings)
+    attn = cfg.attn_implementation
+    if attn == "sdpa" and getattr(config, "attn_logit_softcapping", None):
+        # Gemma2-style logit softcapping exists only in eager attention (SDPA would silently drop it,
+        # and newer transformers refuse SDPA for these models)
+        attn = "eager"
     model = AutoModelForCausalLM.from_pretrained(
-        ref, config=config, dtype=dtype, attn_implementation=cfg.attn_implementation,
+        ref, config=config, dtype=dtype, attn_implementation=attn,
         trust_remote_code=cfg.trust_remote_code, **kw,
     )
     if cfg.adapter:
