@@ -92,6 +92,10 @@ def test_patch_sets():
     for r in rnd.values():  # matches the complement's layers, avoids both models' retrieval heads
         assert sorted(h.layer for h in r) == [4, 5] and not (r & (src | tgt))
     assert patch_sets("3-1,0-0", src, tgt, SHAPE) == {"list": {HeadId(3, 1), HeadId(0, 0)}}
+    # several named kinds in one call: the union of the single-kind results, for one patching pass
+    both = patch_sets("intersection,complement,random", src, tgt, SHAPE, seeds=range(2))
+    assert both == {**patch_sets("intersection", src, tgt, SHAPE), **patch_sets("complement", src, tgt, SHAPE),
+                    **patch_sets("random", src, tgt, SHAPE, seeds=range(2))}
     with pytest.raises(NeedleworkError):
         patch_sets("bogus", src, tgt, SHAPE)
 

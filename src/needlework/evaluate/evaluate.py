@@ -55,6 +55,16 @@ class EvalConfig:
         return cls(**d)
 
 
+def config_with_eval(cls, d: dict[str, Any], what: str):
+    """Build a stage config dataclass whose `eval` field is an EvalConfig, from a mapping (YAML),
+    failing on unknown keys at both levels (knockout and patching share this)."""
+    check_keys(cls, d, what)
+    d = dict(d)
+    if isinstance(d.get("eval"), dict):
+        d["eval"] = EvalConfig.from_dict(d["eval"])
+    return cls(**d)
+
+
 def check_records(records: Sequence[Record]) -> None:
     """Raise NeedleworkError for input evaluation cannot score: no records, unknown tasks, no gold."""
     if not records:

@@ -77,7 +77,7 @@ def patch_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Records to evaluate (JSONL)."),
     heads_source: Optional[Path] = typer.Option(None, "--heads-source", help="Source head scores (folder or Wu et al. JSON)."),
     heads_target: Optional[Path] = typer.Option(None, "--heads-target", help="Target head scores (folder or Wu et al. JSON)."),
-    head_set: str = typer.Option("intersection", "--set", help="intersection | complement | random | all | L-H,..."),
+    head_set: str = typer.Option("intersection", "--set", help="intersection | complement | random | all (several comma-separated: one pass) | L-H,..."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Retrieval heads = each model's top-K (default 10)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Retrieval heads = heads scoring above T."),
     random_seeds: int = typer.Option(3, "--random-seeds", min=1, help="Random sets for --set random (seeds 0..N-1)."),

@@ -169,6 +169,9 @@ def random_layer_matched(heads: Iterable[HeadId], shape: ModelShape, seed: int,
     return frozenset(picked)
 
 
+NAMED_SETS = ("intersection", "complement", "random", "all")
+
+
 def patch_sets(kind: str, heads_source: frozenset[HeadId], heads_target: frozenset[HeadId], shape: ModelShape,
                seeds: Iterable[int] = (0,), random_like: str = "complement") -> dict[str, frozenset[HeadId]]:
     """Named head sets for patching (SPEC §2).
@@ -178,6 +181,7 @@ def patch_sets(kind: str, heads_source: frozenset[HeadId], heads_target: frozens
             retrieval heads, e.g. real-only), `random` (layer-matched to the `random_like` set, one
             per seed, excluding both models' retrieval heads where the layers allow), `all` (every
             head), or an explicit list `L-H,...`.
+            Several named kinds may be given comma-separated (`intersection,complement,random`).
         heads_source, heads_target: the retrieval-head sets of the two models.
         shape: the (shared) model shape; every head is checked against it.
         seeds: seeds of the random sets.
@@ -187,6 +191,12 @@ def patch_sets(kind: str, heads_source: frozenset[HeadId], heads_target: frozens
         {name: head set}; random sets are named `random_<seed>`.
     """
     shape.check(heads_source | heads_target)
+    kinds = [k.strip() for k in kind.split(",")]
+    if len(kinds) > 1 and all(k in NAMED_SETS for k in kinds):  # several kinds: one pass, one set each
+        out: dict[str, frozenset[HeadId]] = {}
+        for k in kinds:
+            out.update(patch_sets(k, heads_source, heads_target, shape, seeds, random_like))
+        return out
     if kind == "intersection":
         return {"intersection": heads_source & heads_target}
     if kind == "complement":

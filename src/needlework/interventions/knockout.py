@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from needlework.data.records import Record, read_jsonl
-from needlework.errors import NeedleworkError, check_keys
-from needlework.evaluate.evaluate import EvalConfig
+from needlework.errors import NeedleworkError
+from needlework.evaluate.evaluate import EvalConfig, config_with_eval
 from needlework.interventions.heads import (check_table_shape, describe, load_scores, parse_head_list,
                                            random_layer_matched, select_heads)
 from needlework.io import hash_file, hash_obj, write_json, write_parquet
@@ -172,11 +172,7 @@ class KnockoutConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "KnockoutConfig":
-        check_keys(cls, d, "knockout")
-        d = dict(d)
-        if isinstance(d.get("eval"), dict):
-            d["eval"] = EvalConfig.from_dict(d["eval"])
-        return cls(**d)
+        return config_with_eval(cls, d, "knockout")
 
 
 def choose_heads(table, shape, cfg: KnockoutConfig) -> frozenset[HeadId]:

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from needlework.data.records import Record, read_jsonl
-from needlework.errors import NeedleworkError, check_keys
-from needlework.evaluate.evaluate import EvalConfig
+from needlework.errors import NeedleworkError
+from needlework.evaluate.evaluate import EvalConfig, config_with_eval
 from needlework.interventions.heads import check_table_shape, describe, load_scores, patch_sets, select_heads
 from needlework.interventions.knockout import replace_heads
 from needlework.io import hash_obj, write_json, write_parquet, write_text
@@ -235,11 +235,7 @@ class PatchConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PatchConfig":
-        check_keys(cls, d, "patch")
-        d = dict(d)
-        if isinstance(d.get("eval"), dict):
-            d["eval"] = EvalConfig.from_dict(d["eval"])
-        return cls(**d)
+        return config_with_eval(cls, d, "patch")
 
 
 def _scores(records, outputs, condition: str):

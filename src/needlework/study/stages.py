@@ -154,8 +154,8 @@ def knockout_stage(ctx: StageContext) -> None:
 
 
 def patch_stage(ctx: StageContext) -> None:
-    """Patch the reference (source) model's head outputs into this (target) model, one run per head
-    set kind; `patch.json` gathers the rows (source, target, and each set before/after)."""
+    """Patch the reference (source) model's head outputs into this (target) model for every head
+    set kind in one run (source and target are scored once); `patch.json` gathers the rows."""
     from needlework.evaluate.evaluate import EvalConfig
     from needlework.interventions.patch import PatchConfig, run_patch
 
@@ -163,22 +163,14 @@ def patch_stage(ctx: StageContext) -> None:
     sec = ctx.node.slice["patch"]
     opts = {k: v for k, v in sec.items() if k not in own}
     cfg = PatchConfig.from_dict({**opts, **_rule_kwargs(ctx.node.slice["heads"])})
-    cfg = dataclasses.replace(cfg, eval=EvalConfig.from_dict({**dataclasses.asdict(cfg.eval), **_eval_opts(ctx, "patch")}))
-    src, tgt = model_config(ctx, "source_train"), model_config(ctx, "target_train")
+    cfg = dataclasses.replace(cfg, eval=EvalConfig.from_dict({**dataclasses.asdict(cfg.eval), **_eval_opts(ctx, "patch")}),
+                              set=",".join(sec.get("sets", list(PATCH_KINDS))))
     records = records_of(ctx)
-    rows: list[dict[str, Any]] = []
-    sets: dict[str, Any] = {}
-    for kind in sec.get("sets", list(PATCH_KINDS)):
-        summ = run_patch(src, tgt, records, str(ctx.inputs["source_heads"] / "heads.parquet"),
-                         str(ctx.inputs["target_heads"] / "heads.parquet"), dataclasses.replace(cfg, set=kind), ctx.out / kind)
-        for r in summ["table"]:
-            if r["condition"] in ("source", "target"):
-                if not any(x["condition"] == r["condition"] and x["task"] == r["task"] for x in rows):
-                    rows.append({**r, "kind": r["condition"]})
-            else:
-                rows.append({**r, "kind": kind})
-        sets.update(summ["sets"])
-    write_json(ctx.out / "patch.json", {"rows": rows, "sets": sets, "n": len(records[: cfg.eval.limit] if cfg.eval.limit else records)})
+    summ = run_patch(model_config(ctx, "source_train"), model_config(ctx, "target_train"), records,
+                     str(ctx.inputs["source_heads"] / "heads.parquet"), str(ctx.inputs["target_heads"] / "heads.parquet"),
+                     cfg, ctx.out)
+    rows = [{**r, "kind": "random" if r["condition"].startswith("random_") else r["condition"]} for r in summ["table"]]
+    write_json(ctx.out / "patch.json", {"rows": rows, "sets": summ["sets"], "n": len(records[: cfg.eval.limit] if cfg.eval.limit else records)})
 
 
 PATCH_KINDS = ("intersection", "complement", "random")
