@@ -127,16 +127,52 @@ def evaluate_loaded(model, tokenizer, records: Sequence[Record], cfg: EvalConfig
         lps = gold_logprobs(model, tokenizer, records, chat=chat, batch_size=cfg.batch_size, progress=progress)
         df["gold_logprob"] = [lp.logprob for lp in lps]
         df["gold_logprob_per_token"] = [lp.per_token for lp in lps]
-    elapsed = time.perf_counter() - t0
-    summary = {
-        "n": len(records),
+    return df, _summary(df, cfg, run_cfg, time.perf_counter() - t0)
+
+
+def _summary(df, cfg: EvalConfig, run_cfg: EvalConfig, elapsed: float) -> dict[str, Any]:
+    return {
+        "n": len(df),
         "options": asdict(run_cfg),
         "max_new_tokens_by_task": {t: cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[t] for t in sorted(set(df["task"]))},
         "elapsed_s": elapsed,
-        "examples_per_s": len(records) / elapsed if elapsed > 0 else float("nan"),
+        "examples_per_s": len(df) / elapsed if elapsed > 0 else float("nan"),
         "tasks": _summarise(df, cfg),
     }
-    return df, summary
+
+
+def _processes(model_cfg):
+    """accelerate's PartialState when this process is one of several (launched by `accelerate
+    launch` or `torchrun`), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=model_cfg.device == "cpu")
+
+
+def _evaluate_sharded(state, model_cfg, records: list[Record], cfg: EvalConfig, progress: bool):
+    """Each process evaluates every world-th example on its own device; rank 0 gets all rows back
+    in the original order and summarises them (intervals over the whole set)."""
+    import dataclasses
+
+    import pandas as pd
+    from accelerate.utils import gather_object
+
+    from needlework.models.load import load_model
+
+    t0 = time.perf_counter()
+    rank, world = state.process_index, state.num_processes
+    mine = records[rank::world]
+    model, tokenizer = load_model(dataclasses.replace(model_cfg, device=str(state.device)))
+    rows = []
+    if mine:
+        df, _ = evaluate_loaded(model, tokenizer, mine, dataclasses.replace(cfg, limit=None), progress=progress and state.is_main_process)
+        rows = [{"_index": rank + i * world, **r} for i, r in enumerate(df.to_dict(orient="records"))]
+    every = sorted(gather_object(rows), key=lambda r: r["_index"])
+    df = pd.DataFrame(every).drop(columns="_index")
+    run_cfg = EvalConfig(**{**asdict(cfg), "chat": resolve_chat(cfg.chat, tokenizer)})
+    return df, {**_summary(df, cfg, run_cfg, time.perf_counter() - t0), "processes": world}
 
 
 def _finite_or_none(obj):
@@ -183,8 +219,14 @@ def evaluate(model_cfg, records: Sequence[Record] | str | os.PathLike, cfg: Eval
         records = list(records)
         data_hash = hash_obj([r.to_dict() for r in records])
     check_records(records[: cfg.limit] if cfg.limit is not None else records)  # fail before loading a model
-    model, tokenizer = load_model(model_cfg)
-    df, summary = evaluate_loaded(model, tokenizer, records, cfg, progress=progress)
+    state = _processes(model_cfg)
+    if state is not None:
+        df, summary = _evaluate_sharded(state, model_cfg, records[: cfg.limit] if cfg.limit is not None else records, cfg, progress)
+        if not state.is_main_process:
+            return df, summary  # rank 0 writes
+    else:
+        model, tokenizer = load_model(model_cfg)
+        df, summary = evaluate_loaded(model, tokenizer, records, cfg, progress=progress)
     summary = _finite_or_none({"model": model_cfg.name, "adapter": model_cfg.adapter, "model_config": asdict(model_cfg),
                                "data": data_path, "data_hash": data_hash, **summary})
     out_dir = Path(out_dir)

@@ -33,8 +33,13 @@ MODES = ("zero", "mean", "uniform")
 # --- interventions: (site tensor x (b, q, h, d), heads of this layer, value) -> new x -------------
 
 def replace_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor | float) -> torch.Tensor:
-    """x with heads `heads` (indices into dim 2) set to `value`, broadcast to (b, q, len(heads), d)."""
-    out = x.clone()
+    """x with heads `heads` (indices into dim 2) set to `value`, broadcast to (b, q, len(heads), d).
+
+    Written in place when no gradient flows through x (evaluation): x is the output projection's
+    freshly made input, read by nothing else, so a copy of the whole layer output would be waste.
+    Under autograd a copy keeps the graph intact.
+    """
+    out = x.clone() if (x.requires_grad and torch.is_grad_enabled()) else x
     out[:, :, list(heads)] = value if not torch.is_tensor(value) else value.to(x.dtype)
     return out
 

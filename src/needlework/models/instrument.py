@@ -67,14 +67,17 @@ def _state(module) -> LayerState:
 
 
 def _visible(attention_mask, b, q_rows, k, q_len, sliding_window, device) -> torch.Tensor:
-    """(b, 1, r, k) bool: which keys the query rows `q_rows` (b, r) may attend to."""
+    """(b, 1, r, k) bool: which keys the query rows `q_rows` (b, r) may attend to; `q_rows` None means
+    every row (r = q_len), read straight off the mask without a gather."""
     if attention_mask is not None:
         m = attention_mask[..., :k]
-        idx = q_rows.clamp(min=0)[:, None, :, None].expand(m.shape[0], m.shape[1], -1, k)
-        m = torch.gather(m, 2, idx)
+        if q_rows is not None:
+            idx = q_rows.clamp(min=0)[:, None, :, None].expand(m.shape[0], m.shape[1], -1, k)
+            m = torch.gather(m, 2, idx)
         return m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
     # No mask: transformers skipped it because the call is plainly causal (queries are the last q_len keys).
-    abs_q = q_rows.clamp(min=0) + (k - q_len)  # (b, r)
+    rows = q_rows.clamp(min=0) if q_rows is not None else torch.arange(q_len, device=device)[None]
+    abs_q = rows + (k - q_len)  # (b, r)
     keys = torch.arange(k, device=device)
     vis = keys[None, None, :] <= abs_q[:, :, None]
     if sliding_window:
@@ -120,17 +123,22 @@ def _probe(module, query, key, attention_mask, scaling, kwargs, probe: RowProbe)
 
 
 def _uniform(module, query, key, value, attention_mask, out, heads, kwargs) -> torch.Tensor:
-    """Replace `heads` of `out` (b, q, h, d) by the mean of their values over visible keys."""
+    """Replace `heads` of `out` (b, q, h, d) by the mean of their values over visible keys.
+
+    One (b, q, k) weight matrix serves every head, and one matmul every key-value head the chosen
+    heads read; `out` (the kernel's fresh output) is written in place unless autograd needs it."""
     b, h, q_len, d = query.shape
     kvh, k = key.shape[1], key.shape[2]
     g = h // kvh
-    rows = torch.arange(q_len, device=query.device).expand(b, q_len)
-    vis = _visible(attention_mask, b, rows, k, q_len, kwargs.get("sliding_window") or None, query.device)[:, 0]
-    w = vis.to(value.dtype)
-    w = w / w.sum(-1, keepdim=True).clamp(min=1)  # b, q, k: uniform weights over the visible prefix
-    out = out.clone()
+    vis = _visible(attention_mask, b, None, k, q_len, kwargs.get("sliding_window") or None, query.device)
+    w = vis.to(value.dtype)  # (b|1, 1, q, k)
+    w = w / w.sum(-1, keepdim=True).clamp(min=1)  # uniform weights over the visible prefix
+    kv = sorted({hd // g for hd in heads})
+    mixed = torch.matmul(w, value[:, kv])  # (b, len(kv), q, d)
+    if out.requires_grad and torch.is_grad_enabled():
+        out = out.clone()
     for hd in heads:
-        out[:, :, hd] = torch.matmul(w, value[:, hd // g])  # (b, q, k) @ (b, k, d)
+        out[:, :, hd] = mixed[:, kv.index(hd // g)]
     return out
 
 

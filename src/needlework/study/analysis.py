@@ -2,7 +2,7 @@
 model predict the downstream score? (SPEC §2 "Prediction".)
 
 `compare_heads` compares two models' head scores on the same examples (cosine, Spearman, head-set
-recall/precision/Jaccard, with bootstrap intervals over examples); `correlate` gives Spearman and
+recall/precision/Jaccard, with bootstrap intervals over examples, by `needlework.heads.compare`); `correlate` gives Spearman and
 Pearson correlations of recall (and cosine) with score across training sets, with n and bootstrap
 intervals over sets; `leave_one_out` predicts each set's score from its recall by a linear fit on
 the others. n is small (a handful of training sets), so the intervals are wide: they are reported,
@@ -22,14 +22,6 @@ METRICS = ("recall", "precision", "jaccard", "cosine", "spearman")
 # ----------------------------------------------------------------------------------- head comparison
 
 
-def head_set(means: np.ndarray, rule: str, k: int, threshold: float) -> set[int]:
-    """Indices of the head set: top-k by mean (ties: lower index first) or mean > threshold."""
-    if rule == "top_k":
-        order = np.lexsort((np.arange(len(means)), -np.nan_to_num(means, nan=-np.inf)))
-        return set(order[:k].tolist())
-    return set(np.flatnonzero(np.nan_to_num(means, nan=-np.inf) > threshold).tolist())
-
-
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -44,78 +36,34 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def compare_means(a: np.ndarray, b: np.ndarray, rule: str, k: int, threshold: float) -> dict[str, float]:
-    """Compare head score vectors `a` (a model) and `b` (the reference) over the same heads."""
-    a, b = np.nan_to_num(np.asarray(a, float)), np.nan_to_num(np.asarray(b, float))
-    sa, sb = head_set(a, rule, k, threshold), head_set(b, rule, k, threshold)
-    inter = len(sa & sb)
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return {
-        "recall": inter / len(sb) if sb else float("nan"),  # |H_a ∩ H_ref| / |H_ref|
-        "precision": inter / len(sa) if sa else float("nan"),
-        "jaccard": inter / len(sa | sb) if sa | sb else float("nan"),
-        "cosine": float(a @ b / norm) if norm > 0 else float("nan"),
-        "spearman": _spearman(a, b),
-    }
-
-
-def _matrix(per_example, heads: list[tuple[int, int]]) -> tuple[list[str], np.ndarray]:
-    """(example ids, (n_examples, n_heads) score matrix) over kept examples."""
-    df = per_example
-    if "kept" in df:
-        df = df[df["kept"].astype(bool)]
-    wide = df.pivot_table(index="example_id", columns=["layer", "head"], values="score", aggfunc="mean")
-    wide = wide.reindex(columns=heads)
-    return [str(i) for i in wide.index], wide.to_numpy(float)
-
-
 def compare_heads(heads_a, heads_ref, per_a=None, per_ref=None, rule: str = "top_k", k: int = 10,
                   threshold: float = 0.1, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
-    """Compare a model's head scores with the reference model's, on the same evaluation examples.
+    """Compare a model's head scores with the reference model's on the same evaluation examples,
+    through `needlework.heads.compare` (the statistics and bootstrap `needlework heads compare` uses).
 
     Args:
         heads_a, heads_ref: per-head tables (layer, head, mean, ...).
-        per_a, per_ref: per-example tables (example_id, layer, head, score, kept); when both are
-            given, intervals come from resampling the shared examples jointly (paired bootstrap).
+        per_a, per_ref: per-example tables (example_id, layer, head, score, kept); with both,
+            intervals resample examples (paired when both kept the same examples).
         rule, k, threshold: the head-set rule (SPEC §2).
     Returns:
         {metric: {mean, lo, hi}} for recall, precision, jaccard, cosine, spearman, plus `n_heads`
         (the set size of the model) and `n_heads_ref`, `n_above_threshold` and `n_examples`.
     """
-    import pandas as pd
+    from needlework.heads.compare import CompareConfig, compare, scores_from_tables
 
-    m = pd.merge(heads_a[["layer", "head", "mean"]], heads_ref[["layer", "head", "mean"]], on=["layer", "head"],
-                 suffixes=("_a", "_ref")).sort_values(["layer", "head"])
-    a, b = m["mean_a"].to_numpy(float), m["mean_ref"].to_numpy(float)
-    point = compare_means(a, b, rule, k, threshold)
-    out: dict[str, Any] = {name: {"mean": v, "lo": float("nan"), "hi": float("nan")} for name, v in point.items()}
-    n_ex = 0
-    if per_a is not None and per_ref is not None and len(per_a) and len(per_ref):
-        heads = list(zip(m["layer"].astype(int), m["head"].astype(int)))
-        ids_a, xa = _matrix(per_a, heads)
-        ids_b, xb = _matrix(per_ref, heads)
-        shared = sorted(set(ids_a) & set(ids_b))
-        n_ex = len(shared)
-        if n_ex > 1:
-            ia = [ids_a.index(i) for i in shared]
-            ib = [ids_b.index(i) for i in shared]
-            xa, xb = xa[ia], xb[ib]
-            rng = np.random.default_rng(seed)
-            samples = {name: [] for name in point}
-            for _ in range(n_boot):
-                idx = rng.integers(0, n_ex, n_ex)
-                r = compare_means(np.nanmean(xa[idx], 0), np.nanmean(xb[idx], 0), rule, k, threshold)
-                for name, v in r.items():
-                    samples[name].append(v)
-            for name, vals in samples.items():
-                v = np.asarray(vals, float)
-                v = v[np.isfinite(v)]
-                if v.size:
-                    out[name]["lo"], out[name]["hi"] = (float(x) for x in np.quantile(v, [alpha / 2, 1 - alpha / 2]))
-    out["n_heads"] = len(head_set(np.nan_to_num(a), rule, k, threshold))
-    out["n_heads_ref"] = len(head_set(np.nan_to_num(b), rule, k, threshold))
-    out["n_above_threshold"] = int((np.nan_to_num(a) > threshold).sum())
-    out["n_examples"] = n_ex
+    shape = {"n_layers": int(max(heads_a["layer"].max(), heads_ref["layer"].max())) + 1,
+             "n_heads": int(max(heads_a["head"].max(), heads_ref["head"].max())) + 1}
+    a = scores_from_tables(per_a, heads_a, {"shape": shape})
+    b = scores_from_tables(per_ref, heads_ref, {"shape": shape})
+    cfg = CompareConfig(top=k if rule == "top_k" else None, threshold=threshold, n_boot=n_boot, alpha=alpha, seed=seed)
+    df = compare(a, b, cfg).set_index("stat")
+    out: dict[str, Any] = {m: {"mean": float(df.at[m, "value"]), "lo": float(df.at[m, "lo"]), "hi": float(df.at[m, "hi"])}
+                           for m in METRICS}
+    out["n_heads"] = int(df.at["n_a", "value"])
+    out["n_heads_ref"] = int(df.at["n_b", "value"])
+    out["n_above_threshold"] = int((a.means > threshold).sum())
+    out["n_examples"] = len(set(a.example_ids) & set(b.example_ids)) if a.per_example is not None and b.per_example is not None else 0
     return out
 
 

@@ -104,6 +104,14 @@ class AnalysisSpec:
 
 
 @dataclass
+class ScaleOut:
+    """How the train and evaluate stages spread over processes (one per GPU). Not part of any
+    stage's cache key: the processes share one global batch, so results do not depend on them."""
+
+    processes: int | str = "auto"  # auto: every visible GPU (1 without CUDA); N: N processes (gloo on CPU)
+
+
+@dataclass
 class StudyConfig:
     models: dict[str, ModelSpec]
     tasks: dict[str, TaskSpec]
@@ -121,6 +129,7 @@ class StudyConfig:
     # `limit`, `sets` (head-set kinds, default [intersection, complement, random]), PatchConfig fields.
     patch: dict[str, Any] = field(default_factory=dict)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    scale_out: ScaleOut = field(default_factory=ScaleOut)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -341,6 +350,9 @@ def validate(cfg: StudyConfig, base_dir: Path | None = None) -> StudyConfig:
         elif sets not in ("all", "reference", "none"):
             raise _err(f"{name}.{'sets' if name == 'knockout' else 'targets'}", f"{sets!r} is not all, reference, none or a list",
                        "write all, reference, none, or a list of training set names")
+    n = cfg.scale_out.processes
+    if (isinstance(n, str) and n != "auto") or (isinstance(n, int) and n < 1):
+        raise _err("scale_out.processes", f"{n!r} is neither auto nor a positive number", "write auto (every visible GPU) or a count")
     for i, kind in enumerate(cfg.patch.get("sets", [])):
         if not isinstance(kind, str) or (kind not in PATCH_KINDS and "-" not in kind):
             raise _err(f"patch.sets[{i}]", f"{kind!r} is not a head-set kind", f"use {', '.join(PATCH_KINDS)} or a list L-H,...")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from typing import Any
 
@@ -79,19 +80,44 @@ def data_stage(ctx: StageContext) -> None:
 # ----------------------------------------------------------------------------------- train / evaluate / score
 
 
-def train_stage(ctx: StageContext) -> None:
+def _train_here(ctx: StageContext) -> None:
     from needlework.train.config import TrainConfig
     from needlework.train.sft import train
 
     cfg = TrainConfig.from_dict({**ctx.node.slice["train"], "resume": "auto"})
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # launched processes split the configured global batch (launch.stage_processes)
+        cfg = dataclasses.replace(cfg, grad_accum=cfg.grad_accum // world)
     train(model_config(ctx, None), records_of(ctx, "data"), cfg, ctx.out)
+
+
+def _evaluate_here(ctx: StageContext) -> None:
+    from needlework.evaluate.evaluate import EvalConfig, evaluate
+
+    evaluate(model_config(ctx), records_of(ctx), EvalConfig.from_dict(ctx.node.slice["eval"]), ctx.out)
+
+
+IN_PROCESS = {"train": _train_here, "evaluate": _evaluate_here}  # what one launched process runs
+
+
+def _scaled(stage: str, ctx: StageContext) -> None:
+    """Run the stage here, or in one process per GPU when several are available (study.launch)."""
+    from needlework.study.launch import run_in_processes, stage_processes
+
+    n = stage_processes(stage, ctx)
+    if n > 1:
+        run_in_processes(stage, ctx, n)
+    else:
+        IN_PROCESS[stage](ctx)
+
+
+def train_stage(ctx: StageContext) -> None:
+    _scaled("train", ctx)
     shutil.rmtree(ctx.out / "checkpoints", ignore_errors=True)  # only needed to resume a killed run
 
 
 def evaluate_stage(ctx: StageContext) -> None:
-    from needlework.evaluate.evaluate import EvalConfig, evaluate
-
-    evaluate(model_config(ctx), records_of(ctx), EvalConfig.from_dict(ctx.node.slice["eval"]), ctx.out)
+    _scaled("evaluate", ctx)
 
 
 def score_stage(ctx: StageContext) -> None:
