@@ -1,12 +1,14 @@
 """Training memory and speed: needlework's answer-only output path vs the common recipe, in one job.
 
-Both paths train the same LoRA model (r=16, alpha=32 on q,k,v,o; gradient checkpointing with
+All paths train the same LoRA model (r=16, alpha=32 on q,k,v,o; gradient checkpointing with
 use_reentrant=False; batch 1; one AdamW step per iteration) on one random sequence of `--context`
 tokens whose last `--answer` tokens are the answer:
-  ours:   decoder -> hidden states -> LM head + cross-entropy at the answer positions only
-          (needlework.train.loss.AnswerOnlyLM)
-  common: transformers + peft, model(input_ids, labels=labels) with labels -100 outside the answer
-          (full-sequence logits, b x t x vocab, plus transformers' fp32 upcast for the loss)
+  ours:      needlework's default: decoder -> hidden states -> LM head + cross-entropy at the answer
+             positions only (needlework.train.loss.AnswerOnlyLM), and checkpointing that keeps the
+             attention kernel's outputs (needlework.train.checkpointing, `save-attention`)
+  ours-full: the same output path with full checkpointing (every layer recomputed)
+  common:    transformers + peft, model(input_ids, labels=labels) with labels -100 outside the answer
+             (full-sequence logits, b x t x vocab, plus transformers' fp32 upcast), full checkpointing
 
 Reported per path: peak memory (GPU: torch.cuda.max_memory_allocated, reset before each path; CPU:
 the rise of the process RSS above its level before the path, sampled every 2 ms), tokens/s (median
@@ -78,7 +80,6 @@ def add_lora(model, r: int):
     from peft import LoraConfig, get_peft_model
 
     model.config.use_cache = False
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     model.train()
@@ -123,8 +124,11 @@ class RssPeak:
 
 def run_path(path: str, model, t: int, answer: int, steps: int, warmup: int, device, peak_tflops: float | None) -> dict:
     """Train `warmup + steps` iterations with one output path; returns its figures (or oom)."""
+    from needlework.train.checkpointing import enable_checkpointing
     from needlework.train.data import Example, collate
     from needlework.train.loss import AnswerOnlyLM, full_logits_loss
+
+    enable_checkpointing(model.get_base_model(), "save-attention" if path == "ours" else "full")
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (t,), generator=g).tolist()
@@ -135,7 +139,7 @@ def run_path(path: str, model, t: int, answer: int, steps: int, warmup: int, dev
     losses = []
 
     def step() -> float:
-        if path == "ours":
+        if path in ("ours", "ours-full"):
             nll, _ = lm(batch.input_ids, None, batch.rows, batch.pos, batch.targets)
             loss = nll.mean()
         else:
@@ -193,7 +197,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default 989 on CUDA = H200 bf16)")
-    ap.add_argument("--paths", default="common,ours", help="which paths to measure, in order")
+    ap.add_argument("--paths", default="common,ours,ours-full", help="which paths to measure, in order")
     ap.add_argument("--find-max", action="store_true", help="double the context from --context until ours runs out of memory")
     ap.add_argument("--find-max-limit", type=int, default=1 << 20)
     args = ap.parse_args()
@@ -223,6 +227,10 @@ def main() -> None:
         result["mem_ratio"] = ours["peak_mem_gib"] / common["peak_mem_gib"] if common["peak_mem_gib"] > 0 else None
         result["speed_ratio"] = ours["tokens_per_s"] / common["tokens_per_s"]
         result["first_loss_diff"] = abs(ours["first_loss"] - common["first_loss"])  # same weights and data: must agree
+    full = result.get("ours-full")
+    if full and common and not full["oom"] and not common["oom"]:
+        result["full_ckpt_mem_ratio"] = full["peak_mem_gib"] / common["peak_mem_gib"] if common["peak_mem_gib"] > 0 else None
+        result["full_ckpt_speed_ratio"] = full["tokens_per_s"] / common["tokens_per_s"]
     if args.find_max:
         tried, t = [], args.context
         while t <= args.find_max_limit:

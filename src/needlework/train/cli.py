@@ -20,6 +20,8 @@ Examples:
       --rope-theta 2000000 --max-length 32768 --lr 1e-4 --grad-accum 8 --save-every 100
 
   accelerate launch --num_processes 4 -m needlework.cli train --model M --data d.jsonl --out runs/ddp
+
+  accelerate launch --num_processes 8 --use_fsdp --fsdp_version 2 -m needlework.cli train --model M ...
 """
 
 
@@ -47,7 +49,8 @@ def register(app: typer.Typer) -> None:
         packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="pack short examples into rows of --pack-length tokens"),
         pack_length: Optional[int] = typer.Option(None, help="packed row length (default --max-length)"),
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="render with the tokenizer's chat template"),
-        gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+        gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="recompute layer activations in backward (default on)"),
+        save_attention: Optional[bool] = typer.Option(None, "--save-attention/--no-save-attention", help="with checkpointing, keep attention outputs instead of recomputing them (default on: faster at long context, 2*tokens*hidden bytes per layer)"),
         seed: Optional[int] = typer.Option(None),
         eval_every: Optional[int] = typer.Option(None, help="evaluate every N steps (and at the end)"),
         save_every: Optional[int] = typer.Option(None, help="checkpoint every N steps"),
@@ -67,7 +70,7 @@ def register(app: typer.Typer) -> None:
             method=method, lora_r=lora_r, lora_alpha=lora_alpha, targets=targets, lr=lr, schedule=schedule,
             warmup_steps=warmup_steps, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
             max_length=max_length, truncate_haystack=truncate_haystack, packing=packing, pack_length=pack_length,
-            chat=chat, gradient_checkpointing=gradient_checkpointing, seed=seed, eval_every=eval_every,
+            chat=chat, gradient_checkpointing=gradient_checkpointing, save_attention=save_attention, seed=seed, eval_every=eval_every,
             save_every=save_every, resume=resume).items() if v is not None}
         cfg = load_train_config(config, given) if config else TrainConfig.from_dict(given)
         mcfg = ModelConfig(name=model, dtype=dtype, device=device, rope_theta=rope_theta,

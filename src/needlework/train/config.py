@@ -50,6 +50,9 @@ class TrainConfig:
     chat: bool = False  # render with the tokenizer's chat template
     # memory
     gradient_checkpointing: bool = True
+    # with gradient checkpointing, keep each layer's attention-kernel outputs instead of recomputing
+    # them in backward (train/checkpointing.py): 1.10x faster at 32K tokens for 2*T*hidden bytes a layer
+    save_attention: bool = True
     # bookkeeping
     log_every: int = 1
     eval_every: int = 0  # 0: evaluate only at the end (when eval records are given)

@@ -2,8 +2,18 @@
 
 Launch:
   needlework train --model smollm2 --data train.jsonl --eval dev.jsonl --out runs/sft
-  accelerate launch --num_processes 2 -m needlework.cli train ...   # DDP/FSDP/DeepSpeed per accelerate config
-  torchrun --nproc_per_node 8 -m needlework.cli train ...
+  accelerate launch --num_processes 8 -m needlework.cli train ...   # DDP (plain multi-GPU config)
+  torchrun --nproc_per_node 8 -m needlework.cli train ...           # DDP
+  accelerate launch --num_processes 8 --use_fsdp --fsdp_version 2 -m needlework.cli train ...  # FSDP2
+  ACCELERATE_USE_FSDP=true FSDP_VERSION=2 torchrun --nproc_per_node 8 -m needlework.cli train ...  # the same
+
+Under FSDP every process keeps a shard of each parameter, gradient and optimizer state (FSDP2,
+`fully_shard`: accelerate's `fsdp_version: 2`; FSDP1 is refused, DeepSpeed too). Decoder layers are
+their own FSDP units unless the accelerate config names another wrap policy. Checkpoints and the final
+adapter/model are gathered to rank 0 and written unsharded, in the same format as one process writes,
+so they resume or load anywhere (even with another number of processes). Keep `--gradient-checkpointing`
+(transformers' non-reentrant one) rather than accelerate's `fsdp_activation_checkpointing`, which does
+not restore the RNG for dropout. accelerate turns FSDP on for GPUs only: on CPU processes it runs DDP.
 
 `train` reads top to bottom: set up the processes, load the model, choose what trains, tokenize,
 optimizer and schedule, resume, then one loop (micro-steps, clip, step, log, evaluate, save).
@@ -17,8 +27,10 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +41,9 @@ from needlework.data.records import Record
 from needlework.errors import NeedleworkError
 from needlework.io import write_json
 from needlework.models.load import ModelConfig, load_model
-from needlework.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, trainable_state
+from needlework.train.checkpoint import (full_model_state, full_optimizer_state, full_trainable_state, list_checkpoints,
+                                         load_checkpoint, rank_rng_states, save_checkpoint, trainable_state)
+from needlework.train.checkpointing import enable_checkpointing
 from needlework.train.config import TrainConfig
 from needlework.train.data import Example, collate, encode_all, epoch_plan
 from needlework.train.loss import AnswerOnlyLM, base_causal_lm
@@ -87,16 +101,22 @@ def setup_trainable(model, cfg: TrainConfig, adapter: str | None = None):
 
 @torch.no_grad()
 def evaluate_answers(lm: AnswerOnlyLM, examples: list[Example], batch_size: int, device, pad_id: int,
-                     rank: int = 0, world: int = 1, reduce=None) -> dict[str, float]:
+                     rank: int = 0, world: int = 1, reduce=None, lockstep: bool = False) -> dict[str, float]:
     """Teacher-forced answer metrics: mean NLL per answer token, token accuracy, and exact match
-    (every answer token is the argmax). Examples are sharded over processes and the sums reduced."""
+    (every answer token is the argmax). Examples are sharded over processes and the sums reduced.
+    `lockstep` (FSDP: every forward all-gathers weights, so all ranks must run the same number):
+    a rank with fewer examples runs padding batches whose results it drops."""
     was_training = lm.training
     lm.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # nll, correct tokens, tokens, exact examples
     mine = examples[rank::world]
-    for i in range(0, len(mine), batch_size):
-        b = collate([[e] for e in mine[i: i + batch_size]], pad_id).to(device)
+    n_batches = math.ceil((math.ceil(len(examples) / world) if lockstep else len(mine)) / batch_size)
+    for i in range(n_batches):
+        chunk = mine[i * batch_size: (i + 1) * batch_size]
+        b = collate([[e] for e in chunk or examples[:1]], pad_id).to(device)
         nll, pred = lm(b.input_ids, b.position_ids, b.rows, b.pos, b.targets)
+        if not chunk:
+            continue  # a padding batch (lockstep)
         wrong = torch.zeros(b.input_ids.shape[0], device=device).index_add_(0, b.rows, (pred != b.targets).float())
         sums += torch.tensor([nll.sum().item(), (pred == b.targets).sum().item(), b.n_answer, (wrong == 0).sum().item()],
                              dtype=torch.float64, device=device)
@@ -105,6 +125,36 @@ def evaluate_answers(lm: AnswerOnlyLM, examples: list[Example], batch_size: int,
     lm.train(was_training)
     nll, correct, n_tok, exact = sums.tolist()
     return {"eval_loss": nll / max(n_tok, 1), "eval_token_acc": correct / max(n_tok, 1), "eval_exact": exact / max(len(examples), 1)}
+
+
+def check_distributed(acc, cfg: TrainConfig) -> bool:
+    """Whether the model is sharded (FSDP2), after refusing the set-ups whose checkpoints or
+    numerics this trainer cannot get right. Returns True under FSDP2, False under DDP or one process.
+
+    Raises NeedleworkError: DeepSpeed, FSDP1, or FSDP's own activation checkpointing with dropout.
+    """
+    kind = acc.distributed_type.name
+    if kind == "DEEPSPEED":
+        # ZeRO partitions weights and optimizer state in DeepSpeed's own layout, which the checkpoint
+        # gathers here do not read: refuse rather than write partial checkpoints (and it is not installed to test)
+        raise NeedleworkError("training under DeepSpeed is not supported (its ZeRO shards would give incomplete checkpoints)",
+                              "launch with FSDP2 (accelerate launch --use_fsdp --fsdp_version 2 ...) or plain DDP (torchrun)")
+    if kind != "FSDP":
+        if kind == "MULTI_CPU" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.is_main_process:
+            warnings.warn("accelerate enables FSDP on GPUs only: these CPU processes train with DDP (same results, unsharded)")
+        return False
+    if not acc.is_fsdp2:
+        raise NeedleworkError("training under FSDP1 (fsdp_version 1) is not supported: LoRA needs FSDP2's per-parameter sharding",
+                              "use FSDP2: accelerate launch --use_fsdp --fsdp_version 2, or `fsdp_version: 2` in the accelerate config")
+    plugin = acc.state.fsdp_plugin
+    if plugin.activation_checkpointing and cfg.lora_dropout > 0:
+        raise NeedleworkError("FSDP activation checkpointing recomputes dropout with a different mask (it does not keep the RNG state)",
+                              "turn off fsdp_activation_checkpointing and keep --gradient-checkpointing (the default)")
+    if plugin.auto_wrap_policy is None and "FSDP_AUTO_WRAP_POLICY" not in os.environ:
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+        plugin.auto_wrap_policy = transformer_auto_wrap_policy  # per decoder layer: one layer gathered at a time
+    return True
 
 
 def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainConfig, out_dir,
@@ -135,21 +185,15 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
     acc = Accelerator(cpu=model_cfg.device == "cpu")
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     device = acc.device
-    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
-        # checkpoints gather trainable weights and optimizer state from rank 0, which holds only
-        # a shard under FSDP/ZeRO: refuse rather than write incomplete checkpoints
-        raise NeedleworkError(
-            f"training under {acc.distributed_type.name} is not supported yet (sharded checkpoints)",
-            "launch with plain data parallelism (accelerate config: multi-GPU, no FSDP/DeepSpeed)",
-        )
+    sharded = check_distributed(acc, cfg)  # FSDP2: gather checkpoints collectively; eval in lockstep
     set_seed(cfg.seed)
 
     # --- model: loaded per process on its device; train mode, no KV cache --------------------------
     load_cfg = dataclasses.replace(model_cfg, device=str(device), adapter=None)
     model, tok = load_model(load_cfg)
     model.config.use_cache = False
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing and not (sharded and acc.state.fsdp_plugin.activation_checkpointing):
+        enable_checkpointing(model, "save-attention" if cfg.save_attention else "full")
     model = setup_trainable(model, cfg, adapter=model_cfg.adapter)
     model.train()
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -178,13 +222,21 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
     micro_per_epoch = len(epoch_plan(examples, 0, cfg.seed, cfg.batch_size, cfg.packing, pack_length))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * micro_per_epoch) // per_step)
 
-    # --- optimizer and schedule (created after accelerate wraps the model, as FSDP needs) ----------
-    lm = acc.prepare_model(AnswerOnlyLM(model))
+    # --- optimizer and schedule; accelerate wraps the model (DDP), or shards it and swaps the
+    # optimizer's parameters for the shards (FSDP2 needs both at once) ------------------------------
+    lm = AnswerOnlyLM(model)
+    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
+                                  weight_decay=cfg.weight_decay)
+    if sharded:
+        lm._no_split_modules = getattr(base_causal_lm(model), "_no_split_modules", None)  # decoder layers: FSDP units
+        lm = acc.prepare(lm, optimizer)[0]  # `optimizer` now holds the sharded parameters (DTensors)
+    else:
+        lm = acc.prepare_model(lm)
     params = [p for p in lm.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     resolved = {"train": cfg.to_dict(), "model": dataclasses.asdict(model_cfg), "world_size": world,
+                "distributed": "FSDP2" if sharded else ("DDP" if world > 1 else "none"),
                 "n_train": len(examples), "n_eval": len(eval_examples), "total_steps": total_steps,
                 "n_trainable_params": n_trainable, "max_length": max_length}
     if main:
@@ -199,7 +251,7 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
         ckpt = list_checkpoints(ckpt_root)[-1]
     inner = acc.unwrap_model(lm).model  # the (peft) causal LM; checkpoint names are relative to it
     if ckpt is not None:
-        start_step = int(load_checkpoint(ckpt, inner, optimizer, scheduler)["step"])
+        start_step = int(load_checkpoint(ckpt, inner, optimizer, scheduler, sharded=sharded)["step"])
     log_path = out / "log.jsonl"
     if main:
         kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln).get("step", 0) <= start_step] if log_path.exists() and start_step else []
@@ -214,7 +266,21 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
         return acc.reduce(t, reduction="sum") if world > 1 else t
 
     def run_eval() -> dict[str, float]:
-        return evaluate_answers(acc.unwrap_model(lm), eval_examples, cfg.batch_size, device, pad_id, rank, world, reduce_sum)
+        return evaluate_answers(acc.unwrap_model(lm), eval_examples, cfg.batch_size, device, pad_id, rank, world, reduce_sum,
+                                lockstep=sharded)
+
+    def checkpoint(step: int) -> dict[str, torch.Tensor]:
+        """Write out/checkpoints/step-N; every rank calls it. Returns the trainable weights (rank 0)."""
+        acc.wait_for_everyone()
+        rng = rank_rng_states()  # collective when several processes run
+        # under FSDP the gathers are collective (rank 0 receives the full tensors); else rank 0 reads its copy
+        weights = full_trainable_state(inner) if sharded else (trainable_state(inner) if main else {})
+        optim = full_optimizer_state(inner, optimizer) if sharded else None
+        if main:
+            save_checkpoint(ckpt_root, step, weights, optimizer, scheduler, resolved, keep=cfg.keep_checkpoints,
+                            optimizer_state=optim, rng_states=rng)
+        acc.wait_for_everyone()
+        return weights
 
     # --- the loop ---------------------------------------------------------------------------------
     bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not (main and cfg.progress))
@@ -259,26 +325,24 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
             last_eval = run_eval()
             log({"step": done, **last_eval})
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            acc.wait_for_everyone()
-            if main:
-                save_checkpoint(ckpt_root, done, trainable_state(inner), optimizer, scheduler, resolved, keep=cfg.keep_checkpoints)
-            acc.wait_for_everyone()
+            checkpoint(done)
     bar.close()
     if eval_examples and not last_eval:  # resumed at the end: still report the metrics
         last_eval = run_eval()
 
     # --- final weights: a peft adapter folder, or a full model folder ----------------------------
+    # (checkpoint first: under FSDP its gather gives the adapter's full weights; the model gathers whole)
     saved = out / ("adapter" if cfg.method == "lora" else "model")
-    acc.wait_for_everyone()
+    weights = checkpoint(total_steps)
+    full = full_model_state(base_causal_lm(inner)) if sharded and cfg.method != "lora" else None  # collective
     if main:
         if cfg.method == "lora":
-            inner.save_pretrained(saved, safe_serialization=True)
+            inner.save_pretrained(saved, safe_serialization=True, **({"state_dict": weights} if sharded else {}))
         else:
-            base_causal_lm(inner).save_pretrained(saved, safe_serialization=True)
+            base_causal_lm(inner).save_pretrained(saved, safe_serialization=True, **({"state_dict": full} if sharded else {}))
             tok.save_pretrained(saved)
         # the base model and its RoPE settings travel with the weights: evaluate with the same theta
         write_json(saved / "needlework_model_config.json", dataclasses.asdict(dataclasses.replace(model_cfg, adapter=None)))
-        save_checkpoint(ckpt_root, total_steps, trainable_state(inner), optimizer, scheduler, resolved, keep=cfg.keep_checkpoints)
     acc.wait_for_everyone()
     return TrainResult(out_dir=out, steps=total_steps, final_loss=last_loss, saved=saved, log_path=log_path, eval=last_eval)
 
