@@ -10,7 +10,7 @@ from needlework.errors import NeedleworkError
 from needlework.evaluate.generate import greedy_generate
 from needlework.interventions.knockout import cached_head_means, knocked_out
 from needlework.models.instrument import head_output_hook
-from needlework.models.sites import HeadId, attention_modules, model_shape
+from needlework.models.sites import HeadId, attention_modules, cache_of, model_shape, with_cache
 
 
 def _greedy(model, prompts, n=6):
@@ -85,10 +85,10 @@ def test_uniform_equals_hand_reference_in_prefill_and_decoding(tiny):
         with knocked_out(tiny, heads, "uniform"):
             got = tiny(ids).logits
             out = tiny(ids[:, :12], use_cache=True)  # prefill, then one token at a time with the cache
-            cache, steps = out.past_key_values, []
+            cache, steps = cache_of(out), []
             for t in range(12, 20):
-                out = tiny(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = tiny(ids[:, t : t + 1], use_cache=True, **with_cache(tiny, cache))
+                cache = cache_of(out)
                 steps.append(out.logits[:, -1])
     assert not torch.allclose(want, plain, atol=1e-4)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

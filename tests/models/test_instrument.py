@@ -3,7 +3,7 @@
 import torch
 
 from needlework.models.instrument import RowProbe, head_output_hook, instrumented, set_probe, set_uniform_heads
-from needlework.models.sites import HeadId, attention_modules, model_shape
+from needlework.models.sites import HeadId, attention_modules, cache_of, model_shape, with_cache
 
 
 def _eager_attn(model, ids, mask=None):
@@ -57,13 +57,13 @@ def test_decoding_steps_with_cache_match_eager(build_tiny):
     with torch.no_grad(), instrumented(model):
         set_probe(model, None)
         out = model(ids[:, :15], use_cache=True)
-        cache = out.past_key_values
+        cache = cache_of(out)
         set_probe(model, probe)
         for t in range(15, 20):
             probe.clear()
             probe.seq_len = t + 1
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(ids[:, t : t + 1], use_cache=True, **with_cache(model, cache))
+            cache = cache_of(out)
             for layer, att in enumerate(ref.attentions):
                 assert probe.argmax[layer][0, :, 0].tolist() == att[0, :, t].argmax(-1).tolist()
 

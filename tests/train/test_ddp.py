@@ -3,7 +3,6 @@ global batch: 2 processes × grad_accum 1 vs 1 process × grad_accum 2."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +18,6 @@ def _run(args, env_extra=None):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _log(out):
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if "loss" in r], next(r for r in rows if "eval_loss" in r)
@@ -33,7 +26,7 @@ def _log(out):
 def test_two_processes_equal_one(tiny_llama, tmp_path, method="lora"):
     worker = str(HERE / "ddp_worker.py")
     _run([sys.executable, worker, tiny_llama, str(tmp_path / "one"), "2", method])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # standalone: a free port
           worker, tiny_llama, str(tmp_path / "two"), "1", method])
     one, eval_one = _log(tmp_path / "one")
     two, eval_two = _log(tmp_path / "two")

@@ -5,7 +5,6 @@ process on the same global batch, checkpoints that hold the full tensors in the 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,15 +30,9 @@ def _two_processes(model_dir, out, fsdp=True, nproc=2, **cfg):
     env["PYTHONPATH"] = str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")
     if fsdp:  # what `accelerate launch --use_fsdp --fsdp_version 2` sets
         env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
-    for _ in range(2):  # a free port can be taken by another job before torchrun binds it: then once more
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
-                            str(HERE / "fsdp_worker.py"), model_dir, str(out), json.dumps(cfg)],
-                           cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
-        if p.returncode == 0 or "address already in use" not in p.stderr.lower():
-            break
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                        str(HERE / "fsdp_worker.py"), model_dir, str(out), json.dumps(cfg)],  # standalone: a free port
+                       cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
 
 

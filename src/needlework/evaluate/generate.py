@@ -122,11 +122,13 @@ class StopRules:
 def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newline_ids, blank_ids):
     import torch
 
+    from needlework.models.sites import cache_of, with_cache
+
     B = len(prompts)
     ids, mask, pos = left_pad(prompts, pad_id, _model_device(model))
     state: dict = {}
     out = _forward(model, state, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    past = out.past_key_values
+    past = cache_of(out)
     nxt = out.logits[:, -1].argmax(-1)  # b
     stops = StopRules(max_new, stop_newline, eos_ids, newline_ids, blank_ids)
     for _ in range(max(max_new)):
@@ -135,8 +137,8 @@ def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newl
         mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
         pos = pos[:, -1:] + 1
         out = _forward(model, state, input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                       past_key_values=past, use_cache=True)
-        past = out.past_key_values
+                       use_cache=True, **with_cache(model, past))
+        past = cache_of(out)
         nxt = out.logits[:, -1].argmax(-1)
     return stops.gen
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from needlework.errors import NeedleworkError
 from needlework.models.instrument import RowProbe, instrumented, set_probe
-from needlework.models.sites import attention_modules, model_shape
+from needlework.models.sites import attention_modules, cache_of, model_shape, with_cache
 
 MODES = ("teacher", "generate")
 SCORES = ("retrieval", "insight", "mass")
@@ -262,7 +262,7 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, pad_id: 
         if probe is not None:
             probe.rows, probe.seq_len = None, P + k + 1  # one query row; absolute keys for window caches
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=last_pos,
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **with_cache(model, cache_of(out)))
     if probe is not None:
         set_probe(model, None)
     return emitted

@@ -24,7 +24,7 @@ from needlework.interventions.heads import check_table_shape, describe, load_sco
 from needlework.interventions.knockout import replace_heads
 from needlework.io import hash_obj, write_json, write_parquet, write_text
 from needlework.models.instrument import head_output_hook
-from needlework.models.sites import heads_by_layer, model_shape
+from needlework.models.sites import cache_of, heads_by_layer, model_shape, with_cache
 
 
 def patch_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor) -> torch.Tensor:
@@ -170,9 +170,9 @@ def lockstep_batch(source: Role, target: Role, st: _PatchState, prompts, max_new
     ids, mask, pos = left_pad(prompts, pad_id, next(target.model.parameters()).device)
     kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     skip_source = not st.by_layer  # nothing to patch: the source is not needed
-    cache_s = None if skip_source else _call(source, st, "source", **kw).past_key_values
+    cache_s = None if skip_source else cache_of(_call(source, st, "source", **kw))
     out = _call(target, st, "target", **kw)
-    cache_t, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+    cache_t, nxt = cache_of(out), out.logits[:, -1].argmax(-1)
     logits = [out.logits[:, -1].float()] if return_logits else []
     rules = StopRules(max_new, stops, eos_ids, newline_ids, blank_ids)
     for _ in range(max(max_new)):
@@ -182,9 +182,9 @@ def lockstep_batch(source: Role, target: Role, st: _PatchState, prompts, max_new
         pos = pos[:, -1:] + 1
         kw = dict(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True)
         if not skip_source:
-            cache_s = _call(source, st, "source", past_key_values=cache_s, **kw).past_key_values
-        out = _call(target, st, "target", past_key_values=cache_t, **kw)
-        cache_t, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+            cache_s = cache_of(_call(source, st, "source", **with_cache(source.model, cache_s), **kw))
+        out = _call(target, st, "target", **with_cache(target.model, cache_t), **kw)
+        cache_t, nxt = cache_of(out), out.logits[:, -1].argmax(-1)
         if return_logits:
             logits.append(out.logits[:, -1].float())
     return rules.gen, logits

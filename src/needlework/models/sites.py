@@ -120,3 +120,25 @@ def heads_by_layer(heads: Iterable[HeadId]) -> dict[int, list[int]]:
     for h in sorted(heads):
         out.setdefault(h.layer, []).append(h.head)
     return out
+
+
+# --- the KV cache in a forward call: `past_key_values` up to transformers ~5.2x, `cache` after ----
+
+
+def _forward_params(model) -> frozenset[str]:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward(*args, **kw)
+    return frozenset(inspect.signature(type(base).forward).parameters)
+
+
+def with_cache(model, cache) -> dict:
+    """The keyword argument that passes `cache` to `model(...)` under this transformers version
+    (newer ones name it `cache` and drop `past_key_values`, which older ones require)."""
+    return {"cache" if "cache" in _forward_params(model) else "past_key_values": cache}
+
+
+def cache_of(out):
+    """The KV cache a forward returned (`out.cache`, or `out.past_key_values` on older versions)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

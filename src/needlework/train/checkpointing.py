@@ -60,7 +60,10 @@ def checkpointing_kwargs(mode: str) -> dict[str, Any]:
 def enable_checkpointing(model, mode: str) -> None:
     """Set a transformers model's gradient checkpointing: `full` (recompute each layer), `save-attention`
     (recompute each layer except its attention kernel) or `off`."""
+    newer = hasattr(model, "activation_checkpointing_enable")  # transformers >= ~5.2x renamed the methods
     if mode == "off":
-        model.gradient_checkpointing_disable()
-        return
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs(mode))
+        (model.activation_checkpointing_disable if newer else model.gradient_checkpointing_disable)()
+    elif newer:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs(mode))
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs(mode))
