@@ -50,6 +50,20 @@ def stage_processes(stage: str, ctx) -> int:
     return max(1, n)
 
 
+def _release_gpu_memory() -> None:
+    """Hand the memory this process's earlier stages cached back to the driver: the workers share GPU 0 with it."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - nothing to release
+        pass
+
+
 def _die_with_parent() -> None:
     """In the launcher's child: get SIGTERM when the study process dies (even by kill -9), so no
     orphaned workers keep writing into a work dir that a resumed study takes over. Linux only."""
@@ -70,6 +84,7 @@ def run_in_processes(stage: str, ctx, n: int) -> None:
                       "node": {"stage": ctx.node.stage, "label": ctx.node.label, "slice": ctx.node.slice,
                                "model": ctx.node.model, "task": ctx.node.task, "set": ctx.node.set},
                       "config": ctx.cfg.to_dict()})
+    _release_gpu_memory()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            "-m", "needlework.study.worker", str(spec)]
     env = dict(os.environ)

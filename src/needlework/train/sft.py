@@ -135,10 +135,14 @@ def check_distributed(acc, cfg: TrainConfig) -> bool:
     """
     kind = acc.distributed_type.name
     if kind == "DEEPSPEED":
-        # ZeRO partitions weights and optimizer state in DeepSpeed's own layout, which the checkpoint
-        # gathers here do not read: refuse rather than write partial checkpoints (and it is not installed to test)
-        raise NeedleworkError("training under DeepSpeed is not supported (its ZeRO shards would give incomplete checkpoints)",
-                              "launch with FSDP2 (accelerate launch --use_fsdp --fsdp_version 2 ...) or plain DDP (torchrun)")
+        # ZeRO keeps weights and optimizer state in DeepSpeed's own partitioned layout, which these
+        # checkpoint gathers do not read, and DeepSpeed's own checkpoints are pickles it reloads with
+        # torch.load(weights_only=False) (deepspeedai/DeepSpeed#8500), which needlework never does.
+        # FSDP2 shards the same things (as ZeRO-3 does) with safetensors checkpoints.
+        raise NeedleworkError("training under DeepSpeed is not supported (ZeRO's partitioned state would give incomplete "
+                              "checkpoints, and its own checkpoints need unsafe pickle loading)",
+                              "launch with FSDP2 (accelerate launch --use_fsdp --fsdp_version 2 ...), which shards "
+                              "weights, gradients and optimizer state like ZeRO-3, or plain DDP (torchrun)")
     if kind != "FSDP":
         if kind == "MULTI_CPU" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.is_main_process:
             warnings.warn("accelerate enables FSDP on GPUs only: these CPU processes train with DDP (same results, unsharded)")
