@@ -6,10 +6,15 @@ Each stage module registers its own commands in `register(app)`, so this file on
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
 from needlework.errors import NeedleworkError
+
+# peft reads transformers' `is_gradient_checkpointing`, which newer transformers deprecate: a warning
+# about two libraries' internals that a user can do nothing about
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 app = typer.Typer(
     name="needlework",
