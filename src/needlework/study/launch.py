@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 from needlework.errors import NeedleworkError
@@ -78,7 +77,11 @@ def _die_with_parent() -> None:
 
 def run_in_processes(stage: str, ctx, n: int) -> None:
     """Run `stage` on `ctx` in n processes and wait; raises NeedleworkError when a process fails."""
-    spec = ctx.out / ".launch.json"
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="needlework-launch-", suffix=".json")  # outside the work dir: not a result
+    os.close(fd)
+    spec = Path(name)
     write_json(spec, {"stage": stage, "processes": n, "out": str(ctx.out), "study_dir": str(ctx.study_dir),
                       "inputs": {k: str(v) for k, v in ctx.inputs.items()},
                       "node": {"stage": ctx.node.stage, "label": ctx.node.label, "slice": ctx.node.slice,
@@ -90,8 +93,10 @@ def run_in_processes(stage: str, ctx, n: int) -> None:
     env = dict(os.environ)
     if visible_gpus() == 0:  # CPU processes share the cores instead of each taking all of them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
-    proc = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent)
-    spec.unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent)
+    finally:
+        spec.unlink(missing_ok=True)
     if proc.returncode != 0:
         raise NeedleworkError(f"stage {stage} of {ctx.node.label} failed in its {n} processes (exit code {proc.returncode}; "
                               "their output is above)",
