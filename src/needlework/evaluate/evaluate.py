@@ -3,6 +3,8 @@ intervals, written as `predictions.jsonl` (one row per example) and `summary.jso
 
 `evaluate_loaded` works on a model that is already loaded, and calls it as is, so knockout and
 patching can run it with their hooks installed; `evaluate` loads the model, runs it and writes.
+Launched as several processes (`accelerate launch` / `torchrun`), `evaluate` gives each process every
+N-th example on its own device and rank 0 writes all rows in order (`summary.json` adds `processes`).
 
 Columns of the per-example table: `id, task, output, score` (the task's primary metric), every
 metric of the example's task (other tasks' metrics are NaN), `n_prompt_tokens`, and with
