@@ -135,3 +135,17 @@ def test_unlocatable_needles_and_absent_answers_are_skipped(monkeypatch):
     assert skipped == {"lost": "needle span not found after rendering", "absent": "answer tokens absent from the needle span"}
     exs, skipped = prepare_examples(recs, tok, ScoreConfig(score="insight"))  # no token test: only 'lost' skipped
     assert list(skipped) == ["lost"]
+
+
+def test_stop_rule_stops_at_every_eos_of_the_generation_config():
+    from types import SimpleNamespace
+
+    from needlework.heads.score import stop_rule
+
+    tok = SimpleNamespace(eos_token_id=2, decode=lambda ids: "\n" if ids == [9] else "word")
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[2, 7]))  # e.g. <|eot_id|> besides EOS
+    is_stop = stop_rule(tok, ScoreConfig(mode="generate"), model)
+    assert is_stop(2, 0) and is_stop(7, 3)  # both EOS ids end the answer
+    assert not is_stop(9, 0) and is_stop(9, 1)  # a newline ends it only after some text
+    assert not is_stop(5, 2)
+    assert not stop_rule(tok, ScoreConfig(mode="generate"))(7, 3)  # without the model: the tokenizer's EOS only

@@ -119,28 +119,42 @@ class StopRules:
         return all(self.done)
 
 
-def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newline_ids, blank_ids):
+def decode_loop(step, prompts: Sequence[Sequence[int]], pad_id: int, device, rules) -> list[list[int]]:
+    """The greedy decoding loop that evaluation, patching and head scoring share.
+
+    Left-pads the prompts, then calls `step(ids, mask, position_ids, k)` for the prefill (k = 0) and
+    for each new token (k >= 1, ids (b, 1)); `step` runs the model(s), keeps its own KV caches, and
+    returns the last position's logits (b, vocab), whose argmax is token k. `rules.push(tokens)`
+    takes each step's tokens and says when every row is done (it must enforce a token budget);
+    returns `rules.gen`, the kept tokens per row.
+    """
     import torch
 
+    ids, mask, pos = left_pad(prompts, pad_id, device)
+    nxt = step(ids, mask, pos, 0).argmax(-1)  # b
+    k = 0
+    while not rules.push(nxt.tolist()):
+        k += 1
+        mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+        pos = pos[:, -1:] + 1
+        nxt = step(nxt[:, None], mask, pos, k).argmax(-1)
+    return rules.gen
+
+
+def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newline_ids, blank_ids):
     from needlework.models.sites import cache_of, with_cache
 
-    B = len(prompts)
-    ids, mask, pos = left_pad(prompts, pad_id, _model_device(model))
     state: dict = {}
-    out = _forward(model, state, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    past = cache_of(out)
-    nxt = out.logits[:, -1].argmax(-1)  # b
-    stops = StopRules(max_new, stop_newline, eos_ids, newline_ids, blank_ids)
-    for _ in range(max(max_new)):
-        if stops.push(nxt.tolist()):
-            break
-        mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
-        pos = pos[:, -1:] + 1
-        out = _forward(model, state, input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                       use_cache=True, **with_cache(model, past))
-        past = cache_of(out)
-        nxt = out.logits[:, -1].argmax(-1)
-    return stops.gen
+    cache = [None]
+
+    def step(ids, mask, pos, _k):
+        out = _forward(model, state, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                       **with_cache(model, cache[0]))
+        cache[0] = cache_of(out)
+        return out.logits[:, -1]
+
+    rules = StopRules(max_new, stop_newline, eos_ids, newline_ids, blank_ids)
+    return decode_loop(step, prompts, pad_id, _model_device(model), rules)
 
 
 def greedy_generate(

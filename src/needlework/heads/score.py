@@ -222,50 +222,60 @@ def _teacher_batch(model, batch: list[Example], cfg, canon, pad_id) -> list[dict
     return out
 
 
+class _UntilStop:
+    """Head scoring's stop rule in `decode_loop`'s form: `is_stop(token, n_emitted)` ends a row and
+    the stop token is not kept (it is no answer token to score); at most `budget` tokens a row."""
+
+    def __init__(self, b: int, budget: int, is_stop: Callable[[int, int], bool]):
+        self.budget, self.is_stop = budget, is_stop
+        self.gen: list[list[int]] = [[] for _ in range(b)]
+        self.done = [budget <= 0] * b
+
+    def push(self, toks) -> bool:
+        for i, t in enumerate(toks):
+            if self.done[i]:
+                continue
+            if self.is_stop(t, len(self.gen[i])):
+                self.done[i] = True
+                continue
+            self.gen[i].append(t)
+            self.done[i] = len(self.gen[i]) >= self.budget
+        return all(self.done)
+
+
 @torch.no_grad()
 def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
                   is_stop: Callable[[int, int], bool], probe: RowProbe | None = None, on_step=None) -> list[list[int]]:
-    """Greedy decoding of left-padded prompts with a KV cache; returns each row's emitted tokens up
-    to (excluding) its stop token. With `probe`, the prefill probes only the last prompt row and
-    each step its single row; `on_step(k)` runs after the forward that emits token k."""
-    dev = _device(model)
+    """Greedy decoding of left-padded prompts with a KV cache (`evaluate.generate.decode_loop`);
+    returns each row's emitted tokens up to (excluding) its stop token. With `probe`, the prefill
+    probes only the last prompt row and each step its single row; `on_step(k)` runs after the
+    forward that emits token k."""
+    from needlework.evaluate.generate import decode_loop
+
     b, P = len(prompts), max(map(len, prompts))
-    ids = torch.full((b, P), pad_id, dtype=torch.long)
-    mask = torch.zeros(b, P, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at each row's first token
-    if probe is not None:
-        probe.rows = torch.full((b, 1), P - 1, dtype=torch.long, device=dev)
-        probe.seq_len = P
-        set_probe(model, probe)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    emitted: list[list[int]] = [[] for _ in range(b)]
-    done = [False] * b
-    last_pos = pos[:, -1:]
-    for k in range(max_new_tokens):
-        tok = out.logits[:, -1].argmax(-1)  # b
+    dev = _device(model)
+    cache = [None]
+
+    def step(ids, mask, pos, k):
+        if probe is not None:
+            if k == 0:
+                probe.rows, probe.seq_len = torch.full((b, 1), P - 1, dtype=torch.long, device=dev), P
+            else:
+                probe.rows, probe.seq_len = None, P + k  # one query row; absolute keys for window caches
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                    **with_cache(model, cache[0]))
+        cache[0] = cache_of(out)
         if on_step is not None:
             on_step(k)
-        for i, t in enumerate(tok.tolist()):
-            if not done[i]:
-                if is_stop(t, len(emitted[i])):
-                    done[i] = True
-                else:
-                    emitted[i].append(t)
-        if all(done) or k == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, mask.new_ones(b, 1)], 1)
-        last_pos = last_pos + 1
-        if probe is not None:
-            probe.rows, probe.seq_len = None, P + k + 1  # one query row; absolute keys for window caches
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=last_pos,
-                    use_cache=True, logits_to_keep=1, **with_cache(model, cache_of(out)))
+        return out.logits[:, -1]
+
     if probe is not None:
-        set_probe(model, None)
-    return emitted
+        set_probe(model, probe)
+    try:
+        return decode_loop(step, prompts, pad_id, dev, _UntilStop(b, max_new_tokens, is_stop))
+    finally:
+        if probe is not None:
+            set_probe(model, None)
 
 
 def _generate_batch(model, batch: list[Example], cfg, canon, pad_id, is_stop, decode) -> list[dict]:
@@ -303,11 +313,13 @@ def _generate_batch(model, batch: list[Example], cfg, canon, pad_id, is_stop, de
     return out
 
 
-def stop_rule(tokenizer, cfg: ScoreConfig) -> Callable[[int, int], bool]:
-    """is_stop(token, n_emitted): EOS (any of the model's EOS ids), or a newline token once
-    something was emitted (a leading newline is not an answer's end)."""
-    eos = tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+def stop_rule(tokenizer, cfg: ScoreConfig, model=None) -> Callable[[int, int], bool]:
+    """is_stop(token, n_emitted): EOS (the tokenizer's, and with `model` every EOS id its generation
+    config lists, as evaluation stops: Llama-3-Instruct ends turns with <|eot_id|>), or a newline
+    token once something was emitted (a leading newline is not an answer's end)."""
+    from needlework.evaluate.generate import eos_token_ids
+
+    eos_ids = eos_token_ids(model, tokenizer)
     cache: dict[int, bool] = {}
 
     def is_stop(t: int, n: int) -> bool:
@@ -393,5 +405,5 @@ def score_heads(model, tokenizer, records, cfg: ScoreConfig) -> ScoreResult:
     records = list(records)[: cfg.limit] if cfg.limit else list(records)
     examples, skipped = prepare_examples(records, tokenizer, cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    per = score_examples(model, examples, cfg, pad_id=pad_id, decode=tokenizer.decode, is_stop=stop_rule(tokenizer, cfg))
+    per = score_examples(model, examples, cfg, pad_id=pad_id, decode=tokenizer.decode, is_stop=stop_rule(tokenizer, cfg, model))
     return ScoreResult(per, head_table(per, model_shape(model)), skipped, len(records))

@@ -162,32 +162,27 @@ def _call(role: Role, st: _PatchState, phase: str, **kw):
 def lockstep_batch(source: Role, target: Role, st: _PatchState, prompts, max_new, stops, pad_id, eos_ids,
                    newline_ids, blank_ids, return_logits: bool = False):
     """Greedy generation of a left-padded batch by the patched target, the source running alongside
-    on the target's tokens. Stop rules as `evaluate.generate`. Returns (generated ids per row,
-    per-step target logits (b, vocab) when `return_logits`)."""
-    from needlework.evaluate.generate import StopRules, left_pad
+    on the target's tokens (`evaluate.generate.decode_loop`, stop rules as `evaluate`). Returns
+    (generated ids per row, per-step target logits (b, vocab) when `return_logits`)."""
+    from needlework.evaluate.generate import StopRules, decode_loop
 
-    B = len(prompts)
-    ids, mask, pos = left_pad(prompts, pad_id, next(target.model.parameters()).device)
-    kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     skip_source = not st.by_layer  # nothing to patch: the source is not needed
-    cache_s = None if skip_source else cache_of(_call(source, st, "source", **kw))
-    out = _call(target, st, "target", **kw)
-    cache_t, nxt = cache_of(out), out.logits[:, -1].argmax(-1)
-    logits = [out.logits[:, -1].float()] if return_logits else []
-    rules = StopRules(max_new, stops, eos_ids, newline_ids, blank_ids)
-    for _ in range(max(max_new)):
-        if rules.push(nxt.tolist()):
-            break
-        mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
-        pos = pos[:, -1:] + 1
-        kw = dict(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True)
-        if not skip_source:
-            cache_s = cache_of(_call(source, st, "source", **with_cache(source.model, cache_s), **kw))
-        out = _call(target, st, "target", **with_cache(target.model, cache_t), **kw)
-        cache_t, nxt = cache_of(out), out.logits[:, -1].argmax(-1)
+    caches: dict[str, object] = {"source": None, "target": None}
+    logits: list[torch.Tensor] = []
+
+    def step(ids, mask, pos, _k):
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        if not skip_source:  # the source first: its head outputs are what the target's forward reads
+            caches["source"] = cache_of(_call(source, st, "source", **with_cache(source.model, caches["source"]), **kw))
+        out = _call(target, st, "target", **with_cache(target.model, caches["target"]), **kw)
+        caches["target"] = cache_of(out)
         if return_logits:
             logits.append(out.logits[:, -1].float())
-    return rules.gen, logits
+        return out.logits[:, -1]
+
+    rules = StopRules(max_new, stops, eos_ids, newline_ids, blank_ids)
+    gen = decode_loop(step, prompts, pad_id, next(target.model.parameters()).device, rules)
+    return gen, logits
 
 
 def patched_answers(source: Role, target: Role, tokenizer, records: Sequence[Record], heads, cfg: EvalConfig,

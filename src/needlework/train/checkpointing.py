@@ -29,8 +29,9 @@ _ATTENTION_OP_NAMES = (
 )
 
 
+@functools.lru_cache(maxsize=1)
 def attention_ops() -> frozenset:
-    """The aten attention forward kernels this torch build has."""
+    """The aten attention forward kernels this torch build has (looked up once: the policy runs per op)."""
     ops = []
     for name in _ATTENTION_OP_NAMES:
         packet = getattr(torch.ops.aten, name, None)
