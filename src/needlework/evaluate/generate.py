@@ -62,10 +62,6 @@ def postprocess(text: str, stop_at_newline: bool) -> str:
     return text
 
 
-def _model_device(model):
-    return next(model.parameters()).device
-
-
 def _forward(model, state: dict, **kw):
     """One forward pass; asks for last-position logits only when the model supports it."""
     if state.get("logits_to_keep", True):
@@ -142,7 +138,7 @@ def decode_loop(step, prompts: Sequence[Sequence[int]], pad_id: int, device, rul
 
 
 def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newline_ids, blank_ids):
-    from needlework.models.sites import cache_of, with_cache
+    from needlework.models.sites import cache_of, model_device, with_cache
 
     state: dict = {}
     cache = [None]
@@ -154,7 +150,7 @@ def _generate_batch(model, prompts, max_new, stop_newline, pad_id, eos_ids, newl
         return out.logits[:, -1]
 
     rules = StopRules(max_new, stop_newline, eos_ids, newline_ids, blank_ids)
-    return decode_loop(step, prompts, pad_id, _model_device(model), rules)
+    return decode_loop(step, prompts, pad_id, model_device(model), rules)
 
 
 def greedy_generate(

@@ -53,25 +53,22 @@ def answer_logprobs_ids(
     """
     import torch
 
+    from needlework.evaluate.generate import left_pad
+    from needlework.models.sites import model_device
+
     for s, m in zip(sequences, n_answer):
         if not 1 <= m < len(s):
             raise ValueError(f"cannot score {m} answer tokens of a {len(s)}-token sequence")
     n = len(sequences)
     order = sorted(range(n), key=lambda i: -len(sequences[i]))
     out: list[AnswerLogprob | None] = [None] * n
-    device = next(model.parameters()).device
+    device = model_device(model)
     bar = tqdm(total=n, desc="logprob", unit="ex", disable=not progress or n == 0, leave=False)
     with torch.inference_mode():
         for s in range(0, n, max(1, batch_size)):
             idx = order[s : s + max(1, batch_size)]
-            B, L = len(idx), max(len(sequences[i]) for i in idx)
-            ids = torch.full((B, L), pad_id, dtype=torch.long)
-            mask = torch.zeros((B, L), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, L - len(sequences[i]) :] = torch.tensor(list(sequences[i]), dtype=torch.long)
-                mask[r, L - len(sequences[i]) :] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask, pos = left_pad([sequences[i] for i in idx], pad_id, device)
+            L = ids.shape[1]
             m_max = max(n_answer[i] for i in idx)
             # Logits at the last m_max + 1 columns; column c predicts token c + 1, so the first
             # m_max of them predict the last m_max tokens.
@@ -83,7 +80,7 @@ def answer_logprobs_ids(
             for r, i in enumerate(idx):
                 m = n_answer[i]
                 out[i] = AnswerLogprob(float(tok_lp[r, m_max - m :].sum()), m)
-            bar.update(B)
+            bar.update(len(idx))
     bar.close()
     return out  # type: ignore[return-value]
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from needlework.errors import NeedleworkError
 from needlework.models.instrument import RowProbe, instrumented, set_probe
-from needlework.models.sites import attention_modules, cache_of, model_shape, with_cache
+from needlework.models.sites import attention_modules, cache_of, model_device, model_shape, with_cache
 
 MODES = ("teacher", "generate")
 SCORES = ("retrieval", "insight", "mass")
@@ -150,10 +150,6 @@ def prepare_examples(records, tokenizer, cfg: ScoreConfig) -> tuple[list[Example
 
 # ---------------------------------------------------------------------------- scoring core
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _decoder(model):
     """The decoder trunk (no LM head): teacher mode never needs the vocabulary logits."""
     dec = model.get_decoder() if hasattr(model, "get_decoder") else None
@@ -189,7 +185,7 @@ def _stack(probe: RowProbe, n_layers: int, what: str) -> torch.Tensor:
 @torch.no_grad()
 def _teacher_batch(model, batch: list[Example], cfg, canon, pad_id) -> list[dict]:
     """One forward over prompt + gold answer, right-padded; probe rows p-1 for answer positions p."""
-    dev, L = _device(model), model_shape(model).n_layers
+    dev, L = model_device(model), model_shape(model).n_layers
     seqs = [e.prompt_ids + e.answer_ids for e in batch]
     n = max(map(len, seqs))
     ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
@@ -253,7 +249,7 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, pad_id: 
     from needlework.evaluate.generate import decode_loop
 
     b, P = len(prompts), max(map(len, prompts))
-    dev = _device(model)
+    dev = model_device(model)
     cache = [None]
 
     def step(ids, mask, pos, k):
@@ -284,7 +280,7 @@ def _generate_batch(model, batch: list[Example], cfg, canon, pad_id, is_stop, de
     span = torch.zeros(len(batch), P, dtype=torch.bool)  # padded coordinates; later keys are outside S
     for i, e in enumerate(batch):
         span[i, [P - len(e.prompt_ids) + j for j in e.span]] = True
-    probe = RowProbe(span_mask=span.to(_device(model)) if cfg.score == "mass" else None, want_argmax=cfg.score != "mass")
+    probe = RowProbe(span_mask=span.to(model_device(model)) if cfg.score == "mass" else None, want_argmax=cfg.score != "mass")
     steps_arg, steps_mass = [], []
 
     def on_step(_k):

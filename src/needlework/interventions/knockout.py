@@ -25,7 +25,7 @@ from needlework.interventions.heads import (check_table_shape, describe, load_sc
                                            random_layer_matched, select_heads)
 from needlework.io import hash_file, hash_obj, write_json, write_parquet
 from needlework.models.instrument import head_output_hook, instrumented, set_uniform_heads
-from needlework.models.sites import HeadId, heads_by_layer, model_shape
+from needlework.models.sites import HeadId, heads_by_layer, model_device, model_shape
 
 MODES = ("zero", "mean", "uniform")
 
@@ -100,10 +100,6 @@ def knocked_out(model, heads, mode: str = "zero", means: torch.Tensor | None = N
 
 # --- mean head outputs over a reference set, cached on disk ---------------------------------------
 
-def _model_device(model):
-    return next(model.parameters()).device
-
-
 def head_means(model, prompts: Sequence[Sequence[int]], batch_size: int = 4, progress: bool = True) -> torch.Tensor:
     """Mean head output (before the output projection) of every head over all prompt positions of
     the reference prompts, (n_layers, n_heads, head_dim) float32. Padding is excluded."""
@@ -119,19 +115,14 @@ def head_means(model, prompts: Sequence[Sequence[int]], batch_size: int = 4, pro
         sums[layer] += (x.double() * m[:, :, None, None]).sum((0, 1)).cpu()  # h, d
         return None
 
-    device = _model_device(model)
+    from needlework.evaluate.generate import left_pad
+
+    device = model_device(model)
     with torch.inference_mode(), head_output_hook(model, hook):
         for s in tqdm(range(0, len(prompts), batch_size), desc="head means", disable=not progress, leave=False):
-            batch = [list(p) for p in prompts[s : s + batch_size]]
-            L = max(len(p) for p in batch)
-            ids = torch.zeros(len(batch), L, dtype=torch.long)
-            mask = torch.zeros(len(batch), L, dtype=torch.long)
-            for i, p in enumerate(batch):  # left padding, as in generation
-                ids[i, L - len(p) :] = torch.tensor(p)
-                mask[i, L - len(p) :] = 1
-            cur["mask"] = mask.to(device, torch.float64)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), logits_to_keep=1)
+            ids, mask, pos = left_pad(prompts[s : s + batch_size], 0, device)  # left padding, as in generation
+            cur["mask"] = mask.to(torch.float64)
+            model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
             count += int(mask.sum())
     return (sums / max(count, 1)).float()
 

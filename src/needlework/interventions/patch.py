@@ -24,7 +24,7 @@ from needlework.interventions.heads import check_table_shape, describe, load_sco
 from needlework.interventions.knockout import replace_heads
 from needlework.io import hash_obj, write_json, write_parquet, write_text
 from needlework.models.instrument import head_output_hook
-from needlework.models.sites import cache_of, heads_by_layer, model_shape, with_cache
+from needlework.models.sites import cache_of, heads_by_layer, model_device, model_shape, with_cache
 
 
 def patch_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor) -> torch.Tensor:
@@ -181,7 +181,7 @@ def lockstep_batch(source: Role, target: Role, st: _PatchState, prompts, max_new
         return out.logits[:, -1]
 
     rules = StopRules(max_new, stops, eos_ids, newline_ids, blank_ids)
-    gen = decode_loop(step, prompts, pad_id, next(target.model.parameters()).device, rules)
+    gen = decode_loop(step, prompts, pad_id, model_device(target.model), rules)
     return gen, logits
 
 

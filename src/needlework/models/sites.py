@@ -122,6 +122,11 @@ def heads_by_layer(heads: Iterable[HeadId]) -> dict[int, list[int]]:
     return out
 
 
+def model_device(model):
+    """The device of a model's (first) parameters: where its inputs go."""
+    return next(model.parameters()).device
+
+
 # --- the KV cache in a forward call: `past_key_values` up to transformers ~5.2x, `cache` after ----
 
 
