@@ -3,6 +3,8 @@ a time, Python loops over layers, heads and answer steps. The fast path must equ
 
 import torch
 
+from numerics import assert_clear_argmax
+
 
 def eager_attentions(model, ids: list[int]):
     old = model.config._attn_implementation
@@ -27,7 +29,7 @@ def reference_hits(model, prompt: list[int], emitted: list[int], span: list[int]
             total = 0.0
             for k, tok in enumerate(emitted):
                 row = a[0, h, len(prompt) - 1 + k]  # the query that emits answer token k
-                j = int(row.argmax())
+                j = assert_clear_argmax(row)
                 if score == "retrieval":
                     total += int(j in S and same(ids[j], tok))
                 elif score == "insight":

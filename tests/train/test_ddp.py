@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
+
+from numerics import loss_atol
 
 HERE = Path(__file__).parent
 
@@ -31,6 +34,8 @@ def test_two_processes_equal_one(tiny_llama, tmp_path, method="lora"):
     one, eval_one = _log(tmp_path / "one")
     two, eval_two = _log(tmp_path / "two")
     assert len(one) == len(two) == 4
-    assert two == pytest.approx(one, rel=1e-4)  # same data, same updates: same loss at every step
-    assert eval_two["eval_loss"] == pytest.approx(eval_one["eval_loss"], rel=1e-4)
+    n_params = sum(t.numel() for t in load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors").values())
+    tol = dict(rel=0, abs=loss_atol(1e-2, 4, n_params))  # lr and steps of ddp_worker.py; float64 (tests/numerics.py)
+    assert two == pytest.approx(one, **tol)  # same data, same updates: same loss at every step
+    assert eval_two["eval_loss"] == pytest.approx(eval_one["eval_loss"], **tol)
     assert json.loads((tmp_path / "two" / "train_config.json").read_text())["world_size"] == 2

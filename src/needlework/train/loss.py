@@ -37,10 +37,12 @@ class AnswerOnlyLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, rows: torch.Tensor,
                 pos: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (nll, pred): fp32 NLL of each target (n,) and the argmax token at each (n,)."""
+        """Returns (nll, pred): NLL of each target (n,) in at least fp32 (fp64 models keep fp64), and the
+        argmax token at each (n,)."""
         hidden = self.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # b, t, d
         h = hidden[rows, pos]  # n, d: only the positions that predict an answer token
-        logits = self.lm_head(h).float()  # n, vocab
+        logits = self.lm_head(h)  # n, vocab
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 stays
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         nll = F.cross_entropy(logits, targets, reduction="none")
