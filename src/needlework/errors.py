@@ -22,3 +22,12 @@ def check_keys(cls, d: dict, what: str) -> None:
     unknown = sorted(set(d) - known)
     if unknown:
         raise NeedleworkError(f"unknown {what} option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")
+
+
+class OptionError(NeedleworkError):
+    """A bad value of one option of a stage config; `key` names the option (its dataclass field,
+    which is also its YAML key), so a study config can report the full key path."""
+
+    def __init__(self, key: str, problem: str, fix: str | None = None):
+        self.key = key
+        super().__init__(problem, fix)

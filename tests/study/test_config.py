@@ -85,3 +85,21 @@ def test_yaml_file_errors(tmp_path):
     p.write_text(yaml.safe_dump({**H.fake_config(), "sizes": {"n_eval": 0}}))
     with pytest.raises(NeedleworkError, match=r"bad.yaml: config key `sizes.n_eval`: must be at least 1"):
         load_config(p)
+
+
+def test_task_score_overrides_reach_that_tasks_score_stage_only():
+    from needlework.study.engine import build_plan
+
+    raw = copy.deepcopy(H.fake_config())
+    raw["score"] = {"mode": "teacher", "score": "retrieval"}
+    task = next(iter(raw["tasks"]))
+    raw["tasks"]["musique"] = copy.deepcopy(raw["tasks"][task])
+    raw["tasks"][task]["score"] = {"score": "insight", "spans": "evidence"}
+    nodes = [n for n in build_plan(from_dict(raw)) if n.stage == "score"]
+    assert nodes and {n.task for n in nodes} == {task, "musique"}
+    for n in nodes:
+        want = {"mode": "teacher", "score": "insight", "spans": "evidence"} if n.task == task else raw["score"]
+        assert n.slice["score"] == want, n.label
+    e = _bad(lambda c: c["tasks"][task].update(score={"scroe": "insight"}), f"tasks.{task}.score")
+    assert "scroe" in str(e)
+    _bad(lambda c: c["tasks"][task].update(score={"score": "copy"}), f"tasks.{task}.score")

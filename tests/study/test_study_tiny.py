@@ -57,6 +57,13 @@ def test_two_variant_study_runs_end_to_end(baseline):
     assert not (d[("train", "hh")] / "checkpoints").exists()
     summ = json.loads((d[("evaluate", "ll")] / "summary.json").read_text())
     assert summ["n"] == 3 and summ["adapter"].endswith("adapter")
+    # the adapter's saved settings and rendering are applied and recorded; train and evaluate render alike
+    saved_settings = json.loads((d[("train", "ll")] / "adapter" / "needlework_model_config.json").read_text())
+    assert saved_settings["rope_theta"] is not None and saved_settings["chat"] is True
+    assert summ["model_config"]["rope_theta"] == saved_settings["rope_theta"]
+    assert summ["options"]["chat"] is True and summ["trained_chat"] is True
+    meta = json.loads((d[("score", "hh")] / "meta.json").read_text())
+    assert meta["model_config"]["rope_theta"] is not None and meta["options"]["match"] == "loose"
     import pandas as pd
 
     heads = pd.read_parquet(d[("score", "hh")] / "heads.parquet")

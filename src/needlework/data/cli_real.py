@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from needlework.data.locate import INSIGHT_THRESHOLD
 from needlework.errors import NeedleworkError
 
 
@@ -23,7 +24,9 @@ def load_cmd(
                                           "MuSiQue 2hop,3hop,4hop or 3hop1,4hop2,..., SummHay subtopic names."),
     seed: int = typer.Option(0, help="Seed for the distractor order and random depths."),
     chat: bool = typer.Option(False, help="Measure --length with the tokenizer's chat template applied."),
-    insight_threshold: float = typer.Option(0.5, help="SummHay: least similarity (difflib ratio) for a paraphrased insight sentence."),
+    insight_threshold: float = typer.Option(INSIGHT_THRESHOLD, help="SummHay: least similarity (weighted content-word F1, 0-1) of an insight's "
+                                            "span in a citing document; below it the document is listed in meta.unlocated_docs "
+                                            "(its citation stays). Default calibrated on a real topic (README 'Real data')."),
 ) -> None:
     """Load real data (SPEC §3 formats) into needlework records, with needle spans in gold passages.
 
@@ -51,6 +54,8 @@ def load_cmd(
                               "check --format, --limited and --length (a longer --length needs more examples to draw distractors from)")
     n = write_jsonl(out, res.records)
     typer.echo(f"read {res.n_read} examples, wrote {n} records to {out}")
+    if res.span_summary():
+        typer.echo(res.span_summary())
 
 
 def _float(s: str) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -26,8 +27,8 @@ from needlework.data.phrasings import FILLER_SENTENCES
 from needlework.data.records import Document, Needle, Record, validate_record
 from needlework.data.render import answer_text, render
 from needlework.data.tasks import BUILDERS, Draft, Piece, TaskSpec
-from needlework.data.world import World, build_world, check_relations
-from needlework.errors import NeedleworkError
+from needlework.data.world import World, build_world, check_relations, sample_chain
+from needlework.errors import NeedleworkError, OptionError
 
 GENERATOR = "needlework.generate/1"
 
@@ -43,14 +44,14 @@ class GenerateConfig:
     length: int = 2048  # target tokens of prompt + answer (+ EOS), within 2% or 32 tokens
     tokenizer: str = "smollm2"  # hub id, local path, or smollm2
     seed: int = 0
-    depth: str = "random"  # 0..100 (percent of the haystack before the gold docs) or random
+    depth: str | float = "random"  # 0..100 (percent of the haystack before the gold docs) or random
     relations: list[str] | None = None  # restrict relation types (the "limited" sets); None: all
     chat: bool = False  # count length with the tokenizer's chat template
     haystack: str | None = None  # dir of .txt or JSONL with `text`; default: CPython docs prose
-    hops: str = "2-4"  # musique: hops per question, "N" or "LO-HI"
+    hops: str | int = "2-4"  # musique: hops per question, "N" or "LO-HI"
     hard_negatives: int = 3  # mdqa: documents stating the same relation of other entities (high context)
     insights: int = 3  # summhay: insights per haystack (high context; low context has 1)
-    insight_docs: str = "2-3"  # summhay: documents per insight, "N" or "LO-HI"
+    insight_docs: str | int = "2-3"  # summhay: documents per insight, "N" or "LO-HI"
     kv_pairs: int = 4  # kv: key/value pairs per JSON dictionary
     kv_dicts: int = 3  # kv: dictionaries per example (high context; low context has 1)
     world_size: int = 0  # people in the fictional world; 0: max(400, n)
@@ -81,22 +82,54 @@ def parse_depth(depth: str | float | int) -> float | None:
     return d / 100.0
 
 
+CONCEPTS = ("high", "low", "symbolic")  # concept expression (SPEC §1)
+CONTEXTS = ("high", "low")  # context diversity
+
+
+def _option(key: str, check, *args):
+    """Run one value check; its error names the option (`OptionError.key`), as the study reports it."""
+    try:
+        return check(*args)
+    except OptionError:
+        raise
+    except NeedleworkError as e:
+        raise OptionError(key, e.problem, e.fix) from None
+
+
+def _check_chains(cfg: GenerateConfig) -> None:
+    """musique: the allowed relations must chain `hops` times (tried on a small world of the seed)."""
+    hi = _span(cfg.hops, "hops", 1, 6)[1]
+    sample_chain(build_world(cfg.seed, 400), hi, check_relations(cfg.relations), random.Random(cfg.seed))
+
+
 def check_config(cfg: GenerateConfig) -> None:
-    """Reject bad options before any work, naming the fix."""
+    """Reject bad options before any work, naming the fix. The one check of generator options: the
+    CLI, `generate()` and a study config (on load, per data set) all run it; each error is an
+    `OptionError` whose `key` is the offending field."""
     if cfg.task not in BUILDERS:
-        raise NeedleworkError(f"unknown task {cfg.task!r}", f"use one of {', '.join(BUILDERS)}")
-    if cfg.concept not in ("high", "low", "symbolic"):
-        raise NeedleworkError(f"unknown concept {cfg.concept!r}", "use high, low or symbolic (real data: `needlework load`)")
-    if cfg.context not in ("high", "low"):
-        raise NeedleworkError(f"unknown context {cfg.context!r}", "use high or low (real data: `needlework load`)")
+        raise OptionError("task", f"unknown task {cfg.task!r} (not one of {', '.join(BUILDERS)})", f"use one of {', '.join(BUILDERS)}")
+    if cfg.concept not in CONCEPTS:
+        raise OptionError("concept", f"unknown concept {cfg.concept!r} (not one of {', '.join(CONCEPTS)})",
+                          "use high, low or symbolic (real data: `needlework load`)")
+    if cfg.context not in CONTEXTS:
+        raise OptionError("context", f"unknown context {cfg.context!r} (not one of {', '.join(CONTEXTS)})",
+                          "use high or low (real data: `needlework load`)")
     if cfg.task == "kv" and cfg.concept != "symbolic":
-        raise NeedleworkError(f"the kv task is symbolic only (got --concept {cfg.concept})", "use --concept symbolic with --task kv")
+        raise OptionError("concept", f"the kv task is symbolic only (got --concept {cfg.concept})", "use --concept symbolic with --task kv")
     if cfg.n < 1 or cfg.length < 1:
-        raise NeedleworkError(f"--n {cfg.n} and --length {cfg.length} must be positive", "e.g. --n 100 --length 2048")
-    parse_depth(cfg.depth)
-    check_relations(cfg.relations)
-    _span(cfg.hops, "hops", 1, 6)
-    _span(cfg.insight_docs, "insight-docs", 1, 32)
+        raise OptionError("n" if cfg.n < 1 else "length", f"--n {cfg.n} and --length {cfg.length} must be positive",
+                          "e.g. --n 100 --length 2048")
+    for key, least in (("hard_negatives", 0), ("insights", 0), ("kv_pairs", 1), ("kv_dicts", 1), ("world_size", 0), ("writer_docs", 1)):
+        if getattr(cfg, key) < least:
+            raise OptionError(key, f"--{key.replace('_', '-')} {getattr(cfg, key)} must be at least {least}", f"give a count >= {least}")
+    _option("depth", parse_depth, cfg.depth)
+    _option("relations", check_relations, cfg.relations)
+    _option("hops", _span, cfg.hops, "hops", 1, 6)
+    _option("insight_docs", _span, cfg.insight_docs, "insight-docs", 1, 32)
+    if cfg.haystack and cfg.context == "high" and not Path(cfg.haystack).exists():
+        raise OptionError("haystack", f"haystack {cfg.haystack} does not exist", "give a folder of .txt files or a .jsonl file")
+    if cfg.task == "musique":
+        _option("relations", _check_chains, cfg)
 
 
 class _Haystack:
@@ -170,7 +203,7 @@ def _assemble(draft: Draft, hay: list[tuple[Piece, int]], neg_costs: list[int],
             docs.append(items[i][0])
     needles, sentences = [], []
     for k, j in enumerate(gold_at):
-        needles += [Needle(doc=j, start=a, end=b) for a, b in draft.gold[k].needles]
+        needles += [Needle(doc=j, start=a, end=b, role=draft.gold[k].role) for a, b in draft.gold[k].needles]
         sentences += [[j, a, b] for a, b in draft.gold[k].sentences]
     documents = [Document(id=f"d{i + 1}", title=p.title, text=p.text) for i, p in enumerate(docs)]
     meta = dict(draft.meta)

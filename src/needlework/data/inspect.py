@@ -119,7 +119,7 @@ def sample_text(rec: Record, max_chars: int = 160) -> str:
     for i, n in enumerate(rec.needles[:4]):
         text = rec.documents[n.doc].text
         a, b = max(0, n.start - 60), min(len(text), n.end + 60)
-        lines.append(f"  needle {i} in document [{n.doc + 1}]: …{text[a:n.start]}«{text[n.start:n.end]}»{text[n.end:b]}…")
+        lines.append(f"  needle {i} ({n.role}) in document [{n.doc + 1}]: …{text[a:n.start]}«{text[n.start:n.end]}»{text[n.end:b]}…")
     return "\n".join(lines)
 
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from needlework.data.locate import find_insight, find_span, question_type
-from needlework.data.records import Document, Needle, Record
-from needlework.errors import NeedleworkError
+from needlework.data.locate import INSIGHT_THRESHOLD, WH_TYPES, InsightLocator, find_span, question_type
+from needlework.data.records import Document, Needle, Record, validate_record
+from needlework.errors import NeedleworkError, OptionError
 
 log = logging.getLogger(__name__)
 FORMATS = ("mdqa", "musique", "summhay")
@@ -35,7 +36,7 @@ class LoadConfig:
     seed: int = 0  # order of the distractor pool, random depths
     depth: float | str | None = None  # None: keep the gold position (relative); 0-100 or "random"
     chat: bool = False  # measure the length with the chat template applied
-    insight_threshold: float = 0.5  # SummHay: least difflib ratio for a paraphrased insight sentence
+    insight_threshold: float = INSIGHT_THRESHOLD  # SummHay: least similarity of an insight's span (locate.py)
     tolerance_frac: float = 0.02  # length may miss by max(2% of length, 32 tokens)
     tolerance_tokens: int = 32
 
@@ -45,6 +46,20 @@ class LoadResult:
     records: list[Record]
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     n_read: int = 0
+    # SummHay records kept: insights, citing_docs (their citations), located (citing documents where
+    # the insight's span was found), unlocated (listed in meta["unlocated_docs"]), no_span (insights
+    # with no located span; they load, their citations are exact)
+    summhay: Counter = field(default_factory=Counter)
+
+    def span_summary(self) -> str | None:
+        """One line on SummHay insight spans, or None without SummHay records."""
+        c = self.summhay
+        if not c["insights"]:
+            return None
+        cov = c["located"] / max(c["citing_docs"], 1)
+        return (f"summhay: {c['insights']} insights with exact citations ({c['citing_docs']} citing documents); insight span "
+                f"located in {c['located']} of them ({cov:.1%}), not in {c['unlocated']} (listed in meta.unlocated_docs)"
+                + (f"; {c['no_span']} insights have no located span" if c["no_span"] else ""))
 
 
 class Skip(Exception):
@@ -91,8 +106,8 @@ _FIX = {
     "musique": "MuSiQue lines need id, question, answer, answer_aliases, answerable, paragraphs (idx, title, "
     "paragraph_text, is_supporting) and question_decomposition (id, question, answer, paragraph_support_idx); "
     "otherwise pick the right --format",
-    "summhay": "SummHay topic files need topic, subtopics (subtopic, insights of insight_id, insight) and "
-    "documents (document_id, document_text, insights_included); otherwise pick the right --format",
+    "summhay": "SummHay topic files need topic (or topic_id), subtopics (subtopic, insights of insight_id, insight) and "
+    "documents (document_id, document_text, insights_included or label_<insight_id> columns); otherwise pick the right --format",
 }
 
 
@@ -164,7 +179,7 @@ def parse_musique(obj: Any, where: str, rid: str) -> Record:
         if span is None:
             raise Skip("supporting paragraph does not contain its hop's answer")
         sliced = docs[d].text[span[0] : span[1]]
-        needles.append(Needle(doc=d, start=span[0], end=span[1]))
+        needles.append(Needle(doc=d, start=span[0], end=span[1], role="answer" if last else "evidence"))  # bridge: evidence
         hop_answers.append(sliced)
         if last and sliced not in answers:
             answers.append(sliced)
@@ -181,7 +196,16 @@ def parse_musique(obj: Any, where: str, rid: str) -> Record:
 
 
 def parse_summhay(obj: Any, where: str, stem: str, threshold: float) -> Iterator[Record | Skip]:
-    """One SummHay topic -> one record per insight (yields Skip for insights that cannot be placed)."""
+    """One SummHay topic -> one record per insight (yields Skip for insights that cannot be placed).
+
+    The record's citations (and gold documents) are exactly the documents whose `insights_included`
+    lists the insight (files without that field: those whose `label_<insight_id>` is 1). In each of
+    them the insight's span is the best-matching window of 1-2 sentences (`InsightLocator`: verbatim,
+    else weighted content-word F1 >= `threshold`); a needle of role `evidence` marks it. Citing
+    documents where no window reaches the threshold are listed in `meta["unlocated_docs"]`.
+    """
+    if isinstance(obj, dict) and "topic" not in obj and "topic_id" in obj:  # real files name the topic by id
+        obj = {**obj, "topic": obj["topic_id"]}
     _need(obj, ("topic", "subtopics", "documents"), where, "summhay", "topic")
     insights: dict[str, tuple[str, str]] = {}  # id -> (text, subtopic)
     for i, st in enumerate(_list_of(obj, "subtopics", where, "summhay")):
@@ -190,8 +214,11 @@ def parse_summhay(obj: Any, where: str, stem: str, threshold: float) -> Iterator
             _need(ins, ("insight_id", "insight"), f"{where} subtopics[{i}].insights[{j}]", "summhay", "insight")
             # the official files name each subtopic briefly in `subtopic_name` (used for --limited)
             insights[str(ins["insight_id"])] = (str(ins["insight"]), str(st.get("subtopic_name") or st["subtopic"]))
-    raw = _list_of(obj, "documents", where, "summhay")
+    raw = list(_list_of(obj, "documents", where, "summhay"))
     for i, d in enumerate(raw):
+        if isinstance(d, dict) and "insights_included" not in d and any(str(k).startswith("label_") for k in d):
+            raw[i] = d = {**d, "insights_included": [k[6:] for k, v in d.items() if str(k).startswith("label_") and v == 1
+                                                     and k[6:] in insights]}
         _need(d, ("document_id", "document_text", "insights_included"), f"{where} documents[{i}]", "summhay", "document")
     docs = [Document(id=str(d["document_id"]), title="", text=str(d["document_text"])) for d in raw]
     if len({d.id for d in docs}) != len(docs):
@@ -202,28 +229,33 @@ def parse_summhay(obj: Any, where: str, stem: str, threshold: float) -> Iterator
             if str(iid) not in holders:
                 yield Skip("insights_included names an unknown insight id")
                 continue
-            holders[str(iid)].append(i)
+            if i not in holders[str(iid)]:
+                holders[str(iid)].append(i)
+    locator = InsightLocator([d.text for d in docs])  # word weights from this topic's sentences
     for iid, (text, subtopic) in insights.items():
         if not holders[iid]:
             yield Skip("insight is included in no document")
             continue
-        needles, spans, scores = [], [], []
+        needles, spans, scores, unlocated = [], [], [], []
         for i in holders[iid]:
-            hit = find_insight(docs[i].text, text, threshold)
+            hit = locator.locate(i, text, threshold)
             if hit is None:
-                break
-            needles.append(Needle(doc=i, start=hit[0], end=hit[1]))
+                unlocated.append(i)
+                continue
+            needles.append(Needle(doc=i, start=hit[0], end=hit[1], role="evidence"))
             spans.append(docs[i].text[hit[0] : hit[1]])
             scores.append(hit[2])
-        if len(needles) < len(holders[iid]):
-            yield Skip("a document that includes the insight does not contain it (not even fuzzily)")
-            continue
         citations = [docs[i].id for i in holders[iid]]
-        meta = {"topic": obj["topic"], "subtopic": subtopic, "qtype": subtopic, "insight_id": iid,
-                "insight": spans[0] if len(set(spans)) == 1 else text, "insight_spans": spans, "insight_match": scores}
-        yield Record(id=f"summhay-{stem}-{iid}", task="summhay", concept="real", context="real", documents=docs,
+        meta = {"topic": str(obj["topic"]), "subtopic": subtopic, "qtype": subtopic, "insight_id": iid,
+                "insight": spans[0] if len(set(spans)) == 1 else text, "insight_spans": spans, "insight_match": scores,
+                "unlocated_docs": unlocated, "span_coverage": round(len(needles) / len(holders[iid]), 4)}
+        rec = Record(id=f"summhay-{stem}-{iid}", task="summhay", concept="real", context="real", documents=docs,
                      question=text, answers=[" ".join(citations)], needles=needles, citations=citations,
                      gold_docs=sorted(holders[iid]), meta=meta)
+        if not needles and any(p.startswith("no needles") for p in validate_record(rec)):  # the record format needs a span
+            yield Skip("no citing document has a located insight span")
+            continue
+        yield rec
 
 
 # ----------------------------------------------------------------------------- sources
@@ -320,13 +352,54 @@ def _one(fmt: str, obj: Any, where: str, rid: str, cfg: LoadConfig, skipped: Cou
         yield it
 
 
+_MUSIQUE_TYPE = re.compile(r"^\d+hop\d*$")  # 2hop, 3hop1, ..., or a hop count (3hop)
+
+
+def check_options(fmt: str, cfg: LoadConfig) -> None:
+    """Reject a bad format or option value before reading anything: the one check of loader
+    options, run by `load_real` and by a study config on load. Each error is an `OptionError` whose
+    `key` is the offending field (`format` for the format)."""
+    if not (fmt in FORMATS or (fmt.startswith("hf:") and len(fmt) > 3)):
+        raise OptionError("format", f"unknown format {fmt!r} (not one of {', '.join(FORMATS)}, hf:NAME[:SPLIT])",
+                          f"use one of {', '.join(FORMATS)}, or hf:NAME[:SPLIT]")
+    if cfg.length is not None and cfg.length <= 0:
+        raise OptionError("length", f"--length {cfg.length} is not a positive token count", "give e.g. --length 4096")
+    if cfg.depth is not None and cfg.length is None:
+        raise OptionError("depth", "--depth is given without --length", "add --length L: depth places gold documents among the added distractors")
+    if cfg.depth not in (None, "random"):
+        try:
+            d = float(cfg.depth)
+        except (TypeError, ValueError):
+            d = -1.0
+        if isinstance(cfg.depth, bool) or not 0 <= d <= 100:
+            raise OptionError("depth", f"--depth {cfg.depth!r} is not 0-100 or random", "give e.g. --depth 50 or --depth random")
+    if cfg.limit is not None and cfg.limit < 0:
+        raise OptionError("limit", f"--limit {cfg.limit} is negative", "give a count of examples to keep")
+    types = [str(t).strip().lower() for t in cfg.limited if str(t).strip()]
+    if fmt == "mdqa":
+        bad = [t for t in types if t not in (*WH_TYPES, "other")]
+        known = f"MDQA question types: {', '.join(WH_TYPES)}, other"
+    elif fmt == "musique":
+        bad = [t for t in types if not _MUSIQUE_TYPE.match(t)]
+        known = "MuSiQue types: 2hop, 3hop1, 3hop2, 4hop1, 4hop2, 4hop3, or a hop count such as 3hop"
+    else:  # SummHay subtopic names and hf: datasets are only known once read
+        bad, known = [], ""
+    if bad:
+        raise OptionError("limited", f"--limited {', '.join(map(repr, bad))}: no example can have that type", f"use {known}")
+    if not 0.0 < cfg.insight_threshold <= 1.0:
+        raise OptionError("insight_threshold", f"--insight-threshold {cfg.insight_threshold} is not in (0, 1]",
+                          f"give a similarity (weighted content-word F1) in (0, 1]; the calibrated default is {INSIGHT_THRESHOLD}")
+    for key in ("tolerance_frac", "tolerance_tokens"):
+        if getattr(cfg, key) < 0:
+            raise OptionError(key, f"{key} {getattr(cfg, key)} is negative", "give a non-negative tolerance")
+
+
 def load_real_report(fmt: str, path: str | None, cfg: LoadConfig | None = None) -> LoadResult:
     """Like `load_real`, and also returns how many examples were skipped and why."""
     from needlework.data.real_length import lengthen_all
 
     cfg = cfg or LoadConfig()
-    if cfg.depth is not None and cfg.length is None:
-        raise NeedleworkError("--depth is given without --length", "add --length L: depth places gold documents among the added distractors")
+    check_options(fmt, cfg)
     skipped: Counter = Counter()
     allrecs = list(_iter_records(fmt, path, cfg, skipped))
     n_read = len(allrecs) + sum(skipped.values())
@@ -338,9 +411,14 @@ def load_real_report(fmt: str, path: str | None, cfg: LoadConfig | None = None) 
         keep = keep[: cfg.limit]
     if cfg.length is not None:
         keep = lengthen_all(keep, allrecs, cfg, skipped)
+    counts: Counter = Counter()
     for r in keep:
         r.meta.pop("group", None)
-    return LoadResult(records=keep, skipped=skipped, n_read=n_read)
+        if r.task == "summhay":
+            located = len({n.doc for n in r.needles})
+            counts.update(insights=1, citing_docs=len(r.citations), located=located,
+                          unlocated=len(r.meta.get("unlocated_docs") or []), no_span=int(located == 0))
+    return LoadResult(records=keep, skipped=skipped, n_read=n_read, summhay=counts)
 
 
 def _matches(r: Record, limited: set[str]) -> bool:

@@ -51,9 +51,12 @@ def _place(rec: Record, gold: list[int], fillers: list[Document], depth: float |
             gi += 1
         else:
             docs.append(next(it))
-    needles = [Needle(doc=new_index[n.doc], start=n.start, end=n.end) for n in rec.needles]
+    needles = [replace(n, doc=new_index[n.doc]) for n in rec.needles]  # role kept
+    meta = dict(rec.meta)
+    if meta.get("unlocated_docs"):  # document indices: follow the documents
+        meta["unlocated_docs"] = sorted(new_index[g] for g in meta["unlocated_docs"] if g in new_index)
     return replace(rec, documents=docs, needles=needles, gold_docs=sorted(new_index[g] for g in rec.gold_docs),
-                   meta=dict(rec.meta))
+                   meta=meta)
 
 
 def _doc_cost(tok, d: Document, memo: dict) -> int:
@@ -162,7 +165,7 @@ def lengthen(rec: Record, pool: list[tuple[str, Document]], tok, cfg: LoadConfig
         raise Skip(f"cannot reach --length {target} (got {n} tokens; too few distractor documents in other examples)")
     out.meta.update({"n_tokens": n, "length": target, "tokenizer": cfg.tokenizer,
                      "n_added_docs": len(out.documents) - len(rec.documents),
-                     "depth_frac": round(out.needles[0].doc / max(len(out.documents) - 1, 1), 4)})
+                     "depth_frac": round((out.needles[0].doc if out.needles else out.gold_docs[0]) / max(len(out.documents) - 1, 1), 4)})
     return out
 
 

@@ -49,6 +49,10 @@ class Rendered:
     prompt_len: int
     needle_spans: list[tuple[int, int] | None]
     needle_chars: list[tuple[int, int]] = field(default_factory=list)  # needle char spans in `text`
+    needle_roles: list[str] = field(default_factory=list)  # role of needle i (missing entries: "answer")
+
+    def role(self, i: int) -> str:
+        return self.needle_roles[i] if i < len(self.needle_roles) else "answer"
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -62,11 +66,12 @@ class Rendered:
     def n_tokens(self) -> int:
         return len(self.input_ids)
 
-    def needle_positions(self) -> list[int]:
-        """All prompt token positions covered by any needle (the set S of SPEC §2), sorted."""
+    def needle_positions(self, roles: tuple[str, ...] | None = None) -> list[int]:
+        """Prompt token positions covered by the needles whose role is in `roles` (None: every
+        needle), sorted. With roles=("answer",) this is the set S of SPEC §2."""
         pos: set[int] = set()
-        for s in self.needle_spans:
-            if s is not None:
+        for i, s in enumerate(self.needle_spans):
+            if s is not None and (roles is None or self.role(i) in roles):
                 pos.update(range(*s))
         return sorted(pos)
 
@@ -113,6 +118,12 @@ def _token_spans(offsets, char_spans) -> list[tuple[int, int] | None]:
     return spans
 
 
+def resolve_chat(chat: bool | None, tokenizer) -> bool:
+    """The rendering every stage uses: `None` (the default of train, evaluate, heads score, knockout
+    and patch) means the chat template when the tokenizer has one; True/False force it."""
+    return bool(getattr(tokenizer, "chat_template", None)) if chat is None else bool(chat)
+
+
 def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = True) -> Rendered:
     """Render `record` for `tokenizer`.
 
@@ -157,4 +168,5 @@ def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = Tr
         ids += list(ans_ids)
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
-    return Rendered(text=text, input_ids=ids, prompt_len=prompt_len, needle_spans=spans, needle_chars=needle_chars)
+    return Rendered(text=text, input_ids=ids, prompt_len=prompt_len, needle_spans=spans, needle_chars=needle_chars,
+                    needle_roles=[n.role for n in record.needles])

@@ -28,6 +28,7 @@ class Piece:
     text: str
     needles: list[tuple[int, int]] = field(default_factory=list)
     sentences: list[tuple[int, int]] = field(default_factory=list)  # inserted needle sentences
+    role: str = "answer"  # role of the needles: answer, or evidence (bridge hop answers, insight sentences)
 
 
 @dataclass
@@ -130,11 +131,12 @@ def build_musique(spec: TaskSpec, rng: random.Random) -> Draft:
     h = rng.randint(*spec.hops)
     chain = sample_chain(spec.world, h, spec.relations, rng)
     gold, hops, rel_names = [], [], []
-    for s, r, o in chain:
+    for k, (s, r, o) in enumerate(chain):
         sent, answer = _fact_sentence(spec, s, r, rng)
         sn, rn, _ = _names(spec, s, r, o)
         rel_names.append(rn)
         gold.append(_doc_about(spec, s, [sent], rng, avoid={r}))
+        gold[-1].role = "answer" if k == len(chain) - 1 else "evidence"  # bridge hops: evidence only
         hops.append({"relation": r, "subject": sn, "question": ph.question(rn, sn, spec.concept), "answer": answer})
     start = hops[0]["subject"]
     negs: list[Piece] = []
@@ -171,7 +173,7 @@ def build_summhay(spec: TaskSpec, rng: random.Random) -> Draft:
         for _ in range(k):
             carrier = spec.source.carrier(rng)  # insight documents are ordinary haystack documents
             text, spans, needles = insert_sentences(carrier.text, [sent], rng)
-            docs.append(Piece(title=carrier.title, text=text, needles=needles, sentences=spans))
+            docs.append(Piece(title=carrier.title, text=text, needles=needles, sentences=spans, role="evidence"))
         groups.append(docs)
     meta = {"insight": insights[0], "other_insights": insights[1:], "relation": facts[0][1]}
     negs = [p for g in groups[1:] for p in g]

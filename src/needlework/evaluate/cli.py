@@ -12,19 +12,19 @@ def evaluate_cmd(
     model: str = typer.Option("smollm2", "--model", "-m", help="Hub id, local folder, .gguf file, or smollm2."),
     data: Path = typer.Option(..., "--data", "-d", help="Records to evaluate (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for predictions.jsonl and summary.json."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder written by `needlework train`."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter: a `needlework train` output folder or its adapter/ (its saved RoPE settings apply)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Examples per forward pass."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                  help="Generation budget; default per task (mdqa/musique/kv 32, summhay 64)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N records."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one)."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one, as train does)."),
     logprob: bool = typer.Option(True, "--logprob/--no-logprob", help="Also score the gold answer's teacher-forced log-probability."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for confidence intervals."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
-    rope_theta: Optional[float] = typer.Option(None, "--rope-theta", help="Override the RoPE base (as trained)."),
-    max_position_embeddings: Optional[int] = typer.Option(None, "--max-position-embeddings", help="Override the position limit."),
+    rope_theta: Optional[float] = typer.Option(None, "--rope-theta", help="RoPE base (default: the adapter's saved value; a different value is an error)."),
+    max_position_embeddings: Optional[int] = typer.Option(None, "--max-position-embeddings", help="Position limit (default: the adapter's saved value)."),
 ) -> None:
     """Generate answers greedily and score them with the task metrics, with bootstrap intervals.
 

@@ -10,8 +10,10 @@ Columns of the per-example table: `id, task, output, score` (the task's primary 
 metric of the example's task (other tasks' metrics are NaN), `n_prompt_tokens`, and with
 `logprob=True` `gold_logprob` (sum over answer tokens) and `gold_logprob_per_token`.
 
-`summary.json` keys: `model` (name), `adapter`, `model_config`, `data` (path or null),
-`data_hash`, `n`, `options` (the EvalConfig, with `chat` resolved), `elapsed_s`,
+`summary.json` keys: `model` (name), `adapter` (the adapter folder), `model_config` (as loaded:
+the adapter's saved `rope_theta` / `max_position_embeddings` applied), `data` (path or null),
+`data_hash`, `trained_chat` (the rendering the adapter was trained with, or null), `n`, `options`
+(the EvalConfig, with `chat` resolved; a warning is raised when it differs from `trained_chat`), `elapsed_s`,
 `examples_per_s`, and `tasks` -> task -> {`n`, `primary`, `metrics` -> metric -> {`mean`, `lo`,
 `hi`}} where lo/hi bound a (1 - alpha) percentile bootstrap interval over examples; values that
 are undefined (NaN) are written as null.
@@ -209,9 +211,10 @@ def evaluate(model_cfg, records: Sequence[Record] | str | os.PathLike, cfg: Eval
     Raises:
         NeedleworkError: bad data, unknown model, adapter mismatch, prompts too long.
     """
-    from needlework.models.load import load_model
+    from needlework.models.load import check_rendering, load_model, resolve_model_config
 
     cfg = cfg or EvalConfig()
+    model_cfg = resolve_model_config(model_cfg)  # the adapter checked and its saved settings applied, before loading
     data_path = None
     if isinstance(records, (str, os.PathLike)):
         data_path = str(records)
@@ -226,11 +229,13 @@ def evaluate(model_cfg, records: Sequence[Record] | str | os.PathLike, cfg: Eval
         df, summary = _evaluate_sharded(state, model_cfg, records[: cfg.limit] if cfg.limit is not None else records, cfg, progress)
         if not state.is_main_process:
             return df, summary  # rank 0 writes
+        trained_chat = check_rendering(model_cfg, summary["options"]["chat"])
     else:
         model, tokenizer = load_model(model_cfg)
+        trained_chat = check_rendering(model_cfg, resolve_chat(cfg.chat, tokenizer))
         df, summary = evaluate_loaded(model, tokenizer, records, cfg, progress=progress)
     summary = _finite_or_none({"model": model_cfg.name, "adapter": model_cfg.adapter, "model_config": asdict(model_cfg),
-                               "data": data_path, "data_hash": data_hash, **summary})
+                               "data": data_path, "data_hash": data_hash, "trained_chat": trained_chat, **summary})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / "predictions.jsonl", df)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 from tqdm.auto import tqdm
 
 from needlework.data.records import Record
-from needlework.data.render import render
+from needlework.data.render import render, resolve_chat  # noqa: F401  (resolve_chat: one rule for every stage)
 from needlework.errors import NeedleworkError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,11 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_MAX_NEW_TOKENS = {"mdqa": 32, "musique": 32, "kv": 32, "summhay": 64}
 NEWLINE_STOP_TASKS = frozenset({"mdqa", "musique", "kv"})
-
-
-def resolve_chat(chat: bool | None, tokenizer) -> bool:
-    """`None` means: use the chat template when the tokenizer has one."""
-    return bool(getattr(tokenizer, "chat_template", None)) if chat is None else bool(chat)
 
 
 def eos_token_ids(model, tokenizer) -> frozenset[int]:

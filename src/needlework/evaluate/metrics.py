@@ -14,6 +14,7 @@ Per task (`score_example` returns these keys; `PRIMARY` names the headline metri
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
@@ -192,3 +193,28 @@ def score_example(record: Record, output: str) -> dict[str, float]:
     if task == "musique":
         return {"em": exact_match(output, golds), "f1": token_f1(output, golds)}
     return {"exact_match": kv_exact_match(output, golds), "contains": kv_contains(output, golds)}
+
+
+# --- the success gate of generate-mode head scoring (Wu et al.) -----------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge1_scorer():
+    from rouge_score import rouge_scorer  # imports nltk (~1-3 s): only when generate mode scores
+
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+
+
+def rouge1_recall(answer: str, output: str) -> float:
+    """ROUGE-1 recall of `answer` in `output`, computed by Wu et al.'s own library and setting:
+    `rouge_score.rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True).score(target=answer,
+    prediction=output)["rouge1"].recall`.
+
+    What that computes: both texts are lower-cased and every run of characters outside [a-z0-9]
+    becomes a token separator (so punctuation and underscores split words, and non-ASCII letters
+    are dropped: "São Paulo" -> s, o, paulo); tokens longer than 3 characters are reduced by NLTK's
+    Porter stemmer (its default NLTK_EXTENSIONS mode: "running shoes" -> run, shoe); recall = the
+    clipped unigram overlap (each answer token counts at most as often as the output has it) over
+    the number of answer tokens, 0.0 when the answer has no token (e.g. an all-non-ASCII answer).
+    """
+    return float(_rouge1_scorer().score(target=answer, prediction=output)["rouge1"].recall)

@@ -22,24 +22,31 @@ def score_cmd(
     limit: Optional[int] = typer.Option(None, help="score only the first N records"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
-    adapter: Optional[str] = typer.Option(None, help="LoRA adapter directory"),
+    adapter: Optional[str] = typer.Option(None, help="LoRA adapter: a `needlework train` output folder or its adapter/ (its saved RoPE settings apply)"),
+    rope_theta: Optional[float] = typer.Option(None, help="RoPE base (default: the adapter's saved value; a different one is an error)"),
+    max_position_embeddings: Optional[int] = typer.Option(None, help="position limit (default: the adapter's saved value)"),
     keep_failed: bool = typer.Option(False, help="generate: keep examples whose answer fails the ROUGE-1 gate"),
-    match: str = typer.Option("id", help="id (exact token ids) | loose (decoded, stripped, lower-cased)"),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="chat template (default: if the tokenizer has one)"),
+    match: Optional[str] = typer.Option(None, help="id (exact token ids) | loose (decoded, stripped, lower-cased); default: loose with the chat template, id without"),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="chat template (default: if the tokenizer has one, as train and evaluate)"),
     max_new_tokens: int = typer.Option(32, help="generate: answer tokens at most"),
+    spans: str = typer.Option("auto", help="needle roles forming the span set S: auto (retrieval: answer; insight: "
+                              "evidence, else answer; mass: all) | answer | evidence | all (retrieval: answer only)"),
     force: bool = typer.Option(False, help="recompute even if identical inputs were scored"),
 ) -> None:
     """Score every head on a data set.
 
     Example: needlework heads score --model smollm2 --data mdqa.jsonl --mode teacher --score retrieval --out runs/heads
+
+    A fine-tuned model: needlework heads score --model smollm2 --adapter runs/lora --data mdqa.jsonl --out runs/heads
     """
     from needlework.heads.run import run_score
     from needlework.heads.score import ScoreConfig
     from needlework.models.load import ModelConfig
 
     cfg = ScoreConfig(mode=mode, score=score, batch_size=batch_size, limit=limit, chat=chat,
-                      max_new_tokens=max_new_tokens, keep_failed=keep_failed, match=match)
-    run_score(ModelConfig(name=model, device=device, dtype=dtype, adapter=adapter), data, cfg, out, force=force)
+                      max_new_tokens=max_new_tokens, keep_failed=keep_failed, match=match, spans=spans)
+    run_score(ModelConfig(name=model, device=device, dtype=dtype, adapter=adapter, rope_theta=rope_theta,
+                          max_position_embeddings=max_position_embeddings), data, cfg, out, force=force)
 
 
 @heads_app.command("compare")

@@ -5,8 +5,11 @@ hash, score config), so a re-run with other inputs writes a NEW directory and on
 inputs finds the finished one (or overwrites it with `force`): results are never merged.
 
 Files: per_example.parquet (example_id, layer, head, hits, n_steps, span_tokens, score, success,
-kept, answer), heads.parquet (layer, head, mean, std, n), meta.json (model, shape, data hash,
-mode, options, counts, skipped ids with reasons).
+kept, answer, n_spans_located, n_citing_docs), heads.parquet (layer, head, mean, std, n),
+meta.json (`span_coverage`: located/total citing documents and their fraction; model config as loaded, with
+the adapter's saved RoPE settings applied; shape, data hash, mode, `options` with `chat` and
+`match` resolved, `trained_chat` (the adapter's training rendering, or null), counts, skipped ids
+with reasons).
 """
 
 from __future__ import annotations
@@ -73,10 +76,11 @@ def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir
         NeedleworkError: missing data, bad options, model that cannot be instrumented, no example left.
     """
     from needlework.data.records import read_jsonl
-    from needlework.models.load import load_model
+    from needlework.models.load import check_rendering, load_model, resolve_model_config
     from needlework.models.sites import model_shape
 
     cfg.check()
+    model_cfg = resolve_model_config(model_cfg)  # the adapter checked and its saved settings applied, before loading
     data_path = Path(data_path)
     records = read_jsonl(data_path)
     key = inputs_key(model_cfg, data_path, cfg)
@@ -85,6 +89,8 @@ def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir
         print(f"heads: identical inputs already scored in {out} (use --force to recompute)")
         return out
     model, tok = load_model(model_cfg)
+    used = cfg.resolved(tok)  # chat and match as scored (score_heads resolves them the same way)
+    trained_chat = check_rendering(model_cfg, used.chat, "scored")
     t0 = time.perf_counter()
     res = score_heads(model, tok, records, cfg)
     seconds = time.perf_counter() - t0
@@ -96,10 +102,17 @@ def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir
     for why in res.skipped.values():
         reasons[why] = reasons.get(why, 0) + 1
     meta = {
-        **key, "data_path": str(data_path), "model_name": model_cfg.name, "shape": model_shape(model).to_dict(),
+        **key, "data_path": str(data_path), "model_name": model_cfg.name, "adapter": model_cfg.adapter,
+        "rope_theta": model_cfg.rope_theta, "max_position_embeddings": model_cfg.max_position_embeddings,
+        "options": asdict(used), "trained_chat": trained_chat, "shape": model_shape(model).to_dict(),
         "n_records": res.n_examples, "n_scored": len(ex), "n_kept": n_kept, "n_failed_gate": n_failed,
         "n_skipped": len(res.skipped), "skip_reasons": reasons, "skipped": res.skipped, "seconds": round(seconds, 2),
+        "span_coverage": res.coverage,
     }
+    cov = res.coverage
+    if cov.get("n_citing_docs") and (cfg.score == "insight" or cov["n_spans_located"] < cov["n_citing_docs"]):
+        print(f"heads: {cfg.score} spans located in {cov['n_spans_located']} of {cov['n_citing_docs']} citing documents "
+              f"({cov['fraction']:.1%}; {cov['n_records_partial']} records with a document unlocated)")
     if res.skipped:
         print(f"heads: skipped {len(res.skipped)} of {res.n_examples} records: "
               + ", ".join(f"{n} {why}" for why, n in reasons.items()))

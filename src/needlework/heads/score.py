@@ -9,8 +9,6 @@ KV cache (prefill probed on the last prompt row, then one probed row per step).
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
@@ -20,12 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from needlework.errors import NeedleworkError
+from needlework.evaluate.metrics import rouge1_recall  # the generate-mode success gate (Wu et al.'s ROUGE-1)
 from needlework.models.instrument import RowProbe, instrumented, set_probe
 from needlework.models.sites import attention_modules, cache_of, model_device, model_shape, with_cache
 
 MODES = ("teacher", "generate")
 SCORES = ("retrieval", "insight", "mass")
 MATCHES = ("id", "loose")
+SPANS = ("auto", "answer", "evidence", "all")
 
 
 @dataclass
@@ -36,10 +36,23 @@ class ScoreConfig:
         equals the emitted token id. `loose`: equal after decoding, stripping whitespace and
         lower-casing; use it with chat templates, where the answer's first token often lacks the
         leading space its copy in the context has ("Paris" vs " Paris" are different ids).
+        None (default): what fits the rendering, `loose` with the chat template, `id` without
+        (`resolved` fills it in, with `chat`).
     keep_failed: generate mode only; False (Wu et al.) excludes examples whose output has ROUGE-1
-        recall of the gold answer <= 0.5 from the per-head means (they stay in the per-example
-        table with `kept = False`).
+        recall of the gold answer <= `success_threshold` from the per-head means (they stay in the
+        per-example table with `kept = False`). The recall is Wu et al.'s: `rouge_score`'s rouge1
+        with `use_stemmer=True` (lower-cased [a-z0-9] tokens, Porter-stemmed when longer than 3
+        characters, clipped unigram overlap over the answer's tokens; `evaluate.metrics.rouge1_recall`).
     stop_on_newline: generate mode stops at a token containing a newline (not as the first token).
+    spans: which needle spans form the span set S, by role (SPEC §2: `answer` = where the answer
+        sits; `evidence` = other evidence, a MuSiQue bridge entity or a SummHay insight sentence).
+        `auto` (default) is, per score: retrieval -> `answer` (the only value it accepts: the
+        retrieval score never uses evidence); insight -> `evidence`, or a record's answer spans
+        when it has no evidence span (MDQA, KV, old files without roles); mass -> `all`. Set
+        `answer`, `evidence` or `all` to force one for insight and mass; a record without a span of
+        that role is skipped (with the reason). Every run also reports span coverage: per example
+        `n_citing_docs` (gold documents; SummHay: the cited ones) and `n_spans_located` (those of
+        them holding a span of the used role that rendered to tokens).
     """
 
     mode: str = "teacher"  # teacher | generate
@@ -49,16 +62,39 @@ class ScoreConfig:
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
     max_new_tokens: int = 32
     keep_failed: bool = False
-    match: str = "id"  # id | loose
+    match: str | None = None  # id | loose | None: loose with the chat template, id without
     stop_on_newline: bool = True
-    success_threshold: float = 0.5  # ROUGE-1 recall of the answer must exceed this (Wu et al.)
+    success_threshold: float = 0.5  # stemmed ROUGE-1 recall of the answer must exceed this (Wu et al.)
+    spans: str = "auto"  # auto | answer | evidence | all: the needle roles that form S (see above)
 
     def check(self) -> None:
-        for name, val, allowed in (("mode", self.mode, MODES), ("score", self.score, SCORES), ("match", self.match, MATCHES)):
+        for name, val, allowed in (("mode", self.mode, MODES), ("score", self.score, SCORES), ("match", self.match or "id", MATCHES),
+                                   ("spans", self.spans, SPANS)):
             if val not in allowed:
                 raise NeedleworkError(f"unknown {name} {val!r}", f"use one of {', '.join(allowed)}")
+        if self.score == "retrieval" and self.spans not in ("auto", "answer"):
+            raise NeedleworkError(f"spans={self.spans!r} with the retrieval score",
+                                  "the retrieval score uses answer spans only (SPEC §2); use spans=auto or answer, "
+                                  "or the insight/mass score for evidence spans")
+
+    def span_roles(self, has_evidence: bool) -> tuple[str, ...]:
+        """The needle roles forming S for one record (`has_evidence`: it has an evidence span)."""
+        s = self.spans
+        if s == "auto":
+            s = {"retrieval": "answer", "insight": "evidence" if has_evidence else "answer", "mass": "all"}[self.score]
+        return ("answer", "evidence") if s == "all" else (s,)
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise NeedleworkError("batch_size and max_new_tokens must be >= 1", "pass positive values")
+
+    def resolved(self, tokenizer) -> "ScoreConfig":
+        """This config with `chat` (the template when the tokenizer has one) and `match` (loose
+        with the chat template, id without) decided for `tokenizer`."""
+        from dataclasses import replace
+
+        from needlework.data.render import resolve_chat
+
+        chat = resolve_chat(self.chat, tokenizer)
+        return replace(self, chat=chat, match=self.match or ("loose" if chat else "id"))
 
 
 @dataclass
@@ -71,18 +107,40 @@ class Example:
     answer_ids: list[int]
     span: list[int]
     answer_text: str = ""
+    n_citing_docs: int = 0  # gold (SummHay: cited) documents
+    n_spans_located: int = 0  # of them, those holding a span of the scored role(s) that rendered to tokens
 
 
 @dataclass
 class ScoreResult:
     """per_example: one row per (example, layer, head) with columns example_id, layer, head, hits,
-    n_steps, span_tokens, score, success, kept, answer. heads: layer, head, mean, std, n (kept
-    examples only). skipped: {example id: reason}."""
+    n_steps, span_tokens, score, success, kept, answer, n_spans_located, n_citing_docs. heads:
+    layer, head, mean, std, n (kept examples only). skipped: {example id: reason}. coverage:
+    located/total citing documents over every record (skipped ones included), see `span_coverage`."""
 
     per_example: pd.DataFrame
     heads: pd.DataFrame
     skipped: dict[str, str] = field(default_factory=dict)
     n_examples: int = 0
+    coverage: dict = field(default_factory=dict)
+
+
+def span_coverage(per_record: dict[str, tuple[int, int]]) -> dict:
+    """{record id: (located, citing)} -> {"n_spans_located", "n_citing_docs", "fraction" (None
+    when there is no citing document), "n_records_partial" (records with a document unlocated)}."""
+    located = sum(a for a, _b in per_record.values())
+    citing = sum(b for _a, b in per_record.values())
+    return {"n_spans_located": located, "n_citing_docs": citing,
+            "fraction": round(located / citing, 4) if citing else None,
+            "n_records_partial": sum(1 for a, b in per_record.values() if a < b)}
+
+
+def _located(rec, r, roles: tuple[str, ...]) -> tuple[int, int]:
+    """(citing documents holding a rendered span of `roles`, citing documents) of one record."""
+    docs = [n.doc for n in getattr(rec, "needles", None) or []]
+    citing = set(getattr(rec, "gold_docs", None) or docs)
+    hit = {d for i, d in enumerate(docs) if i < len(r.needle_spans) and r.needle_spans[i] is not None and r.role(i) in roles}
+    return len(citing & hit), len(citing)
 
 
 # ---------------------------------------------------------------------------- token matching
@@ -110,31 +168,36 @@ class Canon:
         return out
 
 
-def rouge1_recall(answer: str, output: str) -> float:
-    """Fraction of the answer's word unigrams found in the output (clipped counts, lower-cased)."""
-    words = lambda s: re.findall(r"\w+", s.lower())  # noqa: E731
-    ref, hyp = Counter(words(answer)), Counter(words(output))
-    total = sum(ref.values())
-    return sum(min(c, hyp[w]) for w, c in ref.items()) / total if total else 0.0
-
-
 # ---------------------------------------------------------------------------- preparing examples
 
-def prepare_examples(records, tokenizer, cfg: ScoreConfig) -> tuple[list[Example], dict[str, str]]:
-    """Render records into Examples; returns (examples, skipped {id: reason}). A record is skipped
-    (never scored as zero) when no needle token is found after rendering, or, for the retrieval
-    score, when no answer token occurs in the needle span (the answer is absent from the context)."""
+def prepare_examples(records, tokenizer, cfg: ScoreConfig,
+                     coverage: dict[str, tuple[int, int]] | None = None) -> tuple[list[Example], dict[str, str]]:
+    """Render records into Examples; returns (examples, skipped {id: reason}). S is the token
+    positions of the needles whose role `cfg.span_roles` picks (retrieval: answer spans only). A
+    record is skipped (never scored as zero) when it has no needle of those roles, when none of
+    them is found after rendering, or, for the retrieval score, when no answer token occurs in S
+    (the answer is absent from the context). `coverage`, when given, is filled with
+    {record id: (located, citing documents)} for every record."""
     from needlework.data.render import render
 
-    chat = cfg.chat if cfg.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    cfg = cfg.resolved(tokenizer)
+    chat = cfg.chat
     canon = Canon(cfg.match, tokenizer.decode)
     examples, skipped = [], {}
     for rec in records:
         r = render(rec, tokenizer, chat=chat)
-        span = r.needle_positions()
+        all_roles = [r.role(i) for i in range(len(r.needle_spans))]
+        roles = cfg.span_roles("evidence" in all_roles)
+        span = r.needle_positions(roles)
+        located, citing = _located(rec, r, roles)
+        if coverage is not None:
+            coverage[rec.id] = (located, citing)
         ans = list(r.answer_ids)
         if ans and tokenizer.eos_token_id is not None and ans[-1] == tokenizer.eos_token_id:
             ans = ans[:-1]  # the final EOS is no copy target
+        if not any(x in roles for x in all_roles):
+            skipped[rec.id] = f"no needle span of role {'/'.join(roles)}"
+            continue
         if not span:
             skipped[rec.id] = "needle span not found after rendering"
             continue
@@ -144,7 +207,7 @@ def prepare_examples(records, tokenizer, cfg: ScoreConfig) -> tuple[list[Example
         if cfg.score == "retrieval" and not set(canon(ans)) & set(canon(r.input_ids[i] for i in span)):
             skipped[rec.id] = "answer tokens absent from the needle span"
             continue
-        examples.append(Example(rec.id, r.prompt_ids, ans, span, rec.answers[0]))
+        examples.append(Example(rec.id, r.prompt_ids, ans, span, rec.answers[0], citing, located))
     return examples, skipped
 
 
@@ -340,7 +403,7 @@ def score_examples(model, examples: list[Example], cfg: ScoreConfig, *, pad_id: 
     cfg.check()
     attention_modules(model)  # a clear error when attention cannot be instrumented
     shape = model_shape(model)
-    canon = Canon(cfg.match, decode)
+    canon = Canon(cfg.match or "id", decode)  # unresolved (None): the examples' rendering is unknown here
     is_stop = is_stop or (lambda t, n: False)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].answer_ids))
     results: dict[int, dict] = {}
@@ -367,8 +430,10 @@ def score_examples(model, examples: list[Example], cfg: ScoreConfig, *, pad_id: 
             "example_id": e.id, "layer": layer, "head": head, "hits": np.asarray(r["hits"], float).ravel(),
             "n_steps": r["n_steps"], "span_tokens": len(e.span), "score": np.asarray(r["score"], float).ravel(),
             "success": pd.array([success] * (L * H), dtype="boolean"), "kept": kept, "answer": r["answer"],
+            "n_spans_located": e.n_spans_located, "n_citing_docs": e.n_citing_docs,
         }))
-    cols = ["example_id", "layer", "head", "hits", "n_steps", "span_tokens", "score", "success", "kept", "answer"]
+    cols = ["example_id", "layer", "head", "hits", "n_steps", "span_tokens", "score", "success", "kept", "answer",
+            "n_spans_located", "n_citing_docs"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
@@ -397,9 +462,11 @@ def score_heads(model, tokenizer, records, cfg: ScoreConfig) -> ScoreResult:
         NeedleworkError: bad options, or a model whose attention cannot be instrumented.
     """
     cfg.check()
+    cfg = cfg.resolved(tokenizer)  # chat and match decided once, for rendering and matching alike
     attention_modules(model)
     records = list(records)[: cfg.limit] if cfg.limit else list(records)
-    examples, skipped = prepare_examples(records, tokenizer, cfg)
+    located: dict[str, tuple[int, int]] = {}
+    examples, skipped = prepare_examples(records, tokenizer, cfg, coverage=located)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     per = score_examples(model, examples, cfg, pad_id=pad_id, decode=tokenizer.decode, is_stop=stop_rule(tokenizer, cfg, model))
-    return ScoreResult(per, head_table(per, model_shape(model)), skipped, len(records))
+    return ScoreResult(per, head_table(per, model_shape(model)), skipped, len(records), span_coverage(located))

@@ -8,10 +8,17 @@ from typing import Optional
 import typer
 
 
-def _model_cfg(name: str, adapter: Optional[Path], device: str, dtype: str):
+def _model_cfg(name: str, adapter: Optional[Path], device: str, dtype: str, rope_theta: Optional[float] = None,
+               max_position_embeddings: Optional[int] = None):
     from needlework.models.load import ModelConfig
 
-    return ModelConfig(name=name, adapter=str(adapter) if adapter else None, device=device, dtype=dtype)
+    return ModelConfig(name=name, adapter=str(adapter) if adapter else None, device=device, dtype=dtype,
+                       rope_theta=rope_theta, max_position_embeddings=max_position_embeddings)
+
+
+ADAPTER_HELP = "LoRA adapter: a `needlework train` output folder or its adapter/ (its saved RoPE settings apply)."
+ROPE_HELP = "RoPE base (default: the adapter's saved value; a different value is an error)."
+POSITIONS_HELP = "Position limit (default: the adapter's saved value)."
 
 
 def _eval_cfg(batch_size: int, limit: Optional[int], chat: Optional[bool], max_new_tokens: Optional[int]):
@@ -22,7 +29,7 @@ def _eval_cfg(batch_size: int, limit: Optional[int], chat: Optional[bool], max_n
 
 def knockout_cmd(
     model: str = typer.Option("smollm2", "--model", "-m", help="Hub id, local folder, .gguf file, or smollm2."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder written by `needlework train`."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help=ADAPTER_HELP),
     data: Path = typer.Option(..., "--data", "-d", help="Records to evaluate (JSONL)."),
     heads: Optional[Path] = typer.Option(None, "--heads", help="Head scores: a `heads score` output folder (heads.parquet) or a Wu et al. JSON."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Knock out the top-K heads (default 10)."),
@@ -35,15 +42,21 @@ def knockout_cmd(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Examples per forward pass."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N records."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Generation budget (default per task)."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one)."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one, as train and evaluate)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    rope_theta: Optional[float] = typer.Option(None, "--rope-theta", help=ROPE_HELP),
+    max_position_embeddings: Optional[int] = typer.Option(None, "--max-position-embeddings", help=POSITIONS_HELP),
 ) -> None:
     """Ablate a head set during evaluation and compare with layer-matched random heads and no ablation.
 
     Example:
 
         needlework knockout --model smollm2 --data data/mdqa.jsonl --heads runs/heads --top 10 --random-seeds 5 --out runs/ko
+
+    A fine-tuned model (the `needlework train` output folder; its RoPE settings apply):
+
+        needlework knockout --model smollm2 --adapter runs/train_real --data data/mdqa.jsonl --heads runs/heads_real --out runs/ko_ft
 
     With explicit heads and the uniform mode:
 
@@ -59,7 +72,7 @@ def knockout_cmd(
     cfg = KnockoutConfig(top=top if top is not None else 10, threshold=threshold, heads=head_list, mode=mode,
                          random_seeds=random_seeds, mean_reference=str(mean_reference) if mean_reference else None,
                          eval=_eval_cfg(batch_size, limit, chat, max_new_tokens))
-    summary = run_knockout(_model_cfg(model, adapter, device, dtype), data, heads if head_list is None else None, cfg, out)
+    summary = run_knockout(_model_cfg(model, adapter, device, dtype, rope_theta, max_position_embeddings), data, heads if head_list is None else None, cfg, out)
     for name, c in summary["conditions"].items():
         parts = []
         for task, t in c["tasks"].items():
@@ -71,9 +84,9 @@ def knockout_cmd(
 
 def patch_cmd(
     source: str = typer.Option(..., "--source", help="Source model (e.g. trained on real data)."),
-    source_adapter: Optional[Path] = typer.Option(None, "--source-adapter", help="Source LoRA adapter folder."),
+    source_adapter: Optional[Path] = typer.Option(None, "--source-adapter", help="Source LoRA adapter (a `needlework train` output folder or its adapter/)."),
     target: str = typer.Option(..., "--target", help="Target model (e.g. trained on a synthetic variant)."),
-    target_adapter: Optional[Path] = typer.Option(None, "--target-adapter", help="Target LoRA adapter folder."),
+    target_adapter: Optional[Path] = typer.Option(None, "--target-adapter", help="Target LoRA adapter (a `needlework train` output folder or its adapter/)."),
     data: Path = typer.Option(..., "--data", "-d", help="Records to evaluate (JSONL)."),
     heads_source: Optional[Path] = typer.Option(None, "--heads-source", help="Source head scores (folder or Wu et al. JSON)."),
     heads_target: Optional[Path] = typer.Option(None, "--heads-target", help="Target head scores (folder or Wu et al. JSON)."),
@@ -85,9 +98,11 @@ def patch_cmd(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Examples per forward pass."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N records."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Generation budget (default per task)."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one)."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one, as train and evaluate)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
+    rope_theta: Optional[float] = typer.Option(None, "--rope-theta", help=ROPE_HELP),
+    max_position_embeddings: Optional[int] = typer.Option(None, "--max-position-embeddings", help=POSITIONS_HELP),
 ) -> None:
     """Patch the source's head outputs into the target (lockstep greedy decoding) and score the target before and after.
 
@@ -103,7 +118,8 @@ def patch_cmd(
         raise NeedleworkError("give only one of --top, --threshold", "e.g. --top 10")
     cfg = PatchConfig(set=head_set, top=top if top is not None else 10, threshold=threshold, random_seeds=random_seeds,
                       eval=_eval_cfg(batch_size, limit, chat, max_new_tokens))
-    summary = run_patch(_model_cfg(source, source_adapter, device, dtype), _model_cfg(target, target_adapter, device, dtype),
+    summary = run_patch(_model_cfg(source, source_adapter, device, dtype, rope_theta, max_position_embeddings),
+                        _model_cfg(target, target_adapter, device, dtype, rope_theta, max_position_embeddings),
                         data, heads_source, heads_target, cfg, out)
     for r in summary["table"]:
         typer.echo(f"{r['task']} {r['condition']:>13}: {r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]  delta {r['delta']:+.3f}")

@@ -241,7 +241,9 @@ def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads
     Returns:
         the summary dict: `conditions` -> name (`baseline`, `top`, `random_<seed>`) -> {`heads`,
         `tasks` (metrics with bootstrap intervals, as `evaluate`), `delta_vs_baseline` (paired
-        primary-metric difference with interval), `elapsed_s`}; and `random_mean` per task.
+        primary-metric difference with interval), `elapsed_s`}; and `random_mean` per task;
+        `model_config` as loaded (the adapter's saved RoPE settings applied), `chat` (the rendering
+        used) and `trained_chat` (the adapter's, or null; a warning when they differ).
     Raises:
         NeedleworkError: heads outside the model, a score table of another shape, bad data.
     """
@@ -249,9 +251,10 @@ def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads
 
     from needlework.evaluate.evaluate import check_records, evaluate_loaded
     from needlework.evaluate.generate import render_prompts, resolve_chat
-    from needlework.models.load import load_model
+    from needlework.models.load import check_rendering, load_model, resolve_model_config
 
     cfg = cfg or KnockoutConfig()
+    model_cfg = resolve_model_config(model_cfg)  # the adapter checked and its saved settings applied, before loading
     if cfg.mode not in MODES:
         raise NeedleworkError(f"unknown knockout mode {cfg.mode!r}", f"use one of {', '.join(MODES)}")
     data_path = str(records) if isinstance(records, (str, os.PathLike)) else None
@@ -260,6 +263,8 @@ def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads
     check_records(records)
     table = load_scores(heads_table) if heads_table is not None else None
     model, tok = load_model(model_cfg)
+    chat = resolve_chat(cfg.eval.chat, tok)
+    trained_chat = check_rendering(model_cfg, chat)
     shape = model_shape(model)
     top = choose_heads(table, shape, cfg)
     sets: dict[str, frozenset[HeadId]] = {"baseline": frozenset(), "top": top}
@@ -268,7 +273,7 @@ def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads
     means = None
     if cfg.mode == "mean":
         ref = read_jsonl(cfg.mean_reference) if cfg.mean_reference else records
-        prompts = render_prompts(ref, tok, resolve_chat(cfg.eval.chat, tok))
+        prompts = render_prompts(ref, tok, chat)
         means = cached_head_means(model, prompts, model_key(model_cfg), batch_size=cfg.eval.batch_size, progress=progress)
     frames, conditions = [], {}
     for name, heads in sets.items():
@@ -288,7 +293,8 @@ def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads
                                  "max": float(np.max(vals)), "n_seeds": len(vals)}
     summary = {"model": model_cfg.name, "adapter": model_cfg.adapter, "model_config": asdict(model_cfg),
                "shape": shape.to_dict(), "data": data_path, "data_hash": hash_obj([r.to_dict() for r in records]),
-               "n": len(records), "config": asdict(cfg), "conditions": conditions, "random_mean": random_mean}
+               "n": len(records), "config": asdict(cfg), "chat": chat, "trained_chat": trained_chat,
+               "conditions": conditions, "random_mean": random_mean}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(out / "per_example.parquet", per_example)

@@ -72,22 +72,41 @@ def check_same_tokenizer(tok_a, tok_b) -> None:
 
 
 def _attach(base, adapters: dict[str, str]):
-    from peft import PeftModel
+    from needlework.models.load import apply_adapter
 
-    model = None
-    for name, d in adapters.items():
-        p = Path(d)
-        if not (p / "adapter_config.json").exists():
-            raise NeedleworkError(f"{p} holds no adapter_config.json", "point the adapter option at a folder written by `needlework train`")
-        try:
-            if model is None:
-                model = PeftModel.from_pretrained(base, str(p), adapter_name=name)
-            else:
-                model.load_adapter(str(p), adapter_name=name)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise NeedleworkError(f"adapter {p} does not match the model ({str(e).splitlines()[0][:300]})",
-                                  "use the base model the adapter was trained on") from None
+    model = base
+    for name, d in adapters.items():  # the first wraps the base (PeftModel), the next ones join it
+        model = apply_adapter(model, d, adapter_name=name)
     return model.eval()
+
+
+def resolve_pair(source_cfg, target_cfg):
+    """Both ModelConfigs with their adapters checked and saved settings applied (nothing is loaded).
+
+    On one base model, a setting one side leaves unset (None) takes the base's own value, so two
+    configs that load the same model compare equal and the base is loaded once.
+
+    Raises:
+        NeedleworkError: an adapter problem (`models.load.resolve_model_config`), or two adapters
+            of one base trained with different RoPE settings (they cannot share the base).
+    """
+    from needlework.models.load import CONTEXT_KEYS, base_context, resolve_model_config, same_model
+
+    src, tgt = resolve_model_config(source_cfg), resolve_model_config(target_cfg)
+    if not same_model(src.name, tgt.name):
+        return src, tgt
+    for key in CONTEXT_KEYS:
+        a, b = getattr(src, key), getattr(tgt, key)
+        if a is not None and b is not None and a != b and src.adapter and tgt.adapter:
+            raise NeedleworkError(
+                f"the source adapter {src.adapter} was trained with {key} {a} and the target adapter {tgt.adapter} "
+                f"with {key} {b}: patching runs both adapters on one base model, so their settings must agree",
+                "patch between adapters trained with the same --rope-theta / --max-position-embeddings")
+    if any((getattr(src, k) is None) != (getattr(tgt, k) is None) for k in CONTEXT_KEYS):
+        own = base_context(src.name, src.trust_remote_code)
+        src, tgt = (replace(c, **{k: own[k] for k in CONTEXT_KEYS if getattr(c, k) is None and own[k] is not None})
+                    for c in (src, tgt))
+    return src, tgt
 
 
 def load_pair(source_cfg, target_cfg):
@@ -95,10 +114,12 @@ def load_pair(source_cfg, target_cfg):
     their adapter; otherwise two models, whose tokenizers and shapes must match.
 
     Raises:
-        NeedleworkError: different tokenizers or model shapes, adapters that do not fit.
+        NeedleworkError: different tokenizers or model shapes, adapters that do not fit or disagree
+            on the base model's settings (`resolve_pair`).
     """
     from needlework.models.load import load_model, resolve_device
 
+    source_cfg, target_cfg = resolve_pair(source_cfg, target_cfg)  # before any model is loaded
     same_base = replace(source_cfg, adapter=None) == replace(target_cfg, adapter=None)
     if same_base:
         base, tok = load_model(replace(source_cfg, adapter=None))
@@ -279,7 +300,9 @@ def run_patch(source_cfg, target_cfg, records: Sequence[Record] | str | os.PathL
         cfg: options (PatchConfig()).
         out_dir: output folder (created).
     Returns:
-        summary dict: `sets` -> name -> head description, `table` rows (task, condition, score with
+        summary dict: `source`/`target` (the ModelConfigs as loaded: adapters' saved RoPE settings
+        applied), `chat` (the rendering used) and `trained_chat` (each adapter's, or null),
+        `sets` -> name -> head description, `table` rows (task, condition, score with
         interval, paired delta vs the unpatched target, fraction of the source-target gap recovered).
     Raises:
         NeedleworkError: different tokenizers or shapes, score tables of another shape, bad heads.
@@ -288,7 +311,11 @@ def run_patch(source_cfg, target_cfg, records: Sequence[Record] | str | os.PathL
 
     from needlework.evaluate.evaluate import check_records, evaluate_loaded
 
+    from needlework.evaluate.generate import resolve_chat
+    from needlework.models.load import check_rendering
+
     cfg = cfg or PatchConfig()
+    source_cfg, target_cfg = resolve_pair(source_cfg, target_cfg)  # adapters checked, settings applied, before loading
     data_path = str(records) if isinstance(records, (str, os.PathLike)) else None
     records = read_jsonl(records) if data_path else list(records)
     records = records[: cfg.eval.limit] if cfg.eval.limit is not None else records
@@ -298,6 +325,8 @@ def run_patch(source_cfg, target_cfg, records: Sequence[Record] | str | os.PathL
     if not explicit and any(t is None for t in tables):
         raise NeedleworkError(f"--set {cfg.set} needs the head scores of both models", "pass --heads-source and --heads-target")
     source, target, tok = load_pair(source_cfg, target_cfg)
+    chat = resolve_chat(cfg.eval.chat, tok)  # one rendering for both models
+    trained_chat = {role: check_rendering(c, chat, "patched") for role, c in (("source", source_cfg), ("target", target_cfg))}
     shape = model_shape(target.model)
     chosen = []
     for t in tables:
@@ -317,7 +346,8 @@ def run_patch(source_cfg, target_cfg, records: Sequence[Record] | str | os.PathL
         rows += _scores(records, patched_answers(source, target, tok, records, heads, ecfg, progress), name)
     per_example = pd.DataFrame(rows)
     table, md = _table(per_example, sets, ecfg)
-    summary = {"source": asdict(source_cfg), "target": asdict(target_cfg), "data": data_path,
+    summary = {"source": asdict(source_cfg), "target": asdict(target_cfg), "chat": chat, "trained_chat": trained_chat,
+               "data": data_path,
                "data_hash": hash_obj([r.to_dict() for r in records]), "n": len(records), "config": asdict(cfg),
                "shape": shape.to_dict(), "heads_source": describe(chosen[0]), "heads_target": describe(chosen[1]),
                "sets": {k: describe(v) for k, v in sets.items()}, "table": table}

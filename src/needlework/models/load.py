@@ -10,6 +10,7 @@ that folder, which takes about a second instead of twenty.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import importlib.util
 import json
@@ -142,12 +143,12 @@ class ModelConfig:
     """How to load a model. Fields are the YAML keys of the `model:` section of study configs."""
 
     name: str = DEFAULT_MODEL  # hub id, local folder, .gguf file, or "smollm2"
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16 | float64 (exactness tests)
     device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N
     attn_implementation: str = "sdpa"  # backend the instrumentation wraps (eager for softcapped models)
-    rope_theta: float | None = None  # raise the RoPE base to extend context
-    max_position_embeddings: int | None = None
-    adapter: str | None = None  # LoRA adapter directory (peft) to apply
+    rope_theta: float | None = None  # raise the RoPE base to extend context (None: the adapter's saved value, else the model's)
+    max_position_embeddings: int | None = None  # likewise
+    adapter: str | None = None  # LoRA adapter (peft) to apply: its folder, or a `needlework train` output folder
     trust_remote_code: bool = False
 
 
@@ -168,20 +169,204 @@ def resolve_dtype(dtype: str, device) -> "Any":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}[dtype]
+                "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}[dtype]
     except KeyError:
-        raise NeedleworkError(f"unknown dtype {dtype!r}", "use auto, float32, bfloat16 or float16") from None
+        raise NeedleworkError(f"unknown dtype {dtype!r}", "use auto, float32, bfloat16, float16 or float64") from None
+
+
+# --- the settings a fine-tuned model carries ----------------------------------------------------
+# `needlework train` writes MODEL_SETTINGS beside the adapter (OUT/adapter) or the full model
+# (OUT/model): the base model's name, the RoPE settings it trained with (the values in effect, not
+# only the overrides) and the prompt rendering (`chat`). Every command that loads the adapter goes
+# through `resolve_model_config`, which applies those settings, so an extended model is always run
+# extended; an explicit value that disagrees is an error, never a silent change of model.
+
+MODEL_SETTINGS = "needlework_model_config.json"
+CONTEXT_KEYS = ("rope_theta", "max_position_embeddings")  # what an adapter's model must be loaded with
+
+
+def _fix_adapter_hint(p: Path) -> str:
+    return f"pass the output folder of `needlework train --method lora` (or its adapter/ subfolder); {p} is not one"
+
+
+def resolve_adapter(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The adapter folder behind `path`, checked, and the model settings saved with it.
+
+    `path` is a peft adapter folder or a `needlework train` output folder (whose adapter is
+    OUT/adapter). Nothing is loaded: this is the check to run before loading any model.
+
+    Returns:
+        (adapter folder, settings): the contents of its MODEL_SETTINGS ({} for adapters written by
+        other tools): `name` (base model), `rope_theta`, `max_position_embeddings`, `chat`, ...
+    Raises:
+        NeedleworkError: no such folder, no adapter in it (a full fine-tune's OUT/model names the
+            --model fix), no adapter_config.json, no safetensors weights, unreadable JSON.
+    """
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise NeedleworkError(f"adapter folder {p} " + ("is a file" if p.exists() else "does not exist"), _fix_adapter_hint(p))
+    if not (p / "adapter_config.json").exists():
+        if (p / "adapter" / "adapter_config.json").exists():
+            p = p / "adapter"  # a `needlework train` output folder
+        elif (p / "model" / "config.json").exists():
+            raise NeedleworkError(f"{p} holds a fully fine-tuned model ({p / 'model'}), not a LoRA adapter",
+                                  f"load it as the model: --model {p / 'model'} (and no --adapter)")
+        else:
+            raise NeedleworkError(f"{p} holds no LoRA adapter (no adapter_config.json, nor adapter/adapter_config.json)",
+                                  _fix_adapter_hint(p))
+    if not list(p.glob("adapter_model*.safetensors")):
+        pickled = list(p.glob("adapter_model*.bin"))
+        raise NeedleworkError(
+            f"{p} holds no adapter weights in safetensors format" + (" (only a pickle .bin, which needlework never loads)" if pickled else ""),
+            "re-save the adapter with save_pretrained(..., safe_serialization=True)" if pickled else
+            "the adapter folder is incomplete: rerun `needlework train` (it resumes) or copy adapter_model.safetensors")
+    _read_json(p / "adapter_config.json")
+    return p, _read_settings(p)
+
+
+def _read_json(f: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(f.read_text())
+    except ValueError as e:
+        raise NeedleworkError(f"{f} is not valid JSON ({e})", "restore the file from the training output") from None
+    if not isinstance(data, dict):
+        raise NeedleworkError(f"{f} is not a JSON object", "restore the file from the training output")
+    return data
+
+
+def _read_settings(folder: Path) -> dict[str, Any]:
+    f = folder / MODEL_SETTINGS
+    return _read_json(f) if f.exists() else {}
+
+
+def _model_key(name: str) -> str:
+    n = str(name)
+    if n.lower() in ("smollm2", "default"):
+        n = str(cache_dir() / SMOLLM2_DIR)
+    p = Path(n).expanduser()
+    return str(p.resolve()) if p.exists() else n
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model references name one base model: equal, the same local folder, or (when one
+    is not a folder here: a hub id and its local copy, a folder that moved) the same last path part."""
+    ka, kb = _model_key(a), _model_key(b)
+    if ka == kb:
+        return True
+    return (not Path(ka).exists() or not Path(kb).exists()) and Path(ka).name.lower() == Path(kb).name.lower()
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with its adapter checked and the adapter's saved model settings applied.
+
+    The adapter may be given as its folder or as the `needlework train` output folder; the result's
+    `adapter` is the adapter folder itself. For rope_theta and max_position_embeddings: None takes
+    the saved value, an equal value is fine, a different one is an error. Nothing is loaded, so
+    every command calls this first (load_model calls it too; it is idempotent).
+
+    Raises:
+        NeedleworkError: a missing or incomplete adapter (see `resolve_adapter`), an adapter trained
+            on another base model, an explicit setting that conflicts with the saved one.
+    """
+    if isinstance(cfg, str):
+        cfg = ModelConfig(name=cfg)
+    if not cfg.adapter:
+        return cfg
+    adapter_dir, saved = resolve_adapter(cfg.adapter)
+    where = adapter_dir / MODEL_SETTINGS
+    base = saved.get("name")
+    if base is not None and not same_model(str(base), cfg.name):
+        raise NeedleworkError(f"adapter {adapter_dir} does not fit model {cfg.name!r}: it was trained on {base!r} ({where})",
+                              f"pass the base model it was trained on (--model {base})")
+    updates: dict[str, Any] = {"adapter": str(adapter_dir)}
+    for key in CONTEXT_KEYS:
+        value, given = saved.get(key), getattr(cfg, key)
+        if value is None:
+            continue
+        if given is None:
+            updates[key] = float(value) if key == "rope_theta" else int(value)
+        elif not _same_value(given, value):
+            flag = "--" + key.replace("_", "-")
+            raise NeedleworkError(
+                f"{flag} {given} conflicts with the adapter's {key} {value} (it was trained with it; {where})",
+                f"drop {flag} (the adapter's value applies), or pass {flag} {value}")
+    return dataclasses.replace(cfg, **updates)
+
+
+def saved_settings(cfg: ModelConfig) -> dict[str, Any]:
+    """The settings saved by `needlework train` with this model: its adapter's, or a fully
+    fine-tuned model folder's ({} when there are none). Raises like `resolve_adapter`."""
+    if cfg.adapter:
+        return resolve_adapter(cfg.adapter)[1]
+    p = Path(str(cfg.name)).expanduser()
+    return _read_settings(p) if p.is_dir() else {}
+
+
+def check_rendering(cfg: ModelConfig, chat: bool, what: str = "evaluated") -> bool | None:
+    """Warn when a fine-tuned model is run with another prompt rendering than it was trained with.
+
+    Returns the rendering it was trained with (True: chat template, False: plain), or None when
+    nothing says (a base model, or an adapter from another tool).
+    """
+    trained = saved_settings(cfg).get("chat")
+    if trained is None:
+        return None
+    trained = bool(trained)
+    if trained != bool(chat):
+        import warnings
+
+        def how(c):
+            return "with the chat template" if c else "without the chat template"
+
+        src = cfg.adapter or cfg.name
+        flag = "--chat" if trained else "--no-chat"
+        warnings.warn(f"{src} was trained {how(trained)} but is {what} {how(chat)}; "
+                      f"pass {flag} (or `chat: {str(trained).lower()}`) to render as in training", stacklevel=2)
+    return trained
+
+
+def context_settings(config) -> dict[str, Any]:
+    """rope_theta and max_position_embeddings in effect in a transformers model config."""
+    rp = getattr(config, "rope_parameters", None) or {}
+    theta = rp.get("rope_theta") if isinstance(rp, dict) else None
+    if theta is None:
+        theta = getattr(config, "rope_theta", None)
+    mpe = getattr(config, "max_position_embeddings", None)
+    return {"rope_theta": float(theta) if isinstance(theta, (int, float)) else None,
+            "max_position_embeddings": int(mpe) if isinstance(mpe, int) else None}
+
+
+def base_context(name: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """`context_settings` of a model's own config (config.json only; no weights are read)."""
+    from transformers import AutoConfig
+
+    ref, kw = resolve(name)
+    try:
+        return context_settings(AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code, **kw))
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from None
 
 
 def load_model(cfg: ModelConfig | str = DEFAULT_MODEL):
     """Load (model, tokenizer) for a ModelConfig (or a name). The model is in eval mode.
 
-    Raises NeedleworkError: unknown model id/path, missing GPU, adapter that does not fit.
+    The adapter's saved settings are applied first (`resolve_model_config`).
+
+    Raises NeedleworkError: unknown model id/path, missing GPU, adapter that does not fit (or
+        whose saved settings conflict with explicit ones).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if isinstance(cfg, str):
         cfg = ModelConfig(name=cfg)
+    cfg = resolve_model_config(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     ref, kw = resolve(cfg.name)
@@ -214,15 +399,18 @@ def load_model(cfg: ModelConfig | str = DEFAULT_MODEL):
     return model, tok
 
 
-def apply_adapter(model, adapter_dir: str | os.PathLike):
-    """Apply a peft LoRA adapter; a clear error when it does not fit the model."""
+def apply_adapter(model, adapter_dir: str | os.PathLike, adapter_name: str | None = None):
+    """Apply a peft LoRA adapter (its folder or a `needlework train` output folder); a clear error
+    when it does not fit the model. On a model that already is a PeftModel, `adapter_name` adds
+    this adapter beside the others (peft multi-adapter); otherwise the model is wrapped."""
     from peft import PeftModel
 
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise NeedleworkError(f"{adapter_dir} holds no adapter_config.json", "point --adapter at a folder written by `needlework train`")
+    adapter_dir, _ = resolve_adapter(adapter_dir)
     try:
-        return PeftModel.from_pretrained(model, str(adapter_dir))
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(adapter_dir), adapter_name=adapter_name or "default")
+            return model
+        return PeftModel.from_pretrained(model, str(adapter_dir), **({"adapter_name": adapter_name} if adapter_name else {}))
     except (RuntimeError, ValueError, KeyError) as e:
         raise NeedleworkError(
             f"adapter {adapter_dir} does not match the model ({str(e).splitlines()[0][:300]})",

@@ -4,7 +4,10 @@ options. Dataclass fields are the YAML keys; defaults live here.
 Validation happens on load and names the key path (`tasks.mdqa.train_sets.ll.generate.concept`)
 and the fix: unknown keys fail and name themselves (with the closest valid key), wrong types name
 the expected type. Sections that belong to other stages (`train`, `eval`, `score`, `knockout`,
-`patch`, generator options) are checked against those stages' own config dataclasses.
+`patch`, generator options) are checked against those stages' own config dataclasses, and the
+values of a set's `generate:`/`load:` options by the generator's and loader's own checks
+(`data.generate.check_config`, `data.loaders.check_options`), so that a bad one fails here, on
+load and in `--dry-run`, not when its data stage runs after other sets have trained.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ class TaskSpec:
     train_sets: dict[str, SetSpec]
     reference: str
     length: int = 1024  # tokens per example (of each model's tokenizer)
+    # ScoreConfig fields for this task over the study-wide `score:` section, e.g. SummHay's
+    # `{score: insight}`: its needles are evidence spans, which the retrieval score never uses (SPEC §2)
+    score: dict[str, Any] | None = None
 
 
 @dataclass
@@ -190,6 +196,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, a, path)
             except NeedleworkError as e:
                 last = e
+        if all(a in (int, float, str, bool, type(None)) for a in args):  # scalars: name every choice
+            raise _err(path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}", "fix the value")
         raise last or _err(path, f"expected {_type_name(tp)}, got {value!r}", "fix the value")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
@@ -200,13 +208,16 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not value:
             raise _err(path, "is empty", "give at least one entry")
         return {str(k): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if origin is list:
-        (et,) = typing.get_args(tp)
-        if not isinstance(value, list):
+    if origin is list or (origin is tuple and typing.get_args(tp)[-1:] == (Ellipsis,)):
+        et = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
             raise _err(path, f"expected a list, got {type(value).__name__} {value!r}", "write it as [a, b] or as `- a` lines")
         return [_coerce(v, et, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _err(path, f"expected a number, got {type(value).__name__} {value!r}",
+                   "write a number (YAML reads 1e-3 as text: write 1.0e-3)")
     if tp in (int, str, bool) and (type(value) is not tp):
         raise _err(path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}",
                    f"write a {_type_name(tp)}" + (" (true/false)" if tp is bool else ""))
@@ -262,14 +273,72 @@ def check_foreign(section: str, opts: dict[str, Any], path: str, own: dict[str, 
         raise _unknown(path, opts, known - set(STUDY_FILLED.get(section, ())))
     kw = {k: v for k, v in opts.items() if k not in own and not (section == "load" and k in ("format", "path"))}
     try:
-        if hasattr(cls, "from_dict"):
-            cls.from_dict(kw)
-        else:
-            cls(**kw)
+        obj = cls.from_dict(kw) if hasattr(cls, "from_dict") else cls(**kw)
+        if callable(getattr(obj, "check", None)):  # values, not only keys (ScoreConfig checks in check())
+            obj.check()
     except NeedleworkError as e:
         raise NeedleworkError(f"config section `{path}`: {e.problem}", e.fix) from None
     except (TypeError, ValueError) as e:
         raise _err(path, str(e), "fix the value(s)") from None
+
+
+# Value checks of the data sections, owned by the generator and the loader (one source of truth):
+# section -> (module, function). They raise `OptionError`, whose `key` names the bad field.
+DATA_CHECKS = {
+    "generate": ("needlework.data.generate", "check_config"),
+    "load": ("needlework.data.loaders", "check_options"),
+}
+# Fields of a data section that the study fills in from elsewhere: where the config sets them.
+_FILLED_FROM = {"task": "tasks.{task}", "length": "tasks.{task}.length"}
+
+
+def check_data_values(section: str, opts: dict[str, Any], path: str, task: str, length: int) -> None:
+    """Check every value of a set's `generate:`/`load:` options as the data stage will use them
+    (with the task, length and size the study fills in): types against the stage's dataclass, then
+    the generator's / loader's own value check, so a bad value fails on load with its key path
+    instead of when the data stage runs."""
+    cls = _foreign_class(section)
+    try:
+        check = getattr(importlib.import_module(DATA_CHECKS[section][0]), DATA_CHECKS[section][1])
+    except (ImportError, AttributeError):
+        check = None
+    if cls is None or check is None:
+        return  # that stage is not installed: its options are checked when it runs
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    for k, v in opts.items():
+        if k in ("format", "path"):
+            continue
+        _coerce(v, hints[k], f"{path}.{k}")
+        kw[k] = tuple(v) if section == "load" and k == "limited" and isinstance(v, list) else v
+    args: tuple = ()
+    if section == "generate":
+        args = (cls(**{**kw, "task": task, "n": 1, "length": length}),)
+    else:
+        fmt = opts["format"]
+        if not isinstance(fmt, str):
+            raise _err(f"{path}.format", f"expected str, got {type(fmt).__name__} {fmt!r}", "write mdqa, musique, summhay or hf:NAME")
+        if not isinstance(opts["path"], str):
+            raise _err(f"{path}.path", f"expected str, got {type(opts['path']).__name__} {opts['path']!r}", "write the file's path")
+        args = (fmt, cls(**{**kw, "length": length}))
+    try:
+        check(*args)
+    except NeedleworkError as e:
+        key = getattr(e, "key", None)
+        where = _FILLED_FROM.get(key, "{path}.%s" % key if key else "{path}").format(task=task, path=path)
+        fix = e.fix or "fix the value"
+        if key == "task":
+            fix += f" (a generated set's task is its task's name under `tasks:`, here {task!r})"
+        raise _err(where, e.problem, fix) from None
+    if section == "load" and fmt in _loader_formats() and fmt != task:
+        raise _err(f"{path}.format", f"format {fmt!r} reads {fmt} examples, but this set belongs to task {task!r}",
+                   f"use format {task} (or move the set under `tasks.{fmt}`)")
+
+
+def _loader_formats() -> tuple[str, ...]:
+    from needlework.data.loaders import FORMATS
+
+    return FORMATS
 
 
 _FILLED_FIX = {
@@ -280,7 +349,8 @@ _FILLED_FIX = {
 }
 
 
-def _check_set(s: SetSpec, path: str, eval_set: bool = False) -> None:
+def _check_set(s: SetSpec, path: str, eval_set: bool = False, task: str = "", length: int = 1024,
+               base_dir: Path | None = None) -> None:
     if s.kind not in KINDS:
         raise _err(f"{path}.kind", f"{s.kind!r} is not one of {', '.join(KINDS)}", "use real, limited or synthetic")
     sources = [k for k in ("generate", "load", "file") if getattr(s, k) is not None]
@@ -297,11 +367,16 @@ def _check_set(s: SetSpec, path: str, eval_set: bool = False) -> None:
         raise _err(f"{path}.n", f"must be at least 1 (got {s.n})", "set a positive number of examples")
     if s.generate is not None:
         check_foreign("generate", s.generate, f"{path}.generate")
+        hay = s.generate.get("haystack")
+        if isinstance(hay, str) and base_dir and not Path(hay).is_absolute() and (base_dir / hay).exists():
+            s.generate["haystack"] = str((base_dir / hay).resolve())  # relative to the config file, as file:/load.path
+        check_data_values("generate", s.generate, f"{path}.generate", task, length)
     if s.load is not None:
         for k in ("format", "path"):
             if k not in s.load:
                 raise _err(f"{path}.load.{k}", "is missing", "load: needs `format` (mdqa|musique|summhay|hf:NAME) and `path`")
         check_foreign("load", s.load, f"{path}.load")
+        check_data_values("load", s.load, f"{path}.load", task, length)
     if s.kind == "real" and s.generate is not None:
         raise _err(f"{path}.kind", "a `real` set cannot be generated", "use kind synthetic (or limited), or load: real data")
 
@@ -323,11 +398,11 @@ def validate(cfg: StudyConfig, base_dir: Path | None = None) -> StudyConfig:
             raise _err(f"{p}.reference", "the reference must be a fine-tuned training set, not kind none", "pick another set")
         if t.length < 16:
             raise _err(f"{p}.length", f"{t.length} tokens is too short", "use at least a few hundred tokens")
-        _check_set(t.eval_set, f"{p}.eval_set", eval_set=True)
+        _check_set(t.eval_set, f"{p}.eval_set", eval_set=True, task=tname, length=t.length, base_dir=base_dir)
         for sname, s in t.train_sets.items():
             if not sname.replace("_", "").replace("-", "").isalnum():
                 raise _err(f"{p}.train_sets.{sname}", "set names may only hold letters, digits, - and _", "rename it")
-            _check_set(s, f"{p}.train_sets.{sname}")
+            _check_set(s, f"{p}.train_sets.{sname}", task=tname, length=t.length, base_dir=base_dir)
         for s in [t.eval_set, *t.train_sets.values()]:
             for src in ("file",):
                 if getattr(s, src) and base_dir and not Path(s.file).is_absolute():
@@ -336,6 +411,9 @@ def validate(cfg: StudyConfig, base_dir: Path | None = None) -> StudyConfig:
                 s.load["path"] = str((base_dir / str(s.load["path"])).resolve())
     for name in ("train", "eval", "score"):
         check_foreign(name, getattr(cfg, name), name)
+    for tname, t in cfg.tasks.items():
+        if t.score:
+            check_foreign("score", {**cfg.score, **t.score}, f"tasks.{tname}.score")
     for name in ("knockout", "patch"):
         sec = getattr(cfg, name)
         check_foreign(name, sec, name, own=STUDY_OWN[name])

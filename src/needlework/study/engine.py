@@ -132,7 +132,8 @@ def build_plan(cfg: StudyConfig) -> list[Node]:
                     nodes += [data, tr]
                     train[sname] = up["train"] = tr
                 ev[sname] = Node("evaluate", lab, {"model": ms, "eval": cfg.eval}, {"eval_data": evalset, **up}, set=sname, **base)
-                score[sname] = Node("score", lab, {"model": ms, "score": cfg.score}, {"eval_data": evalset, **up}, set=sname, **base)
+                score[sname] = Node("score", lab, {"model": ms, "score": {**cfg.score, **(t.score or {})}}, {"eval_data": evalset, **up},
+                                    set=sname, **base)
                 nodes += [ev[sname], score[sname]]
             ref = t.reference
             cmp: dict[str, Node] = {}

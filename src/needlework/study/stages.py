@@ -123,15 +123,19 @@ def evaluate_stage(ctx: StageContext) -> None:
 def score_stage(ctx: StageContext) -> None:
     from needlework.heads.score import ScoreConfig, score_heads
     from needlework.io import write_parquet
-    from needlework.models.load import load_model
+    from needlework.models.load import check_rendering, load_model, resolve_model_config
 
     cfg = ScoreConfig(**ctx.node.slice["score"])
-    model, tok = load_model(model_config(ctx))
+    mc = resolve_model_config(model_config(ctx))  # the adapter's saved RoPE settings applied (and recorded)
+    model, tok = load_model(mc)
+    used = cfg.resolved(tok)  # chat and match as score_heads resolves them
+    trained_chat = check_rendering(mc, used.chat, "scored")
     res = score_heads(model, tok, records_of(ctx), cfg)
     write_parquet(ctx.out / "heads.parquet", res.heads)
     write_parquet(ctx.out / "per_example.parquet", res.per_example)
-    write_json(ctx.out / "meta.json", {"options": dataclasses.asdict(cfg), "n_examples": res.n_examples,
-                                       "skipped": res.skipped})
+    write_json(ctx.out / "meta.json", {"options": dataclasses.asdict(used), "model_config": dataclasses.asdict(mc),
+                                       "trained_chat": trained_chat, "n_examples": res.n_examples,
+                                       "skipped": res.skipped, "span_coverage": res.coverage})
 
 
 def compare_stage(ctx: StageContext) -> None:

@@ -11,6 +11,9 @@ HELP = """Fine-tune a model on records, the loss on answer tokens only (LoRA on 
 
 Writes OUT/log.jsonl, OUT/train_config.json, OUT/checkpoints/step-N and OUT/adapter (LoRA) or
 OUT/model (attn/full). Rerunning with the same --out resumes from the newest checkpoint.
+Beside the weights, needlework_model_config.json keeps the base model, its RoPE settings and the
+rendering (chat template or not): `evaluate`, `heads score`, `knockout` and `patch` take OUT as
+--adapter and apply them (pass no --rope-theta there; a different value is an error).
 
 Examples:
 
@@ -48,7 +51,7 @@ def register(app: typer.Typer) -> None:
         truncate_haystack: Optional[bool] = typer.Option(None, "--truncate-haystack/--no-truncate-haystack", help="drop non-gold documents of too-long examples"),
         packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="pack short examples into rows of --pack-length tokens"),
         pack_length: Optional[int] = typer.Option(None, help="packed row length (default --max-length)"),
-        chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="render with the tokenizer's chat template"),
+        chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="render with the tokenizer's chat template (default: when it has one, as evaluate and heads score)"),
         gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="recompute layer activations in backward (default on)"),
         save_attention: Optional[bool] = typer.Option(None, "--save-attention/--no-save-attention", help="with checkpointing, keep attention outputs instead of recomputing them (default on: faster at long context, 2*tokens*hidden bytes per layer)"),
         seed: Optional[int] = typer.Option(None),
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
         resume: Optional[str] = typer.Option(None, help="auto | never | a checkpoint directory"),
         rope_theta: Optional[float] = typer.Option(None, help="raise the RoPE base to extend context"),
         max_position_embeddings: Optional[int] = typer.Option(None, help="model's max positions (with --rope-theta)"),
-        adapter: Optional[str] = typer.Option(None, help="LoRA adapter folder to continue training"),
+        adapter: Optional[str] = typer.Option(None, help="LoRA adapter to continue training (a train output folder or its adapter/; its settings apply)"),
         dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16"),
         device: str = typer.Option("auto", help="auto | cpu | cuda (several processes: accelerate picks)"),
     ) -> None:

@@ -47,7 +47,7 @@ class TrainConfig:
     truncate_haystack: bool = False  # drop non-gold documents of too-long examples (never the answer)
     packing: bool = False  # pack short examples into rows of `pack_length` tokens (position_ids reset)
     pack_length: int = 0  # 0: max_length
-    chat: bool = False  # render with the tokenizer's chat template
+    chat: bool | None = None  # render with the tokenizer's chat template (None: when it has one, as every stage)
     # memory
     gradient_checkpointing: bool = True
     # with gradient checkpointing, keep each layer's attention-kernel outputs instead of recomputing

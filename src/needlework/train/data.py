@@ -82,7 +82,10 @@ def _drop_haystack(record: Record, n_drop: int) -> Record | None:
             docs.append(d)
     needles = [dataclasses.replace(n, doc=new_index[n.doc]) for n in record.needles]
     gold = [new_index[g] for g in record.gold_docs if g in new_index]
-    return dataclasses.replace(record, documents=docs, needles=needles, gold_docs=gold)
+    meta = dict(record.meta)
+    if meta.get("unlocated_docs"):  # document indices: follow the documents
+        meta["unlocated_docs"] = [new_index[g] for g in meta["unlocated_docs"] if g in new_index]
+    return dataclasses.replace(record, documents=docs, needles=needles, gold_docs=gold, meta=meta)
 
 
 def encode(record: Record, tokenizer, max_length: int, chat: bool = False, truncate_haystack: bool = False) -> Example:

@@ -40,7 +40,9 @@ import torch
 from needlework.data.records import Record
 from needlework.errors import NeedleworkError
 from needlework.io import write_json
-from needlework.models.load import ModelConfig, load_model
+from needlework.data.render import resolve_chat
+from needlework.models.load import (MODEL_SETTINGS, ModelConfig, check_rendering, context_settings, load_model,
+                                    resolve_model_config)
 from needlework.train.checkpoint import (full_model_state, full_optimizer_state, full_trainable_state, list_checkpoints,
                                          load_checkpoint, rank_rng_states, save_checkpoint, trainable_state)
 from needlework.train.checkpointing import enable_checkpointing
@@ -182,6 +184,7 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
 
     if isinstance(model_cfg, str):
         model_cfg = ModelConfig(name=model_cfg)
+    model_cfg = resolve_model_config(model_cfg)  # an adapter to continue: checked, its settings applied
     out = Path(out_dir)
     ckpt_root = out / "checkpoints"
 
@@ -195,6 +198,10 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
     # --- model: loaded per process on its device; train mode, no KV cache --------------------------
     load_cfg = dataclasses.replace(model_cfg, device=str(device), adapter=None)
     model, tok = load_model(load_cfg)
+    context = context_settings(model.config)  # the RoPE settings in effect, saved with the weights
+    cfg = dataclasses.replace(cfg, chat=resolve_chat(cfg.chat, tok))  # auto: the chat template when there is one
+    if main:
+        check_rendering(model_cfg, cfg.chat, "trained further")  # continuing an adapter/fine-tune: same rendering?
     model.config.use_cache = False
     if cfg.gradient_checkpointing and not (sharded and acc.state.fsdp_plugin.activation_checkpointing):
         enable_checkpointing(model, "save-attention" if cfg.save_attention else "full")
@@ -345,8 +352,11 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
         else:
             base_causal_lm(inner).save_pretrained(saved, safe_serialization=True, **({"state_dict": full} if sharded else {}))
             tok.save_pretrained(saved)
-        # the base model and its RoPE settings travel with the weights: evaluate with the same theta
-        write_json(saved / "needlework_model_config.json", dataclasses.asdict(dataclasses.replace(model_cfg, adapter=None)))
+        # the base model, its RoPE settings and the rendering travel with the weights: every command
+        # that loads them applies the same theta (models.load.resolve_model_config) and warns on
+        # another rendering (models.load.check_rendering)
+        write_json(saved / MODEL_SETTINGS, {**dataclasses.asdict(dataclasses.replace(model_cfg, adapter=None)),
+                                            **context, "chat": cfg.chat})
     acc.wait_for_everyone()
     return TrainResult(out_dir=out, steps=total_steps, final_loss=last_loss, saved=saved, log_path=log_path, eval=last_eval)
 
