@@ -48,5 +48,6 @@ def assert_clear_argmax(probs) -> int:
     if top is not None:
         assert float(top[1]) < float(top[0]) * (1 - ARGMAX_REL_MARGIN), (
             f"near-tie in the reference attention ({float(top[0])!r} vs {float(top[1])!r}): rounding could flip "
-            "the argmax between kernels; sharpen the fixture's attention or change its seed")
+            "the argmax between kernels; sharpen the fixture's attention or change its seed"
+        )
     return int(probs.argmax())

@@ -5,6 +5,7 @@ Each stage module registers its own commands in `register(app)`, so this file on
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 
@@ -25,9 +26,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+class _EchoHandler(logging.Handler):
+    """needlework's log on stderr, through typer at the time of the call (so CliRunner sees it):
+    the library logs what it notices, the command line shows it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+def _show_library_log() -> None:
+    lib = logging.getLogger("needlework")
+    if not any(isinstance(h, _EchoHandler) for h in lib.handlers):
+        lib.addHandler(_EchoHandler())
+        lib.setLevel(logging.INFO)
+
+
 @app.callback()
 def _root() -> None:
     """Synthetic long-context data, fine-tuning, and retrieval-head diagnostics."""
+    _show_library_log()
 
 
 # Each stage exposes `register(app)`; a missing optional stage is skipped so the CLI always starts.

@@ -29,8 +29,26 @@ def test_round_trip(smollm2_tokenizer, tmp_path):
 
 def test_generate_validate_inspect_cli(tmp_path):
     out = tmp_path / "d.jsonl"
-    res = runner.invoke(app, ["generate", "--task", "summhay", "--concept", "low", "--context", "high", "--n", "3",
-                              "--length", "1536", "--depth", "40", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--task",
+            "summhay",
+            "--concept",
+            "low",
+            "--context",
+            "high",
+            "--n",
+            "3",
+            "--length",
+            "1536",
+            "--depth",
+            "40",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "wrote 3 records" in res.output and len(out.read_text().splitlines()) == 3
     res = runner.invoke(app, ["validate", str(out)])
@@ -49,7 +67,7 @@ def test_validate_reports_every_corruption_with_line(tmp_path, smollm2_tokenizer
     d["needles"][0]["start"] += 1  # span no longer equals the answer
     lines[1] = json.dumps(d)
     d = json.loads(lines[2])
-    d["needles"][0]["end"] = 10 ** 6  # span outside the document
+    d["needles"][0]["end"] = 10**6  # span outside the document
     lines[2] = json.dumps(d)
     lines.append("{not json")
     path.write_text("\n".join(lines) + "\n")
@@ -88,7 +106,9 @@ def test_generate_cli_writer_option(tmp_path, monkeypatch):
     class FakeWriter:
         def write_documents(self, prompts):
             seen["n"] = len(prompts)
-            return [f"Document {i} was written by a stand-in model. It talks about boats and bridges at length." for i in range(len(prompts))]
+            return [
+                f"Document {i} was written by a stand-in model. It talks about boats and bridges at length." for i in range(len(prompts))
+            ]
 
     def fake_make_writer(cfg, model=None, tokenizer=None):
         seen["cfg"] = cfg
@@ -96,8 +116,26 @@ def test_generate_cli_writer_option(tmp_path, monkeypatch):
 
     monkeypatch.setattr(writer_mod, "make_writer", fake_make_writer)
     out = tmp_path / "w.jsonl"
-    res = runner.invoke(app, ["generate", "--task", "mdqa", "--n", "2", "--length", "1024", "--writer", "openai",
-                              "--writer-model", "m1", "--writer-docs", "40", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--task",
+            "mdqa",
+            "--n",
+            "2",
+            "--length",
+            "1024",
+            "--writer",
+            "openai",
+            "--writer-model",
+            "m1",
+            "--writer-docs",
+            "40",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert seen["n"] == 40 and seen["cfg"].model == "m1"
     assert "stand-in model" in out.read_text()

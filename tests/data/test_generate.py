@@ -27,8 +27,9 @@ def tokenized(request, smollm2_tokenizer):
     tok = smollm2_tokenizer if request.param == "smollm2" else byte_bpe_tokenizer()
     data = {}
     for task, concept, context in VARIANTS:
-        cfg = GenerateConfig(task=task, concept=concept, context=context, n=N, length=LENGTH, depth=str(DEPTH),
-                             tokenizer=request.param, seed=1)
+        cfg = GenerateConfig(
+            task=task, concept=concept, context=context, n=N, length=LENGTH, depth=str(DEPTH), tokenizer=request.param, seed=1
+        )
         data[(task, concept, context)] = generate(cfg, tokenizer=tok)
     return tok, data
 
@@ -47,7 +48,7 @@ def test_needle_spans_decode_to_answers(tokenized):
             assert len(r.needle_spans) == len(rec.needles) > 0
             for i, span in enumerate(r.needle_spans):
                 assert span is not None, rec.id
-                decoded = tok.decode(r.input_ids[span[0]: span[1]]).strip()
+                decoded = tok.decode(r.input_ids[span[0] : span[1]]).strip()
                 assert decoded == rec.needle_text(i).strip(), (rec.id, decoded)
                 assert decoded in _expected_needles(rec)
             # the answer is where the completion starts
@@ -104,7 +105,7 @@ def _sentences(text: str) -> list[str]:
 
 def test_low_context_is_filler_only(tokenized):
     _tok, data = tokenized
-    for (task, concept, context), recs in data.items():
+    for (_task, _concept, context), recs in data.items():
         if context != "low":
             continue
         for rec in recs:
@@ -228,7 +229,9 @@ def test_chat_length(smollm2_tokenizer):
 def test_haystack_path_and_writer(smollm2_tokenizer, tmp_path):
     para = "The river runs past the old mill and the miller waves at every passing boat. " * 4
     for k in range(30):
-        (tmp_path / f"story_{k}.txt").write_text(f"{para.strip()}\n\nOn day {k} the boats came back late in the evening.  The town slept.\n")
+        (tmp_path / f"story_{k}.txt").write_text(
+            f"{para.strip()}\n\nOn day {k} the boats came back late in the evening.  The town slept.\n"
+        )
     recs = generate(GenerateConfig(task="mdqa", n=2, length=1024, haystack=str(tmp_path)), tokenizer=smollm2_tokenizer)
     titles = {d.title for r in recs for i, d in enumerate(r.documents) if i not in r.gold_docs}
     assert any(t.startswith("story ") for t in titles)
@@ -239,8 +242,11 @@ def test_haystack_path_and_writer(smollm2_tokenizer, tmp_path):
 
         def write_documents(self, prompts):
             self.calls += 1
-            return [f"Paragraph {i} written for a prompt. It has a few plain sentences about a harbour. "
-                    f"Ships come and go every day of the week." for i, _ in enumerate(prompts)]
+            return [
+                f"Paragraph {i} written for a prompt. It has a few plain sentences about a harbour. "
+                f"Ships come and go every day of the week."
+                for i, _ in enumerate(prompts)
+            ]
 
     w = FakeWriter()
     recs = generate(GenerateConfig(task="kv", concept="symbolic", n=2, length=1024, writer_docs=60), tokenizer=smollm2_tokenizer, writer=w)

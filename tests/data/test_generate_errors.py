@@ -39,7 +39,9 @@ def test_unknown_tokenizer():
 
 
 def test_length_beyond_material(smollm2_tokenizer, tmp_path):
-    (tmp_path / "tiny.txt").write_text("A short paragraph about very little at all, written only to be too small for a long example. " * 4 + "\n")
+    (tmp_path / "tiny.txt").write_text(
+        "A short paragraph about very little at all, written only to be too small for a long example. " * 4 + "\n"
+    )
     with pytest.raises(NeedleworkError, match="haystack") as e:
         generate(GenerateConfig(n=1, length=4096, haystack=str(tmp_path)), tokenizer=smollm2_tokenizer)
     assert "--length" in e.value.fix

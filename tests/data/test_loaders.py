@@ -17,15 +17,21 @@ FILLER = "The river valley was settled by farmers who grew barley and kept sheep
 
 
 def mdqa_line(q, answers, gold_text, gold_at=1, n=4, isgold=True, title="Gold"):
-    ctxs = [{"id": f"w{i}", "title": f"Other {i}", "text": f"Passage {i}. " + FILLER, "hasanswer": False, "isgold": False}
-            for i in range(n - 1)]
+    ctxs = [
+        {"id": f"w{i}", "title": f"Other {i}", "text": f"Passage {i}. " + FILLER, "hasanswer": False, "isgold": False} for i in range(n - 1)
+    ]
     ctxs.insert(gold_at, {"id": "g", "title": title, "text": gold_text, "hasanswer": True, "isgold": isgold})
     return {"question": q, "answers": answers, "ctxs": ctxs, "nq_annotated_gold": {"title": title, "long_answer": gold_text}}
 
 
 MDQA = [
     mdqa_line("who wrote the novel moby dick", ["Herman Melville"], "Moby-Dick is an 1851 novel by  herman\nmelville, an American writer."),
-    mdqa_line("when did the berlin wall fall", ["1989", "November 9, 1989"], "The Berlin Wall fell on 9 November 1989 after weeks of unrest.", gold_at=3),
+    mdqa_line(
+        "when did the berlin wall fall",
+        ["1989", "November 9, 1989"],
+        "The Berlin Wall fell on 9 November 1989 after weeks of unrest.",
+        gold_at=3,
+    ),
     mdqa_line("where is the eiffel tower", ["Paris"], "The tower stands in Lyon.", gold_at=0),  # gold lacks the answer: skipped
     mdqa_line("how many legs does a spider have", ["eight"], "Spiders have eight legs and two body parts.", gold_at=2),
 ]
@@ -44,10 +50,19 @@ def write_lines(path, rows, gz=False):
 def musique_row(qid, answerable=True, second_answer="Warsaw"):
     paras = [{"idx": i, "title": f"T{i}", "paragraph_text": f"Paragraph {i}. " + FILLER, "is_supporting": False} for i in range(5)]
     paras[1] = {"idx": 1, "title": "Marie Curie", "paragraph_text": "Marie Curie was born to the Sklodowski family.", "is_supporting": True}
-    paras[3] = {"idx": 3, "title": "Sklodowski", "paragraph_text": f"The Sklodowski family lived in {second_answer} for decades.", "is_supporting": True}
+    paras[3] = {
+        "idx": 3,
+        "title": "Sklodowski",
+        "paragraph_text": f"The Sklodowski family lived in {second_answer} for decades.",
+        "is_supporting": True,
+    }
     return {
-        "id": qid, "question": "In which city did the family of Marie Curie live?", "answer": "warsaw",
-        "answer_aliases": ["Warszawa"], "answerable": answerable, "paragraphs": paras,
+        "id": qid,
+        "question": "In which city did the family of Marie Curie live?",
+        "answer": "warsaw",
+        "answer_aliases": ["Warszawa"],
+        "answerable": answerable,
+        "paragraphs": paras,
         "question_decomposition": [
             {"id": 11, "question": "Marie Curie >> family", "answer": "Sklodowski family", "paragraph_support_idx": 1},
             {"id": 12, "question": "where did #1 live", "answer": "Warsaw", "paragraph_support_idx": 3},
@@ -59,18 +74,32 @@ def summhay_topic():
     return {
         "topic": "Remote work",
         "subtopics": [
-            {"subtopic": "Productivity", "insights": [
-                {"insight_id": "1.1", "insight": "Remote workers save about an hour a day on commuting."},
-                {"insight_id": "1.2", "insight": "Video calls cause fatigue after three hours."},
-            ]},
+            {
+                "subtopic": "Productivity",
+                "insights": [
+                    {"insight_id": "1.1", "insight": "Remote workers save about an hour a day on commuting."},
+                    {"insight_id": "1.2", "insight": "Video calls cause fatigue after three hours."},
+                ],
+            },
             {"subtopic": "Hiring", "insights": [{"insight_id": "2.1", "insight": "Companies hire across time zones more often."}]},
         ],
         "documents": [
-            {"document_id": "doc0", "document_text": "Intro sentence here. Remote workers save about an hour a day on commuting. Then more.",
-             "insights_included": ["1.1"]},
-            {"document_id": "doc1", "document_text": "People said many things. According to surveys, remote staff save roughly an hour each day on commuting! Other news.",
-             "insights_included": ["1.1"]},
-            {"document_id": "doc2", "document_text": "A report. Companies hire across time zones more often. End.", "insights_included": ["2.1"]},
+            {
+                "document_id": "doc0",
+                "document_text": "Intro sentence here. Remote workers save about an hour a day on commuting. Then more.",
+                "insights_included": ["1.1"],
+            },
+            {
+                "document_id": "doc1",
+                "document_text": "People said many things. "
+                "According to surveys, remote staff save roughly an hour each day on commuting! Other news.",
+                "insights_included": ["1.1"],
+            },
+            {
+                "document_id": "doc2",
+                "document_text": "A report. Companies hire across time zones more often. End.",
+                "insights_included": ["2.1"],
+            },
             {"document_id": "doc3", "document_text": "Nothing about that here at all. Weather was mild.", "insights_included": ["1.2"]},
         ],
     }
@@ -88,9 +117,9 @@ def check(rec):
 def test_find_span_normalises_case_and_space_and_respects_words():
     text = "Born in NEW   york city; someone said one."
     s = find_span(text, ["new york"])
-    assert text[s[0]:s[1]] == "NEW   york"
+    assert text[s[0] : s[1]] == "NEW   york"
     s = find_span(text, ["one"])
-    assert text[s[0]:s[1]] == "one" and s[0] == text.rindex("one")  # not inside "someone"
+    assert text[s[0] : s[1]] == "one" and s[0] == text.rindex("one")  # not inside "someone"
     assert find_span(text, ["boston"]) is None
 
 
@@ -119,8 +148,13 @@ def test_mdqa_plain_and_gz(tmp_path, gz):
 
 
 def test_mdqa_oracle_single_passage(tmp_path):
-    rows = [{"question": "who wrote the novel moby dick", "answers": ["Herman Melville"],
-             "ctxs": [{"title": "Moby-Dick", "text": "A novel by Herman Melville.", "hasanswer": True, "isgold": True}]}]
+    rows = [
+        {
+            "question": "who wrote the novel moby dick",
+            "answers": ["Herman Melville"],
+            "ctxs": [{"title": "Moby-Dick", "text": "A novel by Herman Melville.", "hasanswer": True, "isgold": True}],
+        }
+    ]
     recs = load_real("mdqa", str(write_lines(tmp_path / "nq-open-oracle.jsonl.gz", rows, gz=True)))
     assert len(recs) == 1 and len(recs[0].documents) == 1 and recs[0].needle_text() == "Herman Melville"
 
@@ -133,8 +167,7 @@ def test_limited_and_limit(tmp_path):
 
 
 def test_musique(tmp_path):
-    rows = [musique_row("2hop__1_2"), musique_row("2hop__3_4", answerable=False),
-            musique_row("2hop__5_6", second_answer="Krakow")]
+    rows = [musique_row("2hop__1_2"), musique_row("2hop__3_4", answerable=False), musique_row("2hop__5_6", second_answer="Krakow")]
     res = load_real_report("musique", str(write_lines(tmp_path / "musique_ans_v1.0_dev.jsonl", rows)))
     assert len(res.records) == 1
     assert res.skipped == {"unanswerable (MuSiQue answerable=false)": 1, "supporting paragraph does not contain its hop's answer": 1}
@@ -166,7 +199,9 @@ def test_summhay_exact_and_fuzzy(tmp_path):
     assert validate_record(by["2.1"]) == []
     for rec in res.records:
         check(rec)
-    assert [r.meta["subtopic"] for r in load_real("summhay", str(tmp_path / "topic_remote.json"), LoadConfig(limited=("hiring",)))] == ["Hiring"]
+    assert [r.meta["subtopic"] for r in load_real("summhay", str(tmp_path / "topic_remote.json"), LoadConfig(limited=("hiring",)))] == [
+        "Hiring"
+    ]
 
 
 def test_find_insight_threshold():
@@ -204,7 +239,10 @@ def test_lengthen_mdqa(tmp_path, smollm2_tokenizer, depth):
 def test_lengthen_musique_and_summhay(tmp_path, smollm2_tokenizer):
     mus = write_lines(tmp_path / "m.jsonl", [musique_row(f"2hop__{i}_{i}") for i in range(6)])
     for r in load_real("musique", str(mus), LoadConfig(length=500)):
-        assert abs(render(r, smollm2_tokenizer).n_tokens - 500) <= 32 and [r.needle_text(i) for i in range(2)] == ["Sklodowski family", "Warsaw"]
+        assert abs(render(r, smollm2_tokenizer).n_tokens - 500) <= 32 and [r.needle_text(i) for i in range(2)] == [
+            "Sklodowski family",
+            "Warsaw",
+        ]
         assert r.gold_docs[0] < r.gold_docs[1]
         check(r)
     for k in range(3):  # other topics: other insights, longer documents
@@ -242,7 +280,11 @@ def test_write_and_read_back(tmp_path):
         ("mdqa", '{"question": "q", "answers": "a", "ctxs": []}\n', r"x\.jsonl:1: field 'answers' must be a list"),
         ("mdqa", '{"question": "q", "answers": ["a"], "ctxs": [{"title": "t"}]}\n', r"x\.jsonl:1 ctxs\[0\]: passage lacks field\(s\) text"),
         ("musique", '{"id": "x", "question": "q"}\n', r"x\.jsonl:1: example lacks field\(s\) answer, answerable"),
-        ("summhay", '{"topic": "t", "subtopics": [], "documents": [{"document_id": "d"}]}', r"documents\[0\]: document lacks field\(s\) document_text"),
+        (
+            "summhay",
+            '{"topic": "t", "subtopics": [], "documents": [{"document_id": "d"}]}',
+            r"documents\[0\]: document lacks field\(s\) document_text",
+        ),
         ("summhay", '{"topic": "t",\n "subtopics": [}', r"x\.jsonl:2: malformed JSON"),
     ],
 )
@@ -270,10 +312,12 @@ def test_unknown_format_missing_file_and_offline_hub(tmp_path, monkeypatch):
 
 def test_bad_options(tmp_path):
     path = write_lines(tmp_path / "q.jsonl", MDQA)
-    for cfg, match in [(LoadConfig(length=500, tokenizer=str(tmp_path / "no-such-tokenizer")), "does not exist"),
-                       (LoadConfig(length=-5), "not a positive token count"),
-                       (LoadConfig(length=500, depth=150), "not 0-100"),
-                       (LoadConfig(depth=50), "without --length")]:
+    for cfg, match in [
+        (LoadConfig(length=500, tokenizer=str(tmp_path / "no-such-tokenizer")), "does not exist"),
+        (LoadConfig(length=-5), "not a positive token count"),
+        (LoadConfig(length=500, depth=150), "not 0-100"),
+        (LoadConfig(depth=50), "without --length"),
+    ]:
         with pytest.raises(NeedleworkError, match=match):
             load_real("mdqa", str(path), cfg)
 
@@ -310,5 +354,7 @@ def test_cli_load_writes_records_and_reports_skips(tmp_path):
     res = runner.invoke(app, ["load", "--format", "mdqa", str(src), "--out", str(tmp_path / "x.jsonl"), "--limited", "why"])
     assert isinstance(res.exception, NeedleworkError) and "no example" in res.exception.problem
     assert not (tmp_path / "x.jsonl").exists()
-    res = runner.invoke(app, ["load", "--format", "mdqa", str(src), "--out", str(tmp_path / "y.jsonl"), "--length", "500", "--depth", "deep"])
+    res = runner.invoke(
+        app, ["load", "--format", "mdqa", str(src), "--out", str(tmp_path / "y.jsonl"), "--length", "500", "--depth", "deep"]
+    )
     assert isinstance(res.exception, NeedleworkError) and "--depth 'deep'" in res.exception.problem

@@ -33,7 +33,7 @@ def test_low_concept_is_one_template():
 
 
 def test_every_high_template_has_one_object_and_a_subject():
-    for r, templates in ph.HIGH.items():
+    for _r, templates in ph.HIGH.items():
         assert len(set(templates)) >= 20
         for t in templates:
             assert t.count("{o}") == 1 and "{s}" in t, t

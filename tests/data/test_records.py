@@ -15,29 +15,63 @@ from test_loaders import MDQA, musique_row, summhay_topic, write_lines
 
 def musique_record() -> Record:
     """A hand-built MuSiQue-shaped record: a bridge hop (evidence) and the final answer."""
-    docs = [Document("p0", "Alma Quist", "Alma Quist was born in Brelmont."),
-            Document("p1", "Filler", "The valley was settled by farmers."),
-            Document("p2", "Brelmont", "Brelmont is a town in Quistovia.")]
+    docs = [
+        Document("p0", "Alma Quist", "Alma Quist was born in Brelmont."),
+        Document("p1", "Filler", "The valley was settled by farmers."),
+        Document("p2", "Brelmont", "Brelmont is a town in Quistovia."),
+    ]
     at = lambda d, s: (d, docs[d].text.index(s), docs[d].text.index(s) + len(s))  # noqa: E731
-    return Record("m1", "musique", "real", "real", docs, "In which country was Alma Quist born?", ["Quistovia"],
-                  [Needle(*at(0, "Brelmont"), "evidence"), Needle(*at(2, "Quistovia"), "answer")], gold_docs=[0, 2],
-                  meta={"hop_answers": ["Brelmont"], "n_hops": 2, "qtype": "2hop",
-                        "hops": [{"question": "Alma Quist >> place of birth", "answer": "Brelmont", "doc": 0},
-                                 {"question": "#1 >> country", "answer": "Quistovia", "doc": 2}]})
+    return Record(
+        "m1",
+        "musique",
+        "real",
+        "real",
+        docs,
+        "In which country was Alma Quist born?",
+        ["Quistovia"],
+        [Needle(*at(0, "Brelmont"), "evidence"), Needle(*at(2, "Quistovia"), "answer")],
+        gold_docs=[0, 2],
+        meta={
+            "hop_answers": ["Brelmont"],
+            "n_hops": 2,
+            "qtype": "2hop",
+            "hops": [
+                {"question": "Alma Quist >> place of birth", "answer": "Brelmont", "doc": 0},
+                {"question": "#1 >> country", "answer": "Quistovia", "doc": 2},
+            ],
+        },
+    )
 
 
 def summhay_record(unlocated=(2,), needle_docs=(0, 1)) -> Record:
     """A real-SummHay-shaped record: three documents cite the insight, the sentence was located in two."""
-    texts = ["Intro. Remote staff save an hour a day. End.", "Surveys: remote workers save about an hour daily. More.",
-             "This one says it very differently, in a way no matcher finds.", "Unrelated text."]
+    texts = [
+        "Intro. Remote staff save an hour a day. End.",
+        "Surveys: remote workers save about an hour daily. More.",
+        "This one says it very differently, in a way no matcher finds.",
+        "Unrelated text.",
+    ]
     docs = [Document(f"doc{i}", "", t) for i, t in enumerate(texts)]
     sent = {0: "Remote staff save an hour a day.", 1: "remote workers save about an hour daily."}
     needles = [Needle(d, texts[d].index(sent[d]), texts[d].index(sent[d]) + len(sent[d]), "evidence") for d in needle_docs]
-    return Record("s1", "summhay", "real", "real", docs, "Remote workers save about an hour a day on commuting.",
-                  ["doc0 doc1 doc2"], needles, citations=["doc0", "doc1", "doc2"], gold_docs=[0, 1, 2],
-                  meta={"insight": "Remote workers save about an hour a day on commuting.", "qtype": "Productivity",
-                        "insight_spans": [docs[n.doc].text[n.start:n.end] for n in needles],
-                        "unlocated_docs": list(unlocated)})
+    return Record(
+        "s1",
+        "summhay",
+        "real",
+        "real",
+        docs,
+        "Remote workers save about an hour a day on commuting.",
+        ["doc0 doc1 doc2"],
+        needles,
+        citations=["doc0", "doc1", "doc2"],
+        gold_docs=[0, 1, 2],
+        meta={
+            "insight": "Remote workers save about an hour a day on commuting.",
+            "qtype": "Productivity",
+            "insight_spans": [docs[n.doc].text[n.start : n.end] for n in needles],
+            "unlocated_docs": list(unlocated),
+        },
+    )
 
 
 def test_roles_round_trip_and_schema(tmp_path):
@@ -58,10 +92,19 @@ def test_roles_round_trip_and_schema(tmp_path):
 
 
 def test_old_files_without_role_read_as_answer(tmp_path):
-    old = {"id": "o", "task": "mdqa", "concept": "high", "context": "high",
-           "documents": [{"id": "d0", "title": "T", "text": "The key is Marlowe."}], "question": "What is the key?",
-           "answers": ["Marlowe"], "needles": [{"doc": 0, "start": 11, "end": 18}], "citations": [], "gold_docs": [0],
-           "meta": {"seed": 3, "hops": [], "depth_frac": 0.5}}
+    old = {
+        "id": "o",
+        "task": "mdqa",
+        "concept": "high",
+        "context": "high",
+        "documents": [{"id": "d0", "title": "T", "text": "The key is Marlowe."}],
+        "question": "What is the key?",
+        "answers": ["Marlowe"],
+        "needles": [{"doc": 0, "start": 11, "end": 18}],
+        "citations": [],
+        "gold_docs": [0],
+        "meta": {"seed": 3, "hops": [], "depth_frac": 0.5},
+    }
     (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n")
     (rec,) = read_jsonl(tmp_path / "old.jsonl", validate=True)
     assert rec.needles[0].role == "answer" and rec.citations == ["d0"]
@@ -87,8 +130,9 @@ def test_validate_roles_and_unlocated_docs():
     r.needles[0] = Needle(0, 0, 4, "evidence")  # "Alma" is no hop answer
     assert any("equals no hop answer" in p for p in validate_record(r))
     # SummHay: a cited document without a needle is fine only when listed as unlocated
-    assert validate_record(summhay_record(unlocated=())) == ["gold doc 2 holds no needle (SummHay: list it in "
-                                                             "meta['unlocated_docs'] when its insight sentence was not found)"]
+    assert validate_record(summhay_record(unlocated=())) == [
+        "gold doc 2 holds no needle (SummHay: list it in meta['unlocated_docs'] when its insight sentence was not found)"
+    ]
     assert any("which holds a needle" in p for p in validate_record(summhay_record(unlocated=(1, 2))))
     assert any("not a gold (cited) document" in p for p in validate_record(summhay_record(unlocated=(2, 3))))
     m = musique_record()
@@ -133,8 +177,7 @@ def test_files_of_every_task_load_together_with_datasets(tmp_path, smollm2_token
     # datasets types the columns from the first file: each task first once, and the real SummHay file last
     orders = [names, names[::-1], ["syn-kv", "real-summhay"], ["real-mdqa", "hand-musique", "syn-summhay"]]
     for k, order in enumerate(orders):
-        ds = datasets.load_dataset("json", data_files=[paths[n] for n in order], split="train",
-                                   cache_dir=str(tmp_path / f"cache{k}"))
+        ds = datasets.load_dataset("json", data_files=[paths[n] for n in order], split="train", cache_dir=str(tmp_path / f"cache{k}"))
         assert len(ds) == sum(len(files[n]) for n in order)
     ds = datasets.load_dataset("json", data_files=[paths[n] for n in names], split="train", cache_dir=str(tmp_path / "c"))
     assert sorted(set(ds["task"])) == ["kv", "mdqa", "musique", "summhay"]

@@ -22,19 +22,34 @@ INSIGHTS = {  # subtopic -> {insight_id: insight}
 }
 FOUNDED = "Founded in 1971, Bed Bath & Beyond has long been a staple of the American retail landscape."
 DOCS = [  # (document_id, text, insights included): documents paraphrase their insights
-    ("d0", "The survey covered 2,000 employees in twelve countries. Remote employees now save close to an hour every day "
-           "that they once spent on commuting. Managers remained cautious about productivity.", ["a1"]),
-    ("d1", "Meetings have changed. After about three hours of video calls, many staff report noticeable fatigue, "
-           "researchers found. Shorter calls help.", ["a2"]),
-    ("d2", "FedEx posted fiscal Q3 earnings that beat views thanks to cost cuts, although revenue missed expectations. "
-           + FOUNDED, ["b1"]),
+    (
+        "d0",
+        "The survey covered 2,000 employees in twelve countries. Remote employees now save close to an hour every day "
+        "that they once spent on commuting. Managers remained cautious about productivity.",
+        ["a1"],
+    ),
+    (
+        "d1",
+        "Meetings have changed. After about three hours of video calls, many staff report noticeable fatigue, "
+        "researchers found. Shorter calls help.",
+        ["a2"],
+    ),
+    ("d2", "FedEx posted fiscal Q3 earnings that beat views thanks to cost cuts, although revenue missed expectations. " + FOUNDED, ["b1"]),
     # labelled with b1 and b2, but only unrelated sentences that share their company names
     ("d3", FOUNDED + " FedEx, founded in 1971 as well, ships parcels worldwide from its Memphis hub.", ["b1", "b2"]),
-    ("d4", "Retail news: Bed Bath & Beyond stock fell 21% once the company asked shareholders to approve a reverse split. "
-           "Analysts expect more volatility.", ["b2"]),
+    (
+        "d4",
+        "Retail news: Bed Bath & Beyond stock fell 21% once the company asked shareholders to approve a reverse split. "
+        "Analysts expect more volatility.",
+        ["b2"],
+    ),
     ("d5", "Remote work became common in 2020. Offices emptied and commuting trains ran half full.", ["a3"]),
-    ("d6", "Remote staff now save close to an hour a day they used to spend commuting. Video calls still tire "
-           "many, with noticeable fatigue after roughly three hours of meetings.", ["a1", "a2"]),
+    (
+        "d6",
+        "Remote staff now save close to an hour a day they used to spend commuting. Video calls still tire "
+        "many, with noticeable fatigue after roughly three hours of meetings.",
+        ["a1", "a2"],
+    ),
 ]
 SPANS = {  # (insight, document) -> the sentence that expresses the insight there
     ("a1", "d0"): "Remote employees now save close to an hour every day that they once spent on commuting.",
@@ -50,8 +65,9 @@ UNLOCATED = {"a3": ["d5"], "b1": ["d3"], "b2": ["d3"]}
 def official_topic() -> dict:
     return {
         "topic": "Work and markets",
-        "subtopics": [{"subtopic": st, "insights": [{"insight_id": k, "insight": v} for k, v in ins.items()]}
-                      for st, ins in INSIGHTS.items()],
+        "subtopics": [
+            {"subtopic": st, "insights": [{"insight_id": k, "insight": v} for k, v in ins.items()]} for st, ins in INSIGHTS.items()
+        ],
         "documents": [{"document_id": i, "document_text": t, "insights_included": inc} for i, t, inc in DOCS],
     }
 
@@ -63,18 +79,43 @@ def real_release_topic() -> dict:
     return {
         "topic_id": "64192736",
         "topic_metadata": {"articles": [], "insight_duplicates": {}},
-        "subtopics": [{"subtopic": f"{st}: details", "subtopic_name": st, "insights": [
-            {"insight_name": k.upper(), "insight": v, "insight_id": k} for k, v in ins.items()]} for st, ins in INSIGHTS.items()],
-        "documents": [{"document_id": i, "document_text": t, "document_metadata": {"plan": "..."}, "idx": n,
-                       **{f"label_{k}": int(k in inc) for k in ids}, "label_zz_removed": 1}
-                      for n, (i, t, inc) in enumerate(DOCS)],
+        "subtopics": [
+            {
+                "subtopic": f"{st}: details",
+                "subtopic_name": st,
+                "insights": [{"insight_name": k.upper(), "insight": v, "insight_id": k} for k, v in ins.items()],
+            }
+            for st, ins in INSIGHTS.items()
+        ],
+        "documents": [
+            {
+                "document_id": i,
+                "document_text": t,
+                "document_metadata": {"plan": "..."},
+                "idx": n,
+                **{f"label_{k}": int(k in inc) for k in ids},
+                "label_zz_removed": 1,
+            }
+            for n, (i, t, inc) in enumerate(DOCS)
+        ],
     }
 
 
 def _needs_a_needle() -> bool:
     """Whether the record format (still) requires a needle in every record."""
-    r = Record(id="x", task="summhay", concept="real", context="real", documents=[Document("d", "", "text")],
-               question="q", answers=["d"], needles=[], citations=["d"], gold_docs=[0], meta={"unlocated_docs": [0]})
+    r = Record(
+        id="x",
+        task="summhay",
+        concept="real",
+        context="real",
+        documents=[Document("d", "", "text")],
+        question="q",
+        answers=["d"],
+        needles=[],
+        citations=["d"],
+        gold_docs=[0],
+        meta={"unlocated_docs": [0]},
+    )
     return any(p.startswith("no needles") for p in validate_record(r))
 
 
@@ -102,8 +143,13 @@ def _check_topic(res) -> None:
     loaded = set(by)
     n_cite = sum(len(cited[k]) for k in loaded)
     n_unloc = sum(len(UNLOCATED.get(k, [])) for k in loaded)
-    assert dict(res.summhay) == {"insights": len(loaded), "citing_docs": n_cite, "located": n_cite - n_unloc,
-                                 "unlocated": n_unloc, "no_span": int("a3" in loaded)}
+    assert dict(res.summhay) == {
+        "insights": len(loaded),
+        "citing_docs": n_cite,
+        "located": n_cite - n_unloc,
+        "unlocated": n_unloc,
+        "no_span": int("a3" in loaded),
+    }
     line = res.span_summary()
     assert f"{len(loaded)} insights with exact citations ({n_cite} citing documents)" in line
     assert f"located in {n_cite - n_unloc} of them" in line and f"not in {n_unloc} " in line
@@ -165,9 +211,15 @@ def test_locator_prefers_the_right_sentence_and_rejects_unrelated_ones():
 
 
 def test_sentences_and_content_words():
-    text = "Big U.S. banks fell 1.2% at 9:43 a.m. on Monday. Mr. Dimon spoke.\nAnna: yes<br>Ben: no! \"Quote.\" End"
+    text = 'Big U.S. banks fell 1.2% at 9:43 a.m. on Monday. Mr. Dimon spoke.\nAnna: yes<br>Ben: no! "Quote." End'
     assert [text[a:b] for a, b in sentence_spans(text)] == [
-        "Big U.S. banks fell 1.2% at 9:43 a.m. on Monday.", "Mr. Dimon spoke.", "Anna: yes", "Ben: no!", '"Quote."', "End"]
+        "Big U.S. banks fell 1.2% at 9:43 a.m. on Monday.",
+        "Mr. Dimon spoke.",
+        "Anna: yes",
+        "Ben: no!",
+        '"Quote."',
+        "End",
+    ]
     assert content_words("The company's cuts, cutting and raised 1,000 raises") == ["company", "cut", "cut", "rais", "1000", "rais"]
     assert content_words("It is of the and") == []
 

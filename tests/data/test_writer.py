@@ -28,9 +28,18 @@ def tiny(smollm2_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      intermediate_size=64, vocab_size=len(smollm2_tokenizer), max_position_embeddings=512,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=len(smollm2_tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     model = LlamaForCausalLM(cfg).eval()
     model.generation_config.eos_token_id = None
     return model, smollm2_tokenizer
@@ -43,8 +52,16 @@ def server(tiny):
 
 
 def cfg_for(srv, tmp_path, **kw):
-    base = dict(base_url=srv.base_url, model="tiny", max_tokens=6, cache_dir=str(tmp_path / "cache"),
-                api_key_env="NW_TEST_KEY", backoff_s=0.01, max_retries=3, concurrency=3)
+    base = dict(
+        base_url=srv.base_url,
+        model="tiny",
+        max_tokens=6,
+        cache_dir=str(tmp_path / "cache"),
+        api_key_env="NW_TEST_KEY",
+        backoff_s=0.01,
+        max_retries=3,
+        concurrency=3,
+    )
     base.update(kw)
     return WriterConfig(**base)
 
@@ -158,8 +175,24 @@ def test_cli_write_docs(server, tmp_path):
     app = typer.Typer()
     cli_real.register(app)
     out = tmp_path / "docs.jsonl"
-    res = CliRunner().invoke(app, ["write-docs", "--topic", "a lighthouse", "--topic", "a bakery", "--out", str(out),
-                                   "--base-url", server.base_url, "--max-tokens", "5", "--cache-dir", str(tmp_path / "c")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "write-docs",
+            "--topic",
+            "a lighthouse",
+            "--topic",
+            "a bakery",
+            "--out",
+            str(out),
+            "--base-url",
+            server.base_url,
+            "--max-tokens",
+            "5",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["topic"] for r in rows] == ["a lighthouse", "a bakery"] and all(r["text"] for r in rows)
@@ -172,7 +205,8 @@ def test_real_smollm2_server_writes_prose(tmp_path):
 
     model, tok = load_model("smollm2")
     with serve_local(model, tok) as srv:
-        docs = writer_documents(["a lighthouse on a rocky coast"], make_writer(
-            WriterConfig(base_url=srv.base_url, max_tokens=40, cache_dir=str(tmp_path))))
+        docs = writer_documents(
+            ["a lighthouse on a rocky coast"], make_writer(WriterConfig(base_url=srv.base_url, max_tokens=40, cache_dir=str(tmp_path)))
+        )
     words = docs[0].split()
     assert len(words) >= 10 and sum(w.strip(".,").isalpha() for w in words) >= 8

@@ -19,8 +19,9 @@ FILLER = [
 ]
 
 
-def qa_record(rid: str, task: str, question: str, fact: str, answer: str, n_docs: int = 5, gold: int = 2,
-              answers: list[str] | None = None) -> Record:
+def qa_record(
+    rid: str, task: str, question: str, fact: str, answer: str, n_docs: int = 5, gold: int = 2, answers: list[str] | None = None
+) -> Record:
     """A needle record: filler documents, one of which ends with `fact` (which contains `answer`)."""
     docs, needles = [], []
     for d in range(n_docs):
@@ -31,8 +32,9 @@ def qa_record(rid: str, task: str, question: str, fact: str, answer: str, n_docs
             text = pre + fact
             needles.append(Needle(doc=d, start=start, end=start + len(answer)))
         docs.append(Document(id=f"{rid}-d{d}", title=f"Page {d}", text=text))
-    return Record(id=rid, task=task, concept="low", context="low", documents=docs, question=question,
-                  answers=answers or [answer], needles=needles)
+    return Record(
+        id=rid, task=task, concept="low", context="low", documents=docs, question=question, answers=answers or [answer], needles=needles
+    )
 
 
 def summhay_record(rid: str = "s0", gold: tuple[int, ...] = (1, 3), n_docs: int = 4) -> Record:
@@ -46,15 +48,31 @@ def summhay_record(rid: str = "s0", gold: tuple[int, ...] = (1, 3), n_docs: int 
             text = text + " " + insight
             needles.append(Needle(doc=d, start=start, end=start + len(insight)))
         docs.append(Document(id=f"doc{d}", title="", text=text))
-    return Record(id=rid, task="summhay", concept="high", context="high", documents=docs, question=insight,
-                  answers=[insight], needles=needles, citations=[f"doc{d}" for d in gold], gold_docs=list(gold))
+    return Record(
+        id=rid,
+        task="summhay",
+        concept="high",
+        context="high",
+        documents=docs,
+        question=insight,
+        answers=[insight],
+        needles=needles,
+        citations=[f"doc{d}" for d in gold],
+        gold_docs=list(gold),
+    )
 
 
 def _mixed_records() -> list[Record]:
     return [
         qa_record("m0", "mdqa", "What is the secret password?", "The secret password is Marigold.", "Marigold"),
-        qa_record("q0", "musique", "In which city was the founder born?", "The founder was born in Lisbon.", "Lisbon",
-                  answers=["Lisbon", "Lisboa"]),
+        qa_record(
+            "q0",
+            "musique",
+            "In which city was the founder born?",
+            "The founder was born in Lisbon.",
+            "Lisbon",
+            answers=["Lisbon", "Lisboa"],
+        ),
         qa_record("k0", "kv", "7f3a-91bc", "Key 7f3a-91bc has value 2d4e-8812.", "2d4e-8812"),
         summhay_record(),
     ]
@@ -90,9 +108,18 @@ def _tiny(arch: str, vocab_size: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=128, vocab_size=vocab_size, max_position_embeddings=2048,
-              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    kw = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=vocab_size,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**kw))

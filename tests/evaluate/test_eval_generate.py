@@ -2,23 +2,23 @@ import pytest
 import torch
 
 from needlework.errors import NeedleworkError
-from needlework.evaluate.evaluate import EvalConfig
-from needlework.evaluate.generate import (
-    eos_token_ids,
-    generate_answers,
-    greedy_generate,
-    newline_and_blank_ids,
-    postprocess,
-)
+from needlework.evaluate.config import EvalConfig
+from needlework.evaluate.generate import generate_answers
+from needlework.models.decode import eos_token_ids, greedy_generate, newline_and_blank_ids, postprocess
 
 LENGTHS = (5, 23, 11, 40, 17)
 
 
 def _reference(model, prompt, max_new):
     """One prompt at a time through transformers' own greedy `generate`."""
-    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                         max_new_tokens=max_new, do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    out = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=max_new,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 def test_batched_left_padded_equals_one_at_a_time_generate(tiny_model, make_prompts):
@@ -48,18 +48,19 @@ def test_stop_rules_truncate_at_eos_and_newline(tiny_llama, make_prompts):
     out = greedy_generate(tiny_llama, prompts[:1], 12, pad_id=0, eos_ids=frozenset({g[k]}), progress=False)
     assert out[0] == g[:k]
     # newline after text: the newline token is kept and the row stops
-    out = greedy_generate(tiny_llama, prompts[:1], 12, pad_id=0, stop_at_newline=True,
-                          newline_ids=frozenset({g[k]}), progress=False)
+    out = greedy_generate(tiny_llama, prompts[:1], 12, pad_id=0, stop_at_newline=True, newline_ids=frozenset({g[k]}), progress=False)
     assert out[0] == g[: k + 1]
     # a blank newline before any text does not stop the row
     nl = frozenset({g[0]})
-    out = greedy_generate(tiny_llama, prompts[:1], 12, pad_id=0, stop_at_newline=True,
-                          newline_ids=nl, blank_ids=frozenset(nl), progress=False)
+    out = greedy_generate(
+        tiny_llama, prompts[:1], 12, pad_id=0, stop_at_newline=True, newline_ids=nl, blank_ids=frozenset(nl), progress=False
+    )
     later = [j for j in range(1, len(g)) if g[j] == g[0]]
     assert out[0] == (g[: later[0] + 1] if later else g)
     # budgets and stop flags are per row: one row stops early, the other runs on unchanged
-    out = greedy_generate(tiny_llama, prompts, [12, 4], pad_id=0, stop_at_newline=[True, False],
-                          newline_ids=frozenset({g[k]}), batch_size=2, progress=False)
+    out = greedy_generate(
+        tiny_llama, prompts, [12, 4], pad_id=0, stop_at_newline=[True, False], newline_ids=frozenset({g[k]}), batch_size=2, progress=False
+    )
     assert out[0] == g[: k + 1]
     assert out[1] == free[1][:4]
 

@@ -12,8 +12,19 @@ from needlework.evaluate.evaluate import EvalConfig, evaluate, evaluate_loaded
 from needlework.evaluate.metrics import METRICS
 from needlework.models.load import ModelConfig
 
-SUMMARY_KEYS = {"model", "adapter", "model_config", "data", "data_hash", "n", "options", "elapsed_s",
-                "examples_per_s", "max_new_tokens_by_task", "tasks"}
+SUMMARY_KEYS = {
+    "model",
+    "adapter",
+    "model_config",
+    "data",
+    "data_hash",
+    "n",
+    "options",
+    "elapsed_s",
+    "examples_per_s",
+    "max_new_tokens_by_task",
+    "tasks",
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +37,7 @@ def tiny_dir(tmp_path_factory, tiny_llama, smollm2_tokenizer):
 
 def test_evaluate_end_to_end_writes_documented_files(tiny_dir, tmp_path, mixed_records):
     cfg = EvalConfig(batch_size=2, max_new_tokens=4, n_boot=200)
-    df, summary = evaluate(ModelConfig(name=str(tiny_dir), device="cpu"), mixed_records, cfg, tmp_path / "out",
-                           progress=False)
+    df, summary = evaluate(ModelConfig(name=str(tiny_dir), device="cpu"), mixed_records, cfg, tmp_path / "out", progress=False)
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary, default=str))
     assert SUMMARY_KEYS <= set(on_disk)
@@ -62,8 +72,9 @@ def test_evaluate_loaded_calls_the_given_model_with_its_hooks(tiny_llama, smollm
     layer = tiny_llama.model.layers[0].self_attn
     h = layer.register_forward_hook(lambda mod, args, out: calls.append(1))
     try:
-        df, summary = evaluate_loaded(tiny_llama, smollm2_tokenizer, mixed_records[:2],
-                                      EvalConfig(batch_size=2, max_new_tokens=2, n_boot=20), progress=False)
+        df, summary = evaluate_loaded(
+            tiny_llama, smollm2_tokenizer, mixed_records[:2], EvalConfig(batch_size=2, max_new_tokens=2, n_boot=20), progress=False
+        )
     finally:
         h.remove()
     assert len(calls) >= 2  # prefill + at least one more step or the logprob pass
@@ -72,8 +83,7 @@ def test_evaluate_loaded_calls_the_given_model_with_its_hooks(tiny_llama, smollm
 
 def test_metrics_aggregate_to_summary_means(tiny_llama, smollm2_tokenizer, mixed_records):
     recs = mixed_records[:1] * 5
-    df, summary = evaluate_loaded(tiny_llama, smollm2_tokenizer, recs, EvalConfig(max_new_tokens=2, logprob=False),
-                                  progress=False)
+    df, summary = evaluate_loaded(tiny_llama, smollm2_tokenizer, recs, EvalConfig(max_new_tokens=2, logprob=False), progress=False)
     m = summary["tasks"]["mdqa"]["metrics"]["f1"]
     assert m["mean"] == pytest.approx(float(np.mean(df["f1"])))
 
@@ -105,9 +115,27 @@ def test_cli_evaluate(tiny_dir, tmp_path, mixed_records):
     data = tmp_path / "d.jsonl"
     write_jsonl(data, mixed_records)
     out = tmp_path / "cli_out"
-    res = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
-                                   "--max-new-tokens", "2", "--limit", "3", "--no-chat", "--device", "cpu",
-                                   "--n-boot", "20"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "2",
+            "--limit",
+            "3",
+            "--no-chat",
+            "--device",
+            "cpu",
+            "--n-boot",
+            "20",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 3 and summary["options"]["chat"] is False

@@ -26,4 +26,3 @@ def make_example(seed: int, n_prompt: int, answer=(7, 9, 7, 11), span_at: int = 
     prompt[span_at : span_at + span_len] = fill
     span = list(range(span_at, span_at + span_len))
     return Example(id=f"ex{seed}", prompt_ids=prompt.tolist(), answer_ids=list(answer), span=span, answer_text="")
-

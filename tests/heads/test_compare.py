@@ -6,7 +6,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from needlework.errors import NeedleworkError
-from needlework.heads.compare import CompareConfig, Scores, compare, head_set, scores_from_tables, to_view
+from needlework.heads.compare import CompareConfig, Scores, compare, scores_from_tables, to_view
+from needlework.models.sites import rank_mask
 
 
 def _scores(means, per=None, shape=(2, 4, 2), ids=None, view="query"):
@@ -28,7 +29,7 @@ def test_head_sets_on_hand_built_sets():
     # top 2: A = {0, 1}, B = {2, 4}: no overlap
     t = _table(compare(_scores(a), _scores(b), CompareConfig(top=2, n_boot=0)))
     assert t["jaccard"] == 0 and t["n_a"] == 2
-    assert head_set(np.array([0.2, 0.1, 0.3]), None, 0.1).tolist() == [True, False, True]  # strictly above
+    assert rank_mask(np.array([0.2, 0.1, 0.3]), None, 0.1).tolist() == [True, False, True]  # strictly above
 
 
 def test_cosine_and_spearman_match_scipy():
@@ -67,8 +68,15 @@ def test_shape_mismatch_is_an_error():
 
 
 def test_scores_from_tables_keeps_only_kept_examples():
-    per = pd.DataFrame({"example_id": ["x", "x", "y", "y"], "layer": 0, "head": [0, 1, 0, 1],
-                        "score": [1.0, 0.0, 0.0, 0.0], "kept": [True, True, False, False]})
+    per = pd.DataFrame(
+        {
+            "example_id": ["x", "x", "y", "y"],
+            "layer": 0,
+            "head": [0, 1, 0, 1],
+            "score": [1.0, 0.0, 0.0, 0.0],
+            "kept": [True, True, False, False],
+        }
+    )
     heads = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "mean": [1.0, 0.0]})
     s = scores_from_tables(per, heads, {"shape": {"n_layers": 1, "n_heads": 2, "n_kv_heads": 1}})
     assert s.example_ids == ["x"] and s.per_example.tolist() == [[1.0, 0.0]] and s.n_kv_heads == 1

@@ -16,9 +16,23 @@ from needlework.heads.score import ScoreResult, head_table
 
 def _fake_result(tmp_path, name="a", seed=0, L=2, H=4, K=2, n=5):
     rng = np.random.default_rng(seed)
-    rows = [{"example_id": f"e{i}", "layer": l, "head": h, "hits": 1.0, "n_steps": 3, "span_tokens": 4,
-             "score": float(rng.random() * (l + 1) / 4), "success": True, "kept": True, "answer": "x"}
-            for i in range(n) for l in range(L) for h in range(H)]
+    rows = [
+        {
+            "example_id": f"e{i}",
+            "layer": l,
+            "head": h,
+            "hits": 1.0,
+            "n_steps": 3,
+            "span_tokens": 4,
+            "score": float(rng.random() * (l + 1) / 4),
+            "success": True,
+            "kept": True,
+            "answer": "x",
+        }
+        for i in range(n)
+        for l in range(L)
+        for h in range(H)
+    ]
     per = pd.DataFrame(rows)
     out = tmp_path / name
     write_result(out, ScoreResult(per, head_table(per)), {"shape": {"n_layers": L, "n_heads": H, "n_kv_heads": K}})
@@ -94,9 +108,17 @@ def tiny_dir(tmp_path_factory):
 
     tok = load_tokenizer("smollm2")
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     d = tmp_path_factory.mktemp("tiny")
     LlamaForCausalLM(cfg).save_pretrained(d)
     tok.save_pretrained(d)
@@ -106,15 +128,31 @@ def tiny_dir(tmp_path_factory):
 def _records(path):
     from needlework.data.records import Document, Needle, Record, write_jsonl
 
-    good = Record("ok", "mdqa", "high", "high", [Document("d0", "T", "The key is Marlowe, they said.")],
-                  "What is the key?", ["Marlowe"], [Needle(0, 11, 18)])
-    absent = Record("absent", "mdqa", "high", "high", [Document("d0", "T", "The key is Marlowe, they said.")],
-                    "What is the key?", ["Quillby"], [Needle(0, 11, 18)])
+    good = Record(
+        "ok",
+        "mdqa",
+        "high",
+        "high",
+        [Document("d0", "T", "The key is Marlowe, they said.")],
+        "What is the key?",
+        ["Marlowe"],
+        [Needle(0, 11, 18)],
+    )
+    absent = Record(
+        "absent",
+        "mdqa",
+        "high",
+        "high",
+        [Document("d0", "T", "The key is Marlowe, they said.")],
+        "What is the key?",
+        ["Quillby"],
+        [Needle(0, 11, 18)],
+    )
     write_jsonl(path, [good, absent])
     return path
 
 
-def test_run_score_writes_result_and_reports_skips(tmp_path, tiny_dir, capsys):
+def test_run_score_writes_result_and_reports_skips(tmp_path, tiny_dir, caplog):
     from needlework.heads.run import run_score
     from needlework.heads.score import ScoreConfig
     from needlework.models.load import ModelConfig
@@ -124,7 +162,7 @@ def test_run_score_writes_result_and_reports_skips(tmp_path, tiny_dir, capsys):
     out = run_score(mc, data, ScoreConfig(), tmp_path / "res")
     meta = json.loads((out / "meta.json").read_text())
     assert meta["n_skipped"] == 1 and meta["skipped"] == {"absent": "answer tokens absent from the needle span"}
-    assert "skipped 1 of 2" in capsys.readouterr().out
+    assert "skipped 1 of 2" in caplog.text  # logged (the CLI shows it)
     per = pd.read_parquet(out / "per_example.parquet")
     assert set(per.example_id) == {"ok"} and len(per) == 2 * 4
     assert list(pd.read_parquet(out / "heads.parquet").columns) == ["layer", "head", "mean", "std", "n"]
@@ -141,7 +179,26 @@ def test_cli_score(tmp_path, tiny_dir):
     from needlework.cli import app
 
     data = _records(tmp_path / "d.jsonl")
-    r = CliRunner().invoke(app, ["heads", "score", "--model", str(tiny_dir), "--data", str(data), "--mode", "teacher",
-                                 "--score", "mass", "--out", str(tmp_path / "o"), "--device", "cpu", "--batch-size", "2"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "heads",
+            "score",
+            "--model",
+            str(tiny_dir),
+            "--data",
+            str(data),
+            "--mode",
+            "teacher",
+            "--score",
+            "mass",
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "o").glob("*/heads.parquet"))) == 1

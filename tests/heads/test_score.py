@@ -53,8 +53,11 @@ def test_teacher_hits_equal_reference(arch, examples):
 def test_generate_tokens_and_hits_equal_reference(arch):
     model = _echo(_model(arch))
     # needle spans at the prompt's end: the echoing model emits their tokens
-    examples = [make_example(0, 30, span_at=16, span_len=14), make_example(1, 21, span_at=9, span_len=12),
-                make_example(2, 26, answer=(5, 6, 5), span_at=20, span_len=6)]
+    examples = [
+        make_example(0, 30, span_at=16, span_len=14),
+        make_example(1, 21, span_at=9, span_len=12),
+        make_example(2, 26, answer=(5, 6, 5), span_at=20, span_len=6),
+    ]
     cfg = ScoreConfig(mode="generate", score="retrieval", batch_size=3, max_new_tokens=6)
     is_stop = lambda t, n: t == 2  # noqa: E731  (EOS of the tiny configs)
     df = score_examples(model, examples, cfg, is_stop=is_stop)
@@ -100,8 +103,15 @@ def test_batch_size_does_not_change_scores(examples):
 def test_head_table_and_options():
     import pandas as pd
 
-    per = pd.DataFrame({"example_id": ["a", "a", "b", "b"], "layer": [0, 0, 0, 0], "head": [0, 1, 0, 1],
-                        "score": [0.2, 0.0, 0.4, 1.0], "kept": [True, True, True, False]})
+    per = pd.DataFrame(
+        {
+            "example_id": ["a", "a", "b", "b"],
+            "layer": [0, 0, 0, 0],
+            "head": [0, 1, 0, 1],
+            "score": [0.2, 0.0, 0.4, 1.0],
+            "kept": [True, True, True, False],
+        }
+    )
     t = head_table(per)
     assert t["mean"].tolist() == pytest.approx([0.3, 0.0]) and t["n"].tolist() == [2, 1]
     assert rouge1_recall("Lake Vostok", "It is lake vostok.") == 1.0
@@ -124,9 +134,11 @@ def test_unlocatable_needles_and_absent_answers_are_skipped(monkeypatch):
     from needlework.data.render import Rendered
     from needlework.heads.score import prepare_examples
 
-    fake = {"lost": Rendered("", [5, 6, 7, 8, 2], 3, [None]),        # no needle token found
-            "absent": Rendered("", [5, 6, 7, 9, 2], 3, [(1, 2)]),    # answer 9 is not the span's token 6
-            "ok": Rendered("", [5, 6, 7, 6, 2], 3, [(1, 2)])}
+    fake = {
+        "lost": Rendered("", [5, 6, 7, 8, 2], 3, [None]),  # no needle token found
+        "absent": Rendered("", [5, 6, 7, 9, 2], 3, [(1, 2)]),  # answer 9 is not the span's token 6
+        "ok": Rendered("", [5, 6, 7, 6, 2], 3, [(1, 2)]),
+    }
     monkeypatch.setattr(render_mod, "render", lambda rec, tok, chat=False: fake[rec.id])
     tok = SimpleNamespace(eos_token_id=2, chat_template=None, decode=lambda ids: " ".join(map(str, ids)))
     recs = [SimpleNamespace(id=k, answers=["x"]) for k in fake]

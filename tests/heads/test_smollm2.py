@@ -17,11 +17,18 @@ FILLER = [
 ]
 
 
+def _norm(tok, t: int) -> str:
+    return tok.decode([t]).strip().lower()
+
+
 def _record(i: int, answer: str, fact: str, question: str) -> Record:
     text = f"{FILLER[i % 3]} {fact} {FILLER[(i + 1) % 3]}"
     start = text.index(answer)
-    docs = [Document("d0", "Notes", FILLER[(i + 2) % 3] + " " + FILLER[i % 3]), Document("d1", "Facts", text),
-            Document("d2", "More", FILLER[(i + 1) % 3])]
+    docs = [
+        Document("d0", "Notes", FILLER[(i + 2) % 3] + " " + FILLER[i % 3]),
+        Document("d1", "Facts", text),
+        Document("d2", "More", FILLER[(i + 1) % 3]),
+    ]
     return Record(f"r{i}", "mdqa", "high", "high", docs, question, [answer], [Needle(1, start, start + len(answer))])
 
 
@@ -34,8 +41,10 @@ def smol():
 
 @pytest.fixture(scope="module")
 def records():
-    return [_record(0, "Marlowe", "The lighthouse keeper of Quillby was named Marlowe.", "Who kept the lighthouse of Quillby?"),
-            _record(1, "Tarragon Bay", "The painter Ilse Varn was born in Tarragon Bay.", "Where was Ilse Varn born?")]
+    return [
+        _record(0, "Marlowe", "The lighthouse keeper of Quillby was named Marlowe.", "Who kept the lighthouse of Quillby?"),
+        _record(1, "Tarragon Bay", "The painter Ilse Varn was born in Tarragon Bay.", "Where was Ilse Varn born?"),
+    ]
 
 
 def test_teacher_hits_equal_reference(smol, records):
@@ -74,8 +83,7 @@ def test_generate_tokens_and_hits_equal_reference(smol, records):
         assert mine[i] == want
         sub = df[df.example_id == e.id]
         assert sub.answer.iloc[0] == tok.decode(want)
-        norm = lambda t: tok.decode([t]).strip().lower()  # noqa: E731
-        ref = reference_hits(model, e.prompt_ids, want, e.span, same=lambda a, b: norm(a) == norm(b))
+        ref = reference_hits(model, e.prompt_ids, want, e.span, same=lambda a, b: _norm(tok, a) == _norm(tok, b))
         got = {(int(r.layer), int(r.head)): r.hits for r in sub.itertuples()}
         assert got == ref
         assert bool(sub.success.iloc[0]) == (rouge1_recall(e.answer_text, tok.decode(want)) > 0.5)

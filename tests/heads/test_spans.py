@@ -14,24 +14,50 @@ from needlework.heads.score import ScoreConfig, _tally, prepare_examples, score_
 
 
 def musique_record() -> Record:
-    docs = [Document("p0", "Alma Quist", "Alma Quist was born in Brelmont, a quiet town."),
-            Document("p1", "Filler", "The valley was settled by farmers who kept sheep."),
-            Document("p2", "Brelmont", "Brelmont is a town in Quistovia, near the coast.")]
+    docs = [
+        Document("p0", "Alma Quist", "Alma Quist was born in Brelmont, a quiet town."),
+        Document("p1", "Filler", "The valley was settled by farmers who kept sheep."),
+        Document("p2", "Brelmont", "Brelmont is a town in Quistovia, near the coast."),
+    ]
     at = lambda d, s: (d, docs[d].text.index(s), docs[d].text.index(s) + len(s))  # noqa: E731
-    return Record("m1", "musique", "real", "real", docs, "In which country was Alma Quist born?", ["Quistovia"],
-                  [Needle(*at(0, "Brelmont"), "evidence"), Needle(*at(2, "Quistovia"), "answer")], gold_docs=[0, 2],
-                  meta={"hop_answers": ["Brelmont"], "n_hops": 2})
+    return Record(
+        "m1",
+        "musique",
+        "real",
+        "real",
+        docs,
+        "In which country was Alma Quist born?",
+        ["Quistovia"],
+        [Needle(*at(0, "Brelmont"), "evidence"), Needle(*at(2, "Quistovia"), "answer")],
+        gold_docs=[0, 2],
+        meta={"hop_answers": ["Brelmont"], "n_hops": 2},
+    )
 
 
 def summhay_record() -> Record:
     """Three cited documents; the insight sentence was located in two (doc 2 is unlocated)."""
     sent = "Remote workers save an hour a day."
-    texts = [f"Intro. {sent} End.", f"Surveys agree. {sent} More.", "It is phrased so differently that nothing matched.",
-             "Unrelated weather report."]
+    texts = [
+        f"Intro. {sent} End.",
+        f"Surveys agree. {sent} More.",
+        "It is phrased so differently that nothing matched.",
+        "Unrelated weather report.",
+    ]
     docs = [Document(f"doc{i}", "", t) for i, t in enumerate(texts)]
     needles = [Needle(d, texts[d].index(sent), texts[d].index(sent) + len(sent), "evidence") for d in (0, 1)]
-    return Record("s1", "summhay", "real", "real", docs, sent, ["doc0 doc1 doc2"], needles,
-                  citations=["doc0", "doc1", "doc2"], gold_docs=[0, 1, 2], meta={"insight": sent, "unlocated_docs": [2]})
+    return Record(
+        "s1",
+        "summhay",
+        "real",
+        "real",
+        docs,
+        sent,
+        ["doc0 doc1 doc2"],
+        needles,
+        citations=["doc0", "doc1", "doc2"],
+        gold_docs=[0, 1, 2],
+        meta={"insight": sent, "unlocated_docs": [2]},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +66,18 @@ def tiny(smollm2_tokenizer):
 
     tok = smollm2_tokenizer
     torch.manual_seed(3)  # large weights: sharp attention (argmaxes are no near-ties); seed 3 copies twice
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.5,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        initializer_range=0.5,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     return LlamaForCausalLM(cfg).eval(), tok
 
 
@@ -92,8 +127,14 @@ def test_insight_and_mass_choose_spans(tiny):
     rec = musique_record()
     r = render(rec, tok, chat=False)
     bridge, answer = _positions(r, 0), _positions(r, 1)
-    want = {("insight", "auto"): bridge, ("insight", "answer"): answer, ("insight", "all"): sorted(bridge + answer),
-            ("mass", "auto"): sorted(bridge + answer), ("mass", "evidence"): bridge, ("mass", "answer"): answer}
+    want = {
+        ("insight", "auto"): bridge,
+        ("insight", "answer"): answer,
+        ("insight", "all"): sorted(bridge + answer),
+        ("mass", "auto"): sorted(bridge + answer),
+        ("mass", "evidence"): bridge,
+        ("mass", "answer"): answer,
+    }
     for (score, spans), span in want.items():
         cfg = ScoreConfig(score=score, spans=spans, chat=False)
         (ex,), _ = prepare_examples([rec], tok, cfg)
@@ -103,8 +144,17 @@ def test_insight_and_mass_choose_spans(tiny):
         for row in df.itertuples():
             assert row.hits == pytest.approx(ref[(row.layer, row.head)], rel=1e-4, abs=1e-5)
     # a record without evidence (MDQA-like): insight falls back to its answer spans under auto
-    mdqa = Record("q", "mdqa", "high", "high", [Document("d0", "T", "The key is Marlowe.")], "What is the key?",
-                  ["Marlowe"], [Needle(0, 11, 18)], gold_docs=[0])
+    mdqa = Record(
+        "q",
+        "mdqa",
+        "high",
+        "high",
+        [Document("d0", "T", "The key is Marlowe.")],
+        "What is the key?",
+        ["Marlowe"],
+        [Needle(0, 11, 18)],
+        gold_docs=[0],
+    )
     (ex,), _ = prepare_examples([mdqa], tok, ScoreConfig(score="insight", chat=False))
     assert ex.span == _positions(render(mdqa, tok, chat=False), 0)
     exs, skipped = prepare_examples([mdqa], tok, ScoreConfig(score="insight", spans="evidence", chat=False))
@@ -126,7 +176,7 @@ def test_insight_coverage(tiny, tmp_path):
     assert res.coverage == {"n_spans_located": 3, "n_citing_docs": 5, "fraction": 0.6, "n_records_partial": 2}
 
 
-def test_run_score_writes_coverage(tmp_path, tiny, capsys):
+def test_run_score_writes_coverage(tmp_path, tiny, caplog):
     from needlework.heads.run import run_score
     from needlework.models.load import ModelConfig
 
@@ -134,8 +184,12 @@ def test_run_score_writes_coverage(tmp_path, tiny, capsys):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     write_jsonl(tmp_path / "d.jsonl", [summhay_record()])
-    out = run_score(ModelConfig(name=str(tmp_path / "m"), device="cpu"), tmp_path / "d.jsonl",
-                    ScoreConfig(score="insight", chat=False), tmp_path / "res")
+    out = run_score(
+        ModelConfig(name=str(tmp_path / "m"), device="cpu"),
+        tmp_path / "d.jsonl",
+        ScoreConfig(score="insight", chat=False),
+        tmp_path / "res",
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["span_coverage"] == {"n_spans_located": 2, "n_citing_docs": 3, "fraction": 0.6667, "n_records_partial": 1}
-    assert "insight spans located in 2 of 3 citing documents" in capsys.readouterr().out
+    assert "insight spans located in 2 of 3 citing documents" in caplog.text

@@ -11,15 +11,27 @@ ARCHS = ["llama", "qwen2", "gemma2"]
 def build(kind: str, vocab: int = VOCAB, layers: int = 3):
     from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-                  vocab_size=vocab, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        vocab_size=vocab,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     if kind == "llama":
         m = LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **common))
     elif kind == "qwen2":
         m = Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **common))
     elif kind == "gemma2":  # softcapping + alternating sliding-window (8) layers
-        m = Gemma2ForCausalLM(Gemma2Config(num_key_value_heads=2, head_dim=16, sliding_window=8,
-                                           attn_logit_softcapping=5.0, query_pre_attn_scalar=16, **common))
+        m = Gemma2ForCausalLM(
+            Gemma2Config(
+                num_key_value_heads=2, head_dim=16, sliding_window=8, attn_logit_softcapping=5.0, query_pre_attn_scalar=16, **common
+            )
+        )
     else:
         raise ValueError(kind)
     with torch.no_grad():  # sharpen attention so heads differ clearly
@@ -49,12 +61,24 @@ def make_records(n: int = 4):
     for i in range(n):
         fact = f"{names[i % 6]} was born in the town of "
         text = fact + cities[i % 6] + "."
-        docs = [Document(id="d0", title="Weather", text="Rain fell on the hills for most of the spring that year."),
-                Document(id="d1", title=names[i % 6], text=text),
-                Document(id="d2", title="Bridges", text="The old bridge was rebuilt twice after the floods.")]
-        recs.append(Record(id=f"r{i}", task="mdqa", concept="high", context="high", documents=docs,
-                           question=f"Where was {names[i % 6]} born?", answers=[cities[i % 6]],
-                           needles=[Needle(doc=1, start=len(fact), end=len(fact) + len(cities[i % 6]))], gold_docs=[1]))
+        docs = [
+            Document(id="d0", title="Weather", text="Rain fell on the hills for most of the spring that year."),
+            Document(id="d1", title=names[i % 6], text=text),
+            Document(id="d2", title="Bridges", text="The old bridge was rebuilt twice after the floods."),
+        ]
+        recs.append(
+            Record(
+                id=f"r{i}",
+                task="mdqa",
+                concept="high",
+                context="high",
+                documents=docs,
+                question=f"Where was {names[i % 6]} born?",
+                answers=[cities[i % 6]],
+                needles=[Needle(doc=1, start=len(fact), end=len(fact) + len(cities[i % 6]))],
+                gold_docs=[1],
+            )
+        )
     return recs
 
 

@@ -19,9 +19,28 @@ def data(records, tmp_path):
 
 def test_knockout_cli_with_an_explicit_list(tiny_dir, data, tmp_path):
     out = tmp_path / "ko"
-    res = CliRunner().invoke(app, ["knockout", "--model", str(tiny_dir), "--data", str(data), "--list", "0-1,1-2",
-                                   "--mode", "uniform", "--random-seeds", "1", "--max-new-tokens", "3",
-                                   "--device", "cpu", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "knockout",
+            "--model",
+            str(tiny_dir),
+            "--data",
+            str(data),
+            "--list",
+            "0-1,1-2",
+            "--mode",
+            "uniform",
+            "--random-seeds",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["conditions"]) == ["baseline", "random_0", "top"]
@@ -29,11 +48,28 @@ def test_knockout_cli_with_an_explicit_list(tiny_dir, data, tmp_path):
 
 
 def test_cli_bad_input(tiny_dir, data, tmp_path):
-    res = CliRunner().invoke(app, ["knockout", "--model", str(tiny_dir), "--data", str(data), "--list", "5-0",
-                                   "--device", "cpu", "--out", str(tmp_path / "x")])
+    res = CliRunner().invoke(
+        app, ["knockout", "--model", str(tiny_dir), "--data", str(data), "--list", "5-0", "--device", "cpu", "--out", str(tmp_path / "x")]
+    )
     assert isinstance(res.exception, NeedleworkError) and "do not exist" in res.exception.problem
-    res = CliRunner().invoke(app, ["patch", "--source", str(tiny_dir), "--target", str(tiny_dir), "--data", str(data),
-                                   "--set", "complement", "--device", "cpu", "--out", str(tmp_path / "y")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "patch",
+            "--source",
+            str(tiny_dir),
+            "--target",
+            str(tiny_dir),
+            "--data",
+            str(data),
+            "--set",
+            "complement",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+    )
     assert isinstance(res.exception, NeedleworkError) and "needs the head scores" in res.exception.problem
 
 

@@ -6,16 +6,19 @@ import pandas as pd
 import pytest
 
 from needlework.errors import NeedleworkError
-from needlework.interventions.heads import (check_table_shape, load_scores, parse_head_list, patch_sets,
-                                           random_layer_matched, select_heads)
-from needlework.models.sites import HeadId, ModelShape, heads_by_layer
+from needlework.heads.compare import load_scores
+from needlework.interventions.heads import check_scores, patch_sets, random_layer_matched
+from needlework.models.sites import HeadId, ModelShape, heads_by_layer, parse_head_list
 
 SHAPE = ModelShape(n_layers=6, n_heads=8, n_kv_heads=2, head_dim=16)
 
 
 def _table(shape=SHAPE, hot=()):
-    rows = [{"layer": l, "head": h, "mean": 0.01 * ((l * 7 + h * 3) % 5), "std": 0.0, "n": 10}
-            for l in range(shape.n_layers) for h in range(shape.n_heads)]
+    rows = [
+        {"layer": l, "head": h, "mean": 0.01 * ((l * 7 + h * 3) % 5), "std": 0.0, "n": 10}
+        for l in range(shape.n_layers)
+        for h in range(shape.n_heads)
+    ]
     df = pd.DataFrame(rows)
     for i, (l, h) in enumerate(hot):
         df.loc[(df["layer"] == l) & (df["head"] == h), "mean"] = 0.9 - 0.01 * i
@@ -25,13 +28,16 @@ def _table(shape=SHAPE, hot=()):
 def test_select_top_threshold_and_list():
     hot = [(4, 1), (4, 5), (5, 0), (2, 7)]
     df = _table(hot=hot)
-    assert select_heads(df, top=3) == {HeadId(4, 1), HeadId(4, 5), HeadId(5, 0)}
-    assert select_heads(df, threshold=0.5) == {HeadId(*x) for x in hot}
+    scores = load_scores(df)
+    assert scores.select(top=3) == {HeadId(4, 1), HeadId(4, 5), HeadId(5, 0)}
+    assert scores.select(threshold=0.5) == {HeadId(*x) for x in hot}
+    assert scores.select(top=3, threshold=0.5) == {HeadId(*x) for x in hot}  # a threshold overrides top
+    assert scores.select(top=3, heads="4-1, 5-0") == {HeadId(4, 1), HeadId(5, 0)}  # a list overrides both
     assert parse_head_list("4-1, 5-0") == {HeadId(4, 1), HeadId(5, 0)}
     with pytest.raises(NeedleworkError):
         parse_head_list("4:1")
     with pytest.raises(NeedleworkError):
-        select_heads(df, top=3, threshold=0.1)
+        scores.select()
 
 
 def test_random_controls_layer_matched_disjoint_reproducible():
@@ -57,13 +63,13 @@ def test_load_scores_from_folder_and_wu_json(tmp_path):
     (tmp_path / "run").mkdir()
     df.to_parquet(tmp_path / "run" / "heads.parquet")
     got = load_scores(tmp_path / "run")
-    assert select_heads(got, top=1) == {HeadId(4, 1)}
-    assert select_heads(load_scores(tmp_path), top=1) == {HeadId(4, 1)}  # `heads score --out` parent folder
+    assert got.select(top=1) == {HeadId(4, 1)}
+    assert load_scores(tmp_path).select(top=1) == {HeadId(4, 1)}  # `heads score --out` parent folder
     wu = {f"{l}-{h}": [0.8, 1.0] if (l, h) == (4, 1) else [0.0, 0.1] for l in range(6) for h in range(8)}
     (tmp_path / "wu.json").write_text(json.dumps(wu))
     got = load_scores(tmp_path / "wu.json")
-    assert got.loc[(got["layer"] == 4) & (got["head"] == 1), "mean"].item() == pytest.approx(0.9)
-    check_table_shape(got, SHAPE)
+    assert got.grid()[4, 1] == pytest.approx(0.9)
+    check_scores(got, SHAPE)
     with pytest.raises(NeedleworkError, match="not found"):
         load_scores(tmp_path / "missing.json")
 
@@ -71,7 +77,7 @@ def test_load_scores_from_folder_and_wu_json(tmp_path):
 def test_score_table_of_another_shape_is_refused():
     other = _table(ModelShape(n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64))
     with pytest.raises(NeedleworkError, match="30 layers x 9 heads"):
-        check_table_shape(other, SHAPE)
+        check_scores(load_scores(other), SHAPE)
 
 
 def test_heads_out_of_range_are_refused():
@@ -94,8 +100,11 @@ def test_patch_sets():
     assert patch_sets("3-1,0-0", src, tgt, SHAPE) == {"list": {HeadId(3, 1), HeadId(0, 0)}}
     # several named kinds in one call: the union of the single-kind results, for one patching pass
     both = patch_sets("intersection,complement,random", src, tgt, SHAPE, seeds=range(2))
-    assert both == {**patch_sets("intersection", src, tgt, SHAPE), **patch_sets("complement", src, tgt, SHAPE),
-                    **patch_sets("random", src, tgt, SHAPE, seeds=range(2))}
+    assert both == {
+        **patch_sets("intersection", src, tgt, SHAPE),
+        **patch_sets("complement", src, tgt, SHAPE),
+        **patch_sets("random", src, tgt, SHAPE, seeds=range(2)),
+    }
     with pytest.raises(NeedleworkError):
         patch_sets("bogus", src, tgt, SHAPE)
 
@@ -106,7 +115,7 @@ def test_shape_recorded_by_the_heads_stage_is_checked(tmp_path):
     _table().to_parquet(d / "heads.parquet")
     (d / "meta.json").write_text(json.dumps({"shape": {"n_layers": 7, "n_heads": 8, "n_kv_heads": 2}, "view": "query"}))
     with pytest.raises(NeedleworkError, match="7 layers x 8 heads"):
-        check_table_shape(load_scores(d / "heads.parquet"), SHAPE)
+        check_scores(load_scores(d / "heads.parquet"), SHAPE)
     (d / "meta.json").write_text(json.dumps({"view": "kv"}))
     with pytest.raises(NeedleworkError, match="key/value-head"):
-        load_scores(d)
+        check_scores(load_scores(d), SHAPE)

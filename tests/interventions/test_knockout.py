@@ -9,7 +9,7 @@ import torch
 from needlework.errors import NeedleworkError
 from needlework.evaluate.generate import greedy_generate
 from needlework.interventions.knockout import cached_head_means, knocked_out
-from needlework.models.instrument import head_output_hook
+from needlework.models.instrument import SiteCall, intervened
 from needlework.models.sites import HeadId, attention_modules, cache_of, model_shape, with_cache
 
 
@@ -47,10 +47,13 @@ class _UniformReference:
         self.shape = model_shape(model)
 
     def __enter__(self):
-        for layer, hs in self.by_layer.items():
+        for layer, _hs in self.by_layer.items():
             attn = attention_modules(self.model)[layer]
-            self.handles.append(attn.register_forward_pre_hook(
-                lambda m, a, kw, layer=layer: self.hidden.__setitem__(layer, kw["hidden_states"]), with_kwargs=True))
+            self.handles.append(
+                attn.register_forward_pre_hook(
+                    lambda m, a, kw, layer=layer: self.hidden.__setitem__(layer, kw["hidden_states"]), with_kwargs=True
+                )
+            )
             self.handles.append(attn.o_proj.register_forward_pre_hook(lambda m, a, layer=layer: self._replace(m, a, layer)))
         return self
 
@@ -96,6 +99,18 @@ def test_uniform_equals_hand_reference_in_prefill_and_decoding(tiny):
     assert not tiny.config._attn_implementation.startswith("needlework")  # restored
 
 
+class _Record:
+    """A test intervention: hands every layer's head outputs to `fn(layer, x)`, changes nothing."""
+
+    site = "head_output"
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x, heads, call: SiteCall):
+        self.fn(call.layer, x)
+
+
 def test_mean_replaces_by_the_cached_mean(build_tiny, tmp_path, monkeypatch):
     model = build_tiny("qwen2")
     shape = model_shape(model)
@@ -104,7 +119,8 @@ def test_mean_replaces_by_the_cached_mean(build_tiny, tmp_path, monkeypatch):
     means = cached_head_means(model, prompts, key="tiny-qwen2", cache_root=tmp_path, batch_size=2, progress=False)
     # reference: every head's output at every prompt position, one prompt at a time (no padding)
     seen = {l: [] for l in range(shape.n_layers)}
-    with torch.no_grad(), head_output_hook(model, lambda l, x: seen[l].append(x[0].clone())):
+    every = shape.all_heads()
+    with torch.no_grad(), intervened(model, _Record(lambda l, x: seen[l].append(x[0].clone())), every):
         for p in prompts:
             model(torch.tensor([p]))
     want = torch.stack([torch.cat(seen[l]).mean(0) for l in range(shape.n_layers)])  # l, h, d
@@ -115,7 +131,7 @@ def test_mean_replaces_by_the_cached_mean(build_tiny, tmp_path, monkeypatch):
     heads = {HeadId(1, 3), HeadId(2, 1)}
     got = {}
     with torch.no_grad(), knocked_out(model, heads, "mean", means):
-        with head_output_hook(model, lambda l, x: got.__setitem__(l, x.clone())):  # runs after the knockout's hook
+        with intervened(model, _Record(lambda l, x: got.__setitem__(l, x.clone())), every):  # runs after the knockout's
             model(torch.tensor([prompts[0]]))
     for h in heads:
         torch.testing.assert_close(got[h.layer][0, :, h.head], means[h.layer, h.head].expand(9, -1))
@@ -147,8 +163,9 @@ def test_bad_input_and_cleanup_after_errors(build_tiny):
 def _table(n_layers, n_heads, hot):
     import pandas as pd
 
-    rows = [{"layer": l, "head": h, "mean": 0.9 if (l, h) in hot else 0.01, "std": 0.0, "n": 3}
-            for l in range(n_layers) for h in range(n_heads)]
+    rows = [
+        {"layer": l, "head": h, "mean": 0.9 if (l, h) in hot else 0.01, "std": 0.0, "n": 3} for l in range(n_layers) for h in range(n_heads)
+    ]
     return pd.DataFrame(rows)
 
 

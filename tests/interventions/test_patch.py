@@ -26,8 +26,19 @@ def _qkv_twin(model, seed=5):
 
 def _lockstep(src, tgt, heads, prompts, n=8):
     with torch.inference_mode(), patching(Role(src), Role(tgt), heads) as st:
-        return lockstep_batch(Role(src), Role(tgt), st, prompts, [n] * len(prompts), [False] * len(prompts),
-                              0, frozenset(), frozenset(), frozenset(), return_logits=True)
+        return lockstep_batch(
+            Role(src),
+            Role(tgt),
+            st,
+            prompts,
+            [n] * len(prompts),
+            [False] * len(prompts),
+            0,
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            return_logits=True,
+        )
 
 
 def _reference_logits(model, prompt, gen):
@@ -72,8 +83,7 @@ def adapters(tiny_dir, tmp_path_factory):
     for seed in (0, 1):
         torch.manual_seed(seed)
         base = AutoModelForCausalLM.from_pretrained(tiny_dir)
-        peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj"],
-                                               init_lora_weights=False))
+        peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False))
         d = tmp_path_factory.mktemp(f"adapter{seed}")
         peft.save_pretrained(d)
         dirs.append(str(d))

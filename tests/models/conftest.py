@@ -8,10 +8,28 @@ VOCAB = 128
 
 
 def _build(kind: str):
-    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  vocab_size=VOCAB, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     if kind == "llama":
         m = LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **common))
     elif kind == "mistral":
@@ -19,8 +37,11 @@ def _build(kind: str):
     elif kind == "qwen2":
         m = Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **common))
     elif kind == "gemma2":
-        m = Gemma2ForCausalLM(Gemma2Config(num_key_value_heads=2, head_dim=16, sliding_window=8,
-                                           attn_logit_softcapping=5.0, query_pre_attn_scalar=16, **common))
+        m = Gemma2ForCausalLM(
+            Gemma2Config(
+                num_key_value_heads=2, head_dim=16, sliding_window=8, attn_logit_softcapping=5.0, query_pre_attn_scalar=16, **common
+            )
+        )
     else:
         raise ValueError(kind)
     # sharpen attention so argmaxes are well separated from ties

@@ -23,11 +23,23 @@ def _records(n: int = 3):
     recs = []
     for i in range(n):
         fact = f"{names[i]} was born in the town of "
-        docs = [Document(id="d0", title="Weather", text="Rain fell on the hills for most of the spring."),
-                Document(id="d1", title=names[i], text=fact + cities[i] + ".")]
-        recs.append(Record(id=f"r{i}", task="mdqa", concept="high", context="high", documents=docs,
-                           question=f"Where was {names[i]} born?", answers=[cities[i]],
-                           needles=[Needle(doc=1, start=len(fact), end=len(fact) + len(cities[i]))], gold_docs=[1]))
+        docs = [
+            Document(id="d0", title="Weather", text="Rain fell on the hills for most of the spring."),
+            Document(id="d1", title=names[i], text=fact + cities[i] + "."),
+        ]
+        recs.append(
+            Record(
+                id=f"r{i}",
+                task="mdqa",
+                concept="high",
+                context="high",
+                documents=docs,
+                question=f"Where was {names[i]} born?",
+                answers=[cities[i]],
+                needles=[Needle(doc=1, start=len(fact), end=len(fact) + len(cities[i]))],
+                gold_docs=[1],
+            )
+        )
     return recs
 
 
@@ -35,9 +47,18 @@ def _save_tiny(path, tok, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
@@ -75,6 +96,7 @@ def trained(base, tmp_path_factory):
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if any model is loaded: errors must come before."""
+
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the adapter was checked")
 
@@ -149,8 +171,26 @@ def _invoke(args):
 
 def test_evaluate_cli_applies_and_records_the_saved_settings(trained, base, data, tmp_path):
     out = tmp_path / "ev"
-    r = _invoke(["evaluate", "--model", base, "--adapter", str(trained[0]), "--data", str(data), "--out", str(out),
-                 "--max-new-tokens", "2", "--no-logprob", "--n-boot", "10", "--device", "cpu"])
+    r = _invoke(
+        [
+            "evaluate",
+            "--model",
+            base,
+            "--adapter",
+            str(trained[0]),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "2",
+            "--no-logprob",
+            "--n-boot",
+            "10",
+            "--device",
+            "cpu",
+        ]
+    )
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["model_config"]["rope_theta"] == THETA and s["model_config"]["max_position_embeddings"] == 512
@@ -159,8 +199,22 @@ def test_evaluate_cli_applies_and_records_the_saved_settings(trained, base, data
 
 
 def test_heads_score_cli_applies_and_records_the_saved_settings(trained, base, data, tmp_path):
-    r = _invoke(["heads", "score", "--model", base, "--adapter", str(trained[0]), "--data", str(data),
-                 "--out", str(tmp_path / "hs"), "--device", "cpu"])
+    r = _invoke(
+        [
+            "heads",
+            "score",
+            "--model",
+            base,
+            "--adapter",
+            str(trained[0]),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "hs"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert r.exit_code == 0, r.output
     (res,) = list((tmp_path / "hs").iterdir())
     meta = json.loads((res / "meta.json").read_text())
@@ -171,8 +225,27 @@ def test_heads_score_cli_applies_and_records_the_saved_settings(trained, base, d
 
 def test_knockout_cli_applies_and_records_the_saved_settings(trained, base, data, tmp_path):
     out = tmp_path / "ko"
-    r = _invoke(["knockout", "--model", base, "--adapter", str(trained[0]), "--data", str(data), "--list", "0-1",
-                 "--random-seeds", "0", "--max-new-tokens", "2", "--device", "cpu", "--out", str(out)])
+    r = _invoke(
+        [
+            "knockout",
+            "--model",
+            base,
+            "--adapter",
+            str(trained[0]),
+            "--data",
+            str(data),
+            "--list",
+            "0-1",
+            "--random-seeds",
+            "0",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["model_config"]["rope_theta"] == THETA and s["adapter"] == str(trained[0] / "adapter")
@@ -181,9 +254,29 @@ def test_knockout_cli_applies_and_records_the_saved_settings(trained, base, data
 
 def test_patch_cli_applies_and_records_the_saved_settings(trained, base, data, tmp_path):
     out = tmp_path / "pa"
-    r = _invoke(["patch", "--source", base, "--source-adapter", str(trained[0]), "--target", base,
-                 "--target-adapter", str(trained[1]), "--data", str(data), "--set", "0-1", "--max-new-tokens", "2",
-                 "--device", "cpu", "--out", str(out)])
+    r = _invoke(
+        [
+            "patch",
+            "--source",
+            base,
+            "--source-adapter",
+            str(trained[0]),
+            "--target",
+            base,
+            "--target-adapter",
+            str(trained[1]),
+            "--data",
+            str(data),
+            "--set",
+            "0-1",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["source"]["rope_theta"] == THETA and s["target"]["rope_theta"] == THETA
@@ -198,8 +291,23 @@ def test_every_command_refuses_a_conflicting_rope_theta_before_loading(cmd, trai
         "evaluate": ["evaluate", "--model", base, "--adapter", str(trained[0]), "--data", str(data), "--out", out],
         "heads": ["heads", "score", "--model", base, "--adapter", str(trained[0]), "--data", str(data), "--out", out],
         "knockout": ["knockout", "--model", base, "--adapter", str(trained[0]), "--data", str(data), "--list", "0-1", "--out", out],
-        "patch": ["patch", "--source", base, "--source-adapter", str(trained[0]), "--target", base, "--target-adapter",
-                  str(trained[1]), "--data", str(data), "--set", "0-1", "--out", out],
+        "patch": [
+            "patch",
+            "--source",
+            base,
+            "--source-adapter",
+            str(trained[0]),
+            "--target",
+            base,
+            "--target-adapter",
+            str(trained[1]),
+            "--data",
+            str(data),
+            "--set",
+            "0-1",
+            "--out",
+            out,
+        ],
     }[cmd]
     r = _invoke(args + ["--rope-theta", "50000", "--device", "cpu"])
     assert isinstance(r.exception, NeedleworkError), r.output

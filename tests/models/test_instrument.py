@@ -1,10 +1,10 @@
 """The instrumented attention against the slow reference: eager attention with output_attentions."""
 
+import pytest
 import torch
 
-from needlework.models.instrument import RowProbe, head_output_hook, instrumented, set_probe, set_uniform_heads
-from needlework.models.sites import HeadId, attention_modules, cache_of, model_shape, with_cache
-
+from needlework.models.instrument import Collect, RowProbe, SiteCall, Uniform, Zero, instrumented, intervened, set_probe
+from needlework.models.sites import HeadId, HeadSet, attention_modules, cache_of, model_shape, with_cache
 from numerics import assert_clear_argmax
 
 
@@ -74,19 +74,20 @@ def test_uniform_heads_equal_eager_with_uniform_weights(build_tiny):
     model = build_tiny("llama")
     ids = torch.randint(3, 128, (1, 12))
     heads = {1: [0, 3]}
-    with torch.no_grad(), instrumented(model):
-        set_uniform_heads(model, heads)
-        captured = {}
-        with head_output_hook(model, lambda l, x: captured.__setitem__(l, x.clone())):
-            model(ids)
+    chosen = HeadSet(HeadId(1, h) for h in heads[1])
+    every = HeadSet(model_shape(model).all_heads())
+    collect = Collect()
+    with torch.no_grad(), intervened(model, Uniform(), chosen), intervened(model, collect, every):
+        model(ids)
+    captured = collect.store
     # reference: recompute layer 1's values by hand and average them over the causal prefix
     attn = attention_modules(model)[1]
     h_in = {}
     hook = attn.register_forward_pre_hook(lambda m, a, kw: h_in.__setitem__("x", kw["hidden_states"]), with_kwargs=True)
-    with torch.no_grad(), instrumented(model):
-        set_uniform_heads(model, heads)
+    with torch.no_grad(), intervened(model, Uniform(), chosen):
         model(ids)
     hook.remove()
+    assert not model.config._attn_implementation.startswith("needlework")  # restored on exit
     shape = model_shape(model)
     v = attn.v_proj(h_in["x"]).view(1, 12, shape.n_kv_heads, shape.head_dim)
     for hd in heads[1]:
@@ -95,20 +96,13 @@ def test_uniform_heads_equal_eager_with_uniform_weights(build_tiny):
         torch.testing.assert_close(captured[1][0, :, hd], want, rtol=1e-5, atol=1e-5)
 
 
-def test_head_output_hook_zero_equals_manual(build_tiny):
+def test_zero_intervention_equals_manual(build_tiny):
     model = build_tiny("qwen2")
     ids = torch.randint(3, 128, (1, 10))
     shape = model_shape(model)
-
-    def zero(layer, x):
-        if layer == 2:
-            x = x.clone()
-            x[:, :, 1] = 0
-            return x
-        return None
-
-    with torch.no_grad(), head_output_hook(model, zero):
+    with torch.no_grad(), intervened(model, Zero(), {HeadId(2, 1)}):
         got = model(ids).logits
+    assert all(not m.o_proj._forward_pre_hooks for m in attention_modules(model))  # removed on exit
     # manual: zero the slice of o_proj's weight columns that reads head 1
     o = attention_modules(model)[2].o_proj
     with torch.no_grad():
@@ -120,3 +114,17 @@ def test_head_output_hook_zero_equals_manual(build_tiny):
 def test_head_ids():
     assert str(HeadId(17, 3)) == "17-3"
     assert HeadId.parse("17-3") == HeadId(17, 3)
+
+
+def test_interventions_share_one_call_and_hooks_leave_after_errors(build_tiny):
+    model = build_tiny("llama")
+    x = torch.randn(2, 3, 4, 5)
+    call = SiteCall(0)
+    assert Zero()(x.clone(), [1], call)[:, :, 1].abs().sum() == 0
+    collect = Collect()
+    assert collect(x, [0], call) is None and collect.store[0] is x  # kept without a copy
+    with pytest.raises(RuntimeError, match="boom"):
+        with intervened(model, Zero(), {HeadId(0, 0), HeadId(1, 2)}):
+            assert sum(len(m.o_proj._forward_pre_hooks) for m in attention_modules(model)) == 2  # touched layers only
+            raise RuntimeError("boom")
+    assert all(not m.o_proj._forward_pre_hooks for m in attention_modules(model))

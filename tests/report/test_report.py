@@ -35,8 +35,9 @@ def test_report_needs_a_study(tmp_path):
         write_report(tmp_path)
 
 
-@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
-                    reason="needs chromium and chromium-driver (scripts/install-browser.sh)")
+@pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(DRIVER).exists()), reason="needs chromium and chromium-driver (scripts/install-browser.sh)"
+)
 def test_report_renders_in_headless_chromium(fake_study, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -44,9 +45,18 @@ def test_report_renders_in_headless_chromium(fake_study, tmp_path):
     page = write_report(fake_study)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
@@ -54,8 +64,7 @@ def test_report_renders_in_headless_chromium(fake_study, tmp_path):
         driver.set_page_load_timeout(60)
         driver.get(page.as_uri())
         n_img = driver.execute_script("return document.images.length")
-        loaded = driver.execute_script(
-            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        loaded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
         assert n_img == 4 and all(loaded), loaded
         assert driver.title == "needlework report: tiny"
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

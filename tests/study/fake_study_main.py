@@ -8,12 +8,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import study_helpers as H  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+import study_helpers as H  # noqa: E402
 from needlework.study.config import from_dict  # noqa: E402
 from needlework.study.engine import run_study  # noqa: E402
-
 
 RAN: list[tuple[str, str]] = []
 
@@ -23,13 +22,14 @@ def slow(fn):
         RAN.append((ctx.node.stage, ctx.node.label))
         time.sleep(0.3)  # long enough for the other process to find this stage busy
         fn(ctx)
+
     return run
 
 
 if __name__ == "__main__":
     out, calls = sys.argv[1], sys.argv[2]
     stages = {k: slow(v) for k, v in H.fake_stages().items()}
-    nodes = run_study(from_dict(H.fake_config()), out, stages=stages, console=Console(file=io.StringIO()),
-                      report=False, poll_s=0.1)
-    Path(calls).write_text("".join(f"{s}\t{lab}\n" for s, lab in RAN) + "".join(
-        f"#\t{n.stage}\t{n.label}\t{n.status}\t{n.output_hash}\n" for n in nodes))
+    nodes = run_study(from_dict(H.fake_config()), out, stages=stages, console=Console(file=io.StringIO()), report=False, poll_s=0.1)
+    Path(calls).write_text(
+        "".join(f"{s}\t{lab}\n" for s, lab in RAN) + "".join(f"#\t{n.stage}\t{n.label}\t{n.status}\t{n.output_hash}\n" for n in nodes)
+    )

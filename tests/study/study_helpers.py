@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def save_tiny_model(path) -> str:
     """A 2-layer, width-64 random Llama whose vocabulary is SmolLM2's tokenizer, saved with it."""
     import torch
@@ -13,10 +12,19 @@ def save_tiny_model(path) -> str:
 
     tok = load_tokenizer("smollm2")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=1024,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=1024,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
@@ -24,25 +32,32 @@ def save_tiny_model(path) -> str:
 
 def tiny_config(model_dir: str, sets: tuple[str, ...] = ("hh", "ll")) -> dict:
     """A study config dict: MDQA at 640 tokens, a few examples, one LoRA epoch, top-3 heads."""
-    variants = {"hh": {"concept": "high", "context": "high"}, "ll": {"concept": "low", "context": "low"},
-                "hl": {"concept": "high", "context": "low"}, "lh": {"concept": "low", "context": "high"}, "sym": {"concept": "symbolic", "context": "low"}}
+    variants = {
+        "hh": {"concept": "high", "context": "high"},
+        "ll": {"concept": "low", "context": "low"},
+        "hl": {"concept": "high", "context": "low"},
+        "lh": {"concept": "low", "context": "high"},
+        "sym": {"concept": "symbolic", "context": "low"},
+    }
     return {
         "name": "tiny",
         "seed": 0,
         "sizes": {"n_train": 4, "n_eval": 3},
         "models": {"tiny": {"name": model_dir, "device": "cpu"}},
-        "tasks": {"mdqa": {
-            "length": 640,
-            "reference": sets[0],
-            "eval_set": {"kind": "synthetic", "generate": {"concept": "high", "context": "high"}},
-            "train_sets": {s: {"kind": "synthetic", "generate": dict(variants[s])} for s in sets},
-        }},
+        "tasks": {
+            "mdqa": {
+                "length": 640,
+                "reference": sets[0],
+                "eval_set": {"kind": "synthetic", "generate": {"concept": "high", "context": "high"}},
+                "train_sets": {s: {"kind": "synthetic", "generate": dict(variants[s])} for s in sets},
+            }
+        },
         "train": {"epochs": 1, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8, "gradient_checkpointing": False, "progress": False},
         "eval": {"batch_size": 4, "max_new_tokens": 4, "n_boot": 50},
         "score": {"mode": "teacher"},
-        "heads": {"rule": "top_k", "k": 3},
-        "knockout": {"sets": "reference", "random_seeds": 1},
-        "patch": {"targets": "all", "sets": ["intersection", "random"], "random_seeds": 1, "limit": 2},
+        "heads": {"rule": "top_k", "top": 3},
+        "knockout": {"train_sets": "reference", "random_seeds": 1},
+        "patch": {"targets": "all", "kinds": ["intersection", "random"], "random_seeds": 1, "limit": 2},
         "analysis": {"n_boot": 50},
     }
 
@@ -79,8 +94,7 @@ def fake_evaluate(ctx):
     order = {"hh": 0.8, "hl": 0.6, "lh": 0.5, "ll": 0.3, "sym": 0.1, "base": 0.2}
     s = order.get(ctx.node.set, 0.4)
     m = {"mean": s, "lo": s - 0.1, "hi": s + 0.1}
-    summ = {"n": 4, "elapsed_s": 0.1, "tasks": {ctx.node.task: {"n": 4, "primary": "subspan_acc",
-                                                                "metrics": {"subspan_acc": m, "f1": m}}}}
+    summ = {"n": 4, "elapsed_s": 0.1, "tasks": {ctx.node.task: {"n": 4, "primary": "subspan_acc", "metrics": {"subspan_acc": m, "f1": m}}}}
     (ctx.out / "summary.json").write_text(json.dumps(summ))
 
 
@@ -97,8 +111,15 @@ def _heads(set_name: str, n_layers: int = 4, n_heads: int = 3):
     rows = []
     for ex in range(4):
         for i, x in enumerate(v):
-            rows.append({"example_id": f"e{ex}", "layer": i // n_heads, "head": i % n_heads,
-                         "score": float(x + 0.01 * ((ex + i) % 3)), "kept": True})
+            rows.append(
+                {
+                    "example_id": f"e{ex}",
+                    "layer": i // n_heads,
+                    "head": i % n_heads,
+                    "score": float(x + 0.01 * ((ex + i) % 3)),
+                    "kept": True,
+                }
+            )
     per = pd.DataFrame(rows)
     g = per.groupby(["layer", "head"])["score"]
     heads = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n": g.size()}).reset_index()
@@ -119,8 +140,10 @@ def fake_knockout(ctx):
     t = ctx.node.task
 
     def cond(v, n_heads):
-        return {"n_heads": n_heads, "tasks": {t: {"n": 4, "primary": "subspan_acc",
-                                                  "metrics": {"subspan_acc": {"mean": v, "lo": v - 0.1, "hi": v + 0.1}}}}}
+        return {
+            "n_heads": n_heads,
+            "tasks": {t: {"n": 4, "primary": "subspan_acc", "metrics": {"subspan_acc": {"mean": v, "lo": v - 0.1, "hi": v + 0.1}}}},
+        }
 
     seeds = ctx.node.slice["knockout"].get("random_seeds", 2)
     conds = {"baseline": cond(0.8, 0), "top": cond(0.2, 3), **{f"random_{i}": cond(0.75 - 0.01 * i, 3) for i in range(seeds)}}
@@ -132,25 +155,49 @@ def fake_patch(ctx):
 
     CALLS.append(("patch", ctx.node.label))
     rows = []
-    for cond, kind, v, rec in (("source", "source", 0.8, None), ("target", "target", 0.3, None),
-                               ("intersection", "intersection", 0.5, 0.4), ("random_0", "random", 0.32, 0.04)):
-        rows.append({"task": ctx.node.task, "condition": cond, "kind": kind, "n_heads": None if rec is None else 3,
-                     "score": v, "lo": v - 0.1, "hi": v + 0.1, "delta": v - 0.3, "delta_lo": v - 0.4, "delta_hi": v - 0.2,
-                     "recovered": rec})
+    for cond, kind, v, rec in (
+        ("source", "source", 0.8, None),
+        ("target", "target", 0.3, None),
+        ("intersection", "intersection", 0.5, 0.4),
+        ("random_0", "random", 0.32, 0.04),
+    ):
+        rows.append(
+            {
+                "task": ctx.node.task,
+                "condition": cond,
+                "kind": kind,
+                "n_heads": None if rec is None else 3,
+                "score": v,
+                "lo": v - 0.1,
+                "hi": v + 0.1,
+                "delta": v - 0.3,
+                "delta_lo": v - 0.4,
+                "delta_hi": v - 0.2,
+                "recovered": rec,
+            }
+        )
     (ctx.out / "patch.json").write_text(json.dumps({"rows": rows}))
 
 
 def fake_stages() -> dict:
     from needlework.study.stages import analysis_stage, compare_stage
 
-    return {"data": fake_data, "train": fake_train, "evaluate": fake_evaluate, "score": fake_score,
-            "compare": compare_stage, "knockout": fake_knockout, "patch": fake_patch, "analysis": analysis_stage}
+    return {
+        "data": fake_data,
+        "train": fake_train,
+        "evaluate": fake_evaluate,
+        "score": fake_score,
+        "compare": compare_stage,
+        "knockout": fake_knockout,
+        "patch": fake_patch,
+        "analysis": analysis_stage,
+    }
 
 
 def fake_config(sets=("hh", "hl", "lh", "ll", "sym")) -> dict:
     """A config for fake stages: five training sets plus the base model, knockout and patching on."""
     cfg = tiny_config("unused-model", sets=sets)
     cfg["tasks"]["mdqa"]["train_sets"]["base"] = {"kind": "none", "label": "no fine-tuning"}
-    cfg["patch"] = {"targets": ["ll", "sym"], "sets": ["intersection", "random"]}
+    cfg["patch"] = {"targets": ["ll", "sym"], "kinds": ["intersection", "random"]}
     cfg["analysis"] = {"n_boot": 200}
     return cfg

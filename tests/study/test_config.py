@@ -39,14 +39,26 @@ def test_unknown_nested_key_names_its_path():
 
 
 def test_unknown_generator_option_is_checked_against_generate_config():
-    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"]["generate"].update(concpt="low"),
-         r"`tasks.mdqa.train_sets.ll.generate`.*`concpt` \(did you mean `concept`\?\)")
+    _bad(
+        lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"]["generate"].update(concpt="low"),
+        r"`tasks.mdqa.train_sets.ll.generate`.*`concpt` \(did you mean `concept`\?\)",
+    )
 
 
 def test_study_filled_keys_are_refused():
-    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"]["generate"].update(length=100),
-         r"`tasks.mdqa.train_sets.ll.generate.length`: is set by the study itself")
+    _bad(
+        lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"]["generate"].update(length=100),
+        r"`tasks.mdqa.train_sets.ll.generate.length`: is set by the study itself",
+    )
     _bad(lambda c: c["knockout"].update(top=5), r"`knockout.top`: is set by the study")
+    _bad(lambda c: c["patch"].update(set="all"), r"`patch.set`: is set by the study.*\n.*`kinds`")
+    _bad(lambda c: c["knockout"].update(eval={"limit": 2}), r"`knockout.eval`: is set by the study")
+
+
+@pytest.mark.parametrize("old,new", [("heads.k", "heads.top"), ("knockout.sets", "knockout.train_sets"), ("patch.sets", "patch.kinds")])
+def test_renamed_keys_name_their_new_name(old, new):
+    section, key = old.split(".")
+    _bad(lambda c: c[section].update({key: c[section].get(new.split(".")[1], "reference")}), rf"`{old}` was renamed to `{new}`")
 
 
 def test_wrong_types_name_the_expected_type():
@@ -54,6 +66,34 @@ def test_wrong_types_name_the_expected_type():
     _bad(lambda c: c["analysis"].update(include_reference="yes"), r"`analysis.include_reference`: expected bool")
     _bad(lambda c: c.update(models=["smollm2"]), r"`models`: expected a mapping")
     _bad(lambda c: c["knockout"].update(limit="all"), r"`knockout.limit`: expected int or null")
+
+
+def test_stage_sections_are_the_stages_own_configs():
+    from needlework.evaluate.evaluate import EvalConfig
+    from needlework.heads.score import ScoreConfig
+    from needlework.train.config import TrainConfig
+
+    cfg = from_dict(H.fake_config())
+    assert isinstance(cfg.train, TrainConfig) and isinstance(cfg.eval, EvalConfig) and isinstance(cfg.score, ScoreConfig)
+    assert cfg.train.lora_r == 4 and cfg.eval.n_boot == 50 and cfg.knockout.random_seeds == 1
+    assert cfg.heads.selection() == {"top": 3, "threshold": None}
+    assert "top" not in cfg.to_dict()["knockout"] and "set" not in cfg.to_dict()["patch"]  # filled by the study
+
+
+def test_stage_from_dicts_share_the_study_builder():
+    from needlework.evaluate.evaluate import EvalConfig
+    from needlework.heads.score import ScoreConfig
+    from needlework.interventions.knockout import KnockoutConfig
+    from needlework.train.config import TrainConfig
+
+    with pytest.raises(NeedleworkError, match=r"`lr`: expected a number"):
+        TrainConfig.from_dict({"lr": "1e-3"})
+    with pytest.raises(NeedleworkError, match=r"`eval.batch_size`: expected int"):
+        KnockoutConfig.from_dict({"eval": {"batch_size": "2"}})
+    with pytest.raises(NeedleworkError, match=r"unknown score option\(s\): `mdoe` \(did you mean `mode`\?\)"):
+        ScoreConfig.from_dict({"mdoe": "teacher"})
+    assert TrainConfig.from_dict({"targets": "q_proj,v_proj"}).targets == ["q_proj", "v_proj"]
+    assert KnockoutConfig.from_dict({"eval": {"limit": 2}}).eval == EvalConfig(limit=2)
 
 
 def test_foreign_stage_sections_are_validated():
@@ -69,9 +109,13 @@ def test_cross_field_errors():
     _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(kind="fake"), r"`tasks.mdqa.train_sets.ll.kind`: 'fake' is not one of")
     _bad(lambda c: c["patch"].update(targets=["lll"]), r"`patch.targets`: 'lll' name\(s\) no training set")
     _bad(lambda c: c["heads"].update(rule="best"), r"`heads.rule`")
-    _bad(lambda c: c["patch"].update(sets=["intersect"]), r"`patch.sets\[0\]`: 'intersect' is not a head-set kind")
+    _bad(lambda c: c["patch"].update(kinds=["intersect"]), r"`patch.kinds\[0\]`: 'intersect' is not a head-set kind")
+    _bad(lambda c: c["knockout"].update(train_sets="some"), r"`knockout.train_sets`: 'some' is not all, reference, none")
     _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(kind="real"), r"a `real` set cannot be generated")
-    _bad(lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(load={"path": "x"}, generate=None), r"`tasks.mdqa.train_sets.ll.load.format`: is missing")
+    _bad(
+        lambda c: c["tasks"]["mdqa"]["train_sets"]["ll"].update(load={"path": "x"}, generate=None),
+        r"`tasks.mdqa.train_sets.ll.load.format`: is missing",
+    )
     _bad(lambda c: c["tasks"]["mdqa"].pop("reference"), r"`tasks.mdqa.reference`: is missing")
 
 
@@ -99,7 +143,8 @@ def test_task_score_overrides_reach_that_tasks_score_stage_only():
     assert nodes and {n.task for n in nodes} == {task, "musique"}
     for n in nodes:
         want = {"mode": "teacher", "score": "insight", "spans": "evidence"} if n.task == task else raw["score"]
-        assert n.slice["score"] == want, n.label
+        assert {k: n.slice["score"][k] for k in want} == want, n.label
+        assert n.slice["score"]["batch_size"] == 1  # slices hold the resolved options, defaults included
     e = _bad(lambda c: c["tasks"][task].update(score={"scroe": "insight"}), f"tasks.{task}.score")
     assert "scroe" in str(e)
     _bad(lambda c: c["tasks"][task].update(score={"score": "copy"}), f"tasks.{task}.score")

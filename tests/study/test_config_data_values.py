@@ -39,23 +39,26 @@ def _fails(cfg: dict, match: str) -> NeedleworkError:
     return e.value
 
 
-@pytest.mark.parametrize("opts, key, match", [
-    ({"concept": "symbolik"}, "concept", r"'symbolik' \(not one of high, low, symbolic\)"),
-    ({"context": "medium"}, "context", r"'medium' \(not one of high, low\)"),
-    ({"depth": 150}, "depth", "150 is not a percentage in 0..100"),
-    ({"depth": "middle"}, "depth", "'middle' is not a percentage"),
-    ({"relations": ["spouse", "rival"]}, "relations", "unknown relation.*rival"),
-    ({"relations": "spouse"}, "relations", "expected a list, got str"),
-    ({"hops": "0-9"}, "hops", "not N or LO-HI within 1..6"),
-    ({"insight_docs": "3-40"}, "insight_docs", "not N or LO-HI within 1..32"),
-    ({"hard_negatives": -1}, "hard_negatives", "must be at least 0"),
-    ({"hard_negatives": "3"}, "hard_negatives", "expected int, got str"),
-    ({"kv_pairs": 0}, "kv_pairs", "must be at least 1"),
-    ({"kv_dicts": 0}, "kv_dicts", "must be at least 1"),
-    ({"insights": -2}, "insights", "must be at least 0"),
-    ({"chat": "yes"}, "chat", "expected bool"),
-    ({"context": "high", "haystack": "no/such/folder"}, "haystack", "haystack no/such/folder does not exist"),
-])
+@pytest.mark.parametrize(
+    "opts, key, match",
+    [
+        ({"concept": "symbolik"}, "concept", r"'symbolik' \(not one of high, low, symbolic\)"),
+        ({"context": "medium"}, "context", r"'medium' \(not one of high, low\)"),
+        ({"depth": 150}, "depth", "150 is not a percentage in 0..100"),
+        ({"depth": "middle"}, "depth", "'middle' is not a percentage"),
+        ({"relations": ["spouse", "rival"]}, "relations", "unknown relation.*rival"),
+        ({"relations": "spouse"}, "relations", "expected a list, got str"),
+        ({"hops": "0-9"}, "hops", "not N or LO-HI within 1..6"),
+        ({"insight_docs": "3-40"}, "insight_docs", "not N or LO-HI within 1..32"),
+        ({"hard_negatives": -1}, "hard_negatives", "must be at least 0"),
+        ({"hard_negatives": "3"}, "hard_negatives", "expected int, got str"),
+        ({"kv_pairs": 0}, "kv_pairs", "must be at least 1"),
+        ({"kv_dicts": 0}, "kv_dicts", "must be at least 1"),
+        ({"insights": -2}, "insights", "must be at least 0"),
+        ({"chat": "yes"}, "chat", "expected bool"),
+        ({"context": "high", "haystack": "no/such/folder"}, "haystack", "haystack no/such/folder does not exist"),
+    ],
+)
 def test_bad_generator_value_fails_on_load_with_its_key_path(opts, key, match):
     _fails(_cfg(**opts), rf"config key `{SYM}.{key}`: .*{match}")
 
@@ -85,17 +88,20 @@ def test_relations_that_cannot_chain_fail_for_musique():
     from_dict(cfg)  # spouse then employer: 2 hops chain
 
 
-@pytest.mark.parametrize("opts, key, match", [
-    ({"format": "mdqaa"}, "format", r"unknown format 'mdqaa' \(not one of mdqa, musique, summhay"),
-    ({"format": "musique"}, "format", "format 'musique' reads musique examples, but this set belongs to task 'mdqa'"),
-    ({"format": 3}, "format", "expected str"),
-    ({"depth": 101}, "depth", "--depth 101 is not 0-100 or random"),
-    ({"depth": [50]}, "depth", r"expected float or str or null, got list \[50\]"),
-    ({"limited": ["who", "whoo"]}, "limited", "'whoo': no example can have that type"),
-    ({"limited": "who"}, "limited", "expected a list, got str"),
-    ({"insight_threshold": 1.5}, "insight_threshold", r"1.5 is not in \(0, 1\]"),
-    ({"tolerance_tokens": -1}, "tolerance_tokens", "negative"),
-])
+@pytest.mark.parametrize(
+    "opts, key, match",
+    [
+        ({"format": "mdqaa"}, "format", r"unknown format 'mdqaa' \(not one of mdqa, musique, summhay"),
+        ({"format": "musique"}, "format", "format 'musique' reads musique examples, but this set belongs to task 'mdqa'"),
+        ({"format": 3}, "format", "expected str"),
+        ({"depth": 101}, "depth", "--depth 101 is not 0-100 or random"),
+        ({"depth": [50]}, "depth", r"expected float or str or null, got list \[50\]"),
+        ({"limited": ["who", "whoo"]}, "limited", "'whoo': no example can have that type"),
+        ({"limited": "who"}, "limited", "expected a list, got str"),
+        ({"insight_threshold": 1.5}, "insight_threshold", r"1.5 is not in \(0, 1\]"),
+        ({"tolerance_tokens": -1}, "tolerance_tokens", "negative"),
+    ],
+)
 def test_bad_loader_value_fails_on_load_with_its_key_path(opts, key, match):
     _fails(_loaded(**opts), rf"config key `tasks.mdqa.train_sets.ll.load.{key}`: .*{match}")
 
@@ -126,8 +132,13 @@ def test_dry_run_fails_before_planning_with_the_key_path(tmp_path):
     p.write_text(yaml.safe_dump(_cfg(concept="symbolik")))
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "needlework.cli", "study", str(p), "--out", str(out), "--dry-run"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "needlework.cli", "study", str(p), "--out", str(out), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 2, res.stderr
     assert f"config key `{SYM}.concept`: unknown concept 'symbolik' (not one of high, low, symbolic)" in res.stderr
     assert "fix: use high, low or symbolic" in res.stderr

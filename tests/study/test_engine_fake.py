@@ -77,8 +77,15 @@ def test_upstream_output_change_propagates(tmp_path):
     cfg = H.fake_config()
     cfg["tasks"]["mdqa"]["train_sets"]["ll"]["n"] = 7
     _run(cfg, tmp_path)
-    assert sorted(H.CALLS) == sorted([("data", "tiny/mdqa/ll"), ("train", "tiny/mdqa/ll"), ("evaluate", "tiny/mdqa/ll"),
-                                      ("score", "tiny/mdqa/ll"), ("patch", "tiny/mdqa/ll")])
+    assert sorted(H.CALLS) == sorted(
+        [
+            ("data", "tiny/mdqa/ll"),
+            ("train", "tiny/mdqa/ll"),
+            ("evaluate", "tiny/mdqa/ll"),
+            ("score", "tiny/mdqa/ll"),
+            ("patch", "tiny/mdqa/ll"),
+        ]
+    )
 
 
 def test_dry_run_prints_plan_and_runs_nothing(tmp_path):

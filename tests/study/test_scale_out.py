@@ -16,16 +16,16 @@ from needlework.errors import NeedleworkError
 from needlework.study.config import from_dict
 from needlework.study.engine import run_study
 from needlework.study.launch import stage_processes
-
 from numerics import loss_atol
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def _ctx(processes, grad_accum=1, limit=None, device="cpu"):
-    return SimpleNamespace(cfg=SimpleNamespace(scale_out=SimpleNamespace(processes=processes)),
-                           node=SimpleNamespace(slice={"model": {"device": device}, "train": {"grad_accum": grad_accum},
-                                                       "eval": {"limit": limit}}))
+    return SimpleNamespace(
+        cfg=SimpleNamespace(scale_out=SimpleNamespace(processes=processes)),
+        node=SimpleNamespace(slice={"model": {"device": device}, "train": {"grad_accum": grad_accum}, "eval": {"limit": limit}}),
+    )
 
 
 def test_stage_processes(monkeypatch):
@@ -49,17 +49,25 @@ def test_bad_processes_names_the_key(tiny_cfg, value):
 
 
 def _train_eval(cfg: dict, out):
-    nodes = run_study(from_dict(cfg), out, only={"data", "train", "evaluate"}, report=False,
-                      console=Console(file=io.StringIO(), width=200))
+    nodes = run_study(from_dict(cfg), out, only={"data", "train", "evaluate"}, report=False, console=Console(file=io.StringIO(), width=200))
     by = {(n.stage, n.set): out / "stages" / n.stage / n.key for n in nodes if n.status == "done"}
-    losses = {s: [json.loads(ln)["loss"] for ln in (d / "log.jsonl").read_text().splitlines() if "loss" in ln]
-              for (stage, s), d in by.items() if stage == "train"}
-    preds = {s: [json.loads(ln)["output"] for ln in (d / "predictions.jsonl").read_text().splitlines()]
-             for (stage, s), d in by.items() if stage == "evaluate"}
+    losses = {
+        s: [json.loads(ln)["loss"] for ln in (d / "log.jsonl").read_text().splitlines() if "loss" in ln]
+        for (stage, s), d in by.items()
+        if stage == "train"
+    }
+    preds = {
+        s: [json.loads(ln)["output"] for ln in (d / "predictions.jsonl").read_text().splitlines()]
+        for (stage, s), d in by.items()
+        if stage == "evaluate"
+    }
     summ = {s: json.loads((d / "summary.json").read_text()) for (stage, s), d in by.items() if stage == "evaluate"}
     world = {s: json.loads((d / "train_config.json").read_text())["world_size"] for (stage, s), d in by.items() if stage == "train"}
-    n_params = {s: sum(t.numel() for t in load_file(d / "adapter" / "adapter_model.safetensors").values())
-                for (stage, s), d in by.items() if stage == "train"}
+    n_params = {
+        s: sum(t.numel() for t in load_file(d / "adapter" / "adapter_model.safetensors").values())
+        for (stage, s), d in by.items()
+        if stage == "train"
+    }
     return losses, preds, summ, world, n_params
 
 

@@ -28,7 +28,7 @@ def _cfg(model_dir: str) -> dict:
 
     c = tiny_config(model_dir)
     c["knockout"].update({"random_seeds": 1, "limit": 2})
-    c["patch"].update({"sets": ["intersection"], "limit": 2})
+    c["patch"].update({"kinds": ["intersection"], "limit": 2})
     return c
 
 
@@ -88,8 +88,13 @@ def test_kill_during_training_resumes_to_identical_results(baseline, tiny_model_
     cfg_path.write_text(yaml.safe_dump(_cfg(tiny_model_dir)))
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "needlework.cli", "study", str(cfg_path), "--out", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "needlework.cli", "study", str(cfg_path), "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
@@ -102,8 +107,7 @@ def test_kill_during_training_resumes_to_identical_results(baseline, tiny_model_
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not (out / "stages" / "train").exists() or not [p for p in (out / "stages" / "train").iterdir()
-                                                           if not p.name.startswith(".")]
+    assert not (out / "stages" / "train").exists() or not [p for p in (out / "stages" / "train").iterdir() if not p.name.startswith(".")]
     before = {p: p.stat().st_mtime_ns for p in (out / "stages").glob("*/*/done.json")}
     assert before, "some data stages should have finished before the kill"
     nodes = _run(_cfg(tiny_model_dir), out)

@@ -19,8 +19,17 @@ def copy_record(i: int, value: str, n_filler: int = 1) -> Record:
     needle_doc = f"The {KEY} is {value} ."
     docs = [Document(id=f"f{j}", title="", text=FILLER) for j in range(n_filler)] + [Document(id="gold", title="", text=needle_doc)]
     start = needle_doc.index(value)
-    return Record(id=f"copy-{i}", task="kv", concept="low", context="low", documents=docs, question=KEY,
-                  answers=[value], needles=[Needle(doc=n_filler, start=start, end=start + len(value))], gold_docs=[n_filler])
+    return Record(
+        id=f"copy-{i}",
+        task="kv",
+        concept="low",
+        context="low",
+        documents=docs,
+        question=KEY,
+        answers=[value],
+        needles=[Needle(doc=n_filler, start=start, end=start + len(value))],
+        gold_docs=[n_filler],
+    )
 
 
 def copy_records(n: int, seed: int, n_filler: int = 1) -> list[Record]:
@@ -48,10 +57,19 @@ def save_tiny_llama(path, tok, hidden: int = 64, layers: int = 2, seed: int = 0)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)

@@ -48,5 +48,10 @@ if __name__ == "__main__":
     model_dir, out_dir, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     device, dtype = overrides.pop("device", "cpu"), overrides.pop("dtype", "float32")  # model settings, not TrainConfig's
     torch.set_num_threads(1)
-    train(ModelConfig(name=model_dir, device=device, dtype=dtype), mixed_records(24, seed=6), TrainConfig(**overrides), out_dir,
-          eval_records=mixed_records(5, seed=7))
+    train(
+        ModelConfig(name=model_dir, device=device, dtype=dtype),
+        mixed_records(24, seed=6),
+        TrainConfig(**overrides),
+        out_dir,
+        eval_records=mixed_records(5, seed=7),
+    )

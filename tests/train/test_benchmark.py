@@ -9,8 +9,25 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "train_memory.py"
 
 
 def test_train_memory_tiny_runs_on_cpu():
-    p = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--context", "128", "--steps", "1", "--warmup", "0",
-                        "--find-max", "--find-max-limit", "256"], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--tiny",
+            "--context",
+            "128",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--find-max",
+            "--find-max-limit",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["context"] == 128 and not r["ours"]["oom"] and not r["common"]["oom"]

@@ -22,8 +22,15 @@ class CountAttention(TorchDispatchMode):
 
 def _model(device):
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                      intermediate_size=128, vocab_size=256, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=256,
+        max_position_embeddings=512,
+    )
     m = LlamaForCausalLM(cfg)
     m.config._attn_implementation = "sdpa"
     m.config.use_cache = False

@@ -5,11 +5,10 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import copy_record, copy_records
 from needlework.data.render import render
 from needlework.errors import NeedleworkError
 from needlework.train.data import collate, encode, epoch_plan, pack
-
-from conftest import copy_record, copy_records
 
 
 def test_only_answer_tokens_carry_loss(tiny_tok):
@@ -17,7 +16,7 @@ def test_only_answer_tokens_carry_loss(tiny_tok):
     exs = [encode(r, tiny_tok, 512) for r in recs]
     b = collate([[e] for e in exs], tiny_tok.pad_token_id)
     labels = b.labels()
-    for i, (r, e) in enumerate(zip(recs, exs)):
+    for i, r in enumerate(recs):
         rd = render(r, tiny_tok)
         answer = tiny_tok.convert_ids_to_tokens(rd.answer_ids)
         assert answer == list(r.answer) + ["</s>"]  # the answer digits and EOS
@@ -34,7 +33,7 @@ def test_packed_rows_restart_positions(tiny_tok):
     assert [len(g) for g in groups] == [2, 2, 1]
     b = collate(groups, tiny_tok.pad_token_id, packed=True)
     n = len(exs[0].input_ids)
-    assert b.position_ids[0, :n].tolist() == list(range(n)) and b.position_ids[0, n: 2 * n].tolist() == list(range(n))
+    assert b.position_ids[0, :n].tolist() == list(range(n)) and b.position_ids[0, n : 2 * n].tolist() == list(range(n))
     assert b.position_ids[2, n:].tolist() == list(range(b.input_ids.shape[1] - n))  # pad tail: its own segment
     assert torch.equal(b.input_ids[b.rows, b.pos + 1], b.targets) and b.n_answer == sum(e.n_answer for e in exs)
 
@@ -61,7 +60,7 @@ def test_too_long_is_an_error_unless_truncating_haystack(tiny_tok):
         encode(r, tiny_tok, short)
     e = encode(r, tiny_tok, short, truncate_haystack=True)
     assert len(e.input_ids) <= short < n
-    assert tiny_tok.convert_ids_to_tokens(e.input_ids[e.prompt_len:]) == ["1", "2", "3", "4", "</s>"]
+    assert tiny_tok.convert_ids_to_tokens(e.input_ids[e.prompt_len :]) == ["1", "2", "3", "4", "</s>"]
     assert tiny_tok.decode(e.input_ids[: e.prompt_len]).count("1 2 3 4") == 1  # the gold document survived
     gold_only = render(copy_record(0, "1234", n_filler=0), tiny_tok).n_tokens
     with pytest.raises(NeedleworkError, match="even without its non-gold documents"):

@@ -29,8 +29,21 @@ def _log(out):
 def test_two_processes_equal_one(tiny_llama, tmp_path, method="lora"):
     worker = str(HERE / "ddp_worker.py")
     _run([sys.executable, worker, tiny_llama, str(tmp_path / "one"), "2", method])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # standalone: a free port
-          worker, tiny_llama, str(tmp_path / "two"), "1", method])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",  # standalone: a free port
+            worker,
+            tiny_llama,
+            str(tmp_path / "two"),
+            "1",
+            method,
+        ]
+    )
     one, eval_one = _log(tmp_path / "one")
     two, eval_two = _log(tmp_path / "two")
     assert len(one) == len(two) == 4

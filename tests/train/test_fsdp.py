@@ -13,12 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fsdp_worker import mixed_records
 from needlework.errors import NeedleworkError
 from needlework.models.load import ModelConfig, load_model
 from needlework.train.config import TrainConfig
 from needlework.train.sft import train
-
-from fsdp_worker import mixed_records
 from numerics import adam_weight_atol, loss_atol
 
 HERE = Path(__file__).parent
@@ -35,9 +34,25 @@ def _two_processes(model_dir, out, fsdp=True, nproc=2, **cfg):
     env["PYTHONPATH"] = str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")
     if fsdp:  # what `accelerate launch --use_fsdp --fsdp_version 2` sets
         env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                        str(HERE / "fsdp_worker.py"), model_dir, str(out), json.dumps(cfg)],  # standalone: a free port
-                       cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            str(HERE / "fsdp_worker.py"),
+            model_dir,
+            str(out),
+            json.dumps(cfg),
+        ],  # standalone: a free port
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
 
 
@@ -77,7 +92,9 @@ def test_fsdp_two_processes_equal_one(tiny_llama, tmp_path, method):
     assert json.loads((tmp_path / "two" / "train_config.json").read_text())["distributed"] == "FSDP2"
     # checkpoints written under FSDP: the full tensors, named and indexed as one process writes them
     for step in (2, 4):
-        _assert_same_checkpoint(tmp_path / "one" / "checkpoints" / f"step-{step}", tmp_path / "two" / "checkpoints" / f"step-{step}", W_ATOL)
+        _assert_same_checkpoint(
+            tmp_path / "one" / "checkpoints" / f"step-{step}", tmp_path / "two" / "checkpoints" / f"step-{step}", W_ATOL
+        )
     # the final weights load in one process and equal the one-process run's
     if method == "lora":
         w1, w2 = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (tmp_path / "one", tmp_path / "two"))
@@ -150,7 +167,9 @@ def test_fsdp_on_gpus_equals_ddp(tiny_llama, tmp_path, method, dtype):
     assert _log(tmp_path / "fsdp")[0] == pytest.approx(_log(tmp_path / "ddp")[0], **tol)
     if dtype == F64:
         for step in (2, 4):
-            _assert_same_checkpoint(tmp_path / "ddp" / "checkpoints" / f"step-{step}", tmp_path / "fsdp" / "checkpoints" / f"step-{step}", W_ATOL)
+            _assert_same_checkpoint(
+                tmp_path / "ddp" / "checkpoints" / f"step-{step}", tmp_path / "fsdp" / "checkpoints" / f"step-{step}", W_ATOL
+            )
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step-2", tmp_path / "resumed" / "checkpoints" / "step-2")
     _two_processes(tiny_llama, tmp_path / "resumed", fsdp=True, **cfg)

@@ -3,11 +3,10 @@
 import pytest
 import torch
 
+from conftest import copy_record, copy_records
 from needlework.models.load import load_model
 from needlework.train.data import collate, encode, pack
 from needlework.train.loss import AnswerOnlyLM, full_logits_loss
-
-from conftest import copy_record, copy_records
 
 
 def _grads(model):
@@ -20,7 +19,9 @@ def test_answer_only_matches_full_logits(tiny_llama, tiny_tok, lora):
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False))
+        model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False)
+        )
     model.train()
     exs = [encode(r, tiny_tok, 512) for r in copy_records(3, seed=1)]
     exs[1] = encode(copy_records(1, seed=9, n_filler=3)[0], tiny_tok, 512)  # rows of different lengths: padding
@@ -47,6 +48,7 @@ def test_packed_loss_equals_unpacked(tiny_llama, tiny_tok):
     model, _ = load_model(tiny_llama)
     lm = AnswerOnlyLM(model)
     exs = [encode(r, tiny_tok, 512) for r in copy_records(4, seed=2)] + [encode(copy_record(9, "4321", n_filler=2), tiny_tok, 512)]
+
     def nll_of(b):
         return lm(b.input_ids, b.position_ids, b.rows, b.pos, b.targets)[0]
 

@@ -7,12 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import copy_records
 from needlework.errors import NeedleworkError
 from needlework.models.load import ModelConfig, load_model
 from needlework.train.config import TrainConfig
 from needlework.train.sft import train
-
-from conftest import copy_records
 from numerics import loss_atol
 
 QUIET = dict(progress=False, gradient_checkpointing=False)
@@ -21,15 +20,17 @@ QUIET = dict(progress=False, gradient_checkpointing=False)
 def test_tiny_model_learns_the_copy_task(tiny_llama, tmp_path):
     held_out = copy_records(100, seed=2)
     # full fine-tuning; the copy "clicks" near step 90 (exact match 0 -> 1.0), so 160 steps leave a margin
-    cfg = TrainConfig(method="full", lr=3e-3, schedule="constant_with_warmup", batch_size=16, max_steps=160,
-                      warmup_steps=20, log_every=10, **QUIET)
+    cfg = TrainConfig(
+        method="full", lr=3e-3, schedule="constant_with_warmup", batch_size=16, max_steps=160, warmup_steps=20, log_every=10, **QUIET
+    )
     res = train(tiny_llama, copy_records(1600, seed=1), cfg, tmp_path, eval_records=held_out)
     log = [json.loads(line) for line in res.log_path.read_text().splitlines()]
     first = next(r for r in log if "loss" in r)
     assert res.eval["eval_exact"] >= 0.9  # all 4 digits + EOS right on held-out values (seen: 1.0)
     assert first["loss"] > 1.5 > res.final_loss
     assert {"step", "loss", "tokens_per_s", "peak_mem_gb"} <= set(first) and first["tokens_per_s"] > 0
-    assert (res.saved / "model.safetensors").exists() and json.loads((tmp_path / "train_config.json").read_text())["train"]["method"] == "full"
+    resolved = json.loads((tmp_path / "train_config.json").read_text())
+    assert (res.saved / "model.safetensors").exists() and resolved["train"]["method"] == "full"
 
 
 def _losses(path):
@@ -39,8 +40,18 @@ def _losses(path):
 @pytest.mark.parametrize("method", ["lora", "attn"])
 def test_resume_continues_to_the_same_loss(tiny_llama, tmp_path, method):
     data = copy_records(48, seed=3)
-    cfg = TrainConfig(method=method, lr=1e-2, lora_dropout=0.1, batch_size=4, grad_accum=2, max_steps=6, save_every=3,
-                      keep_checkpoints=0, progress=False, gradient_checkpointing=True)
+    cfg = TrainConfig(
+        method=method,
+        lr=1e-2,
+        lora_dropout=0.1,
+        batch_size=4,
+        grad_accum=2,
+        max_steps=6,
+        save_every=3,
+        keep_checkpoints=0,
+        progress=False,
+        gradient_checkpointing=True,
+    )
     full = train(tiny_llama, data, cfg, tmp_path / "a")
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)  # an "interrupted" run: only the step-3 checkpoint exists
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-3", tmp_path / "b" / "checkpoints" / "step-3")
@@ -63,8 +74,12 @@ def test_lora_writes_a_peft_adapter_that_loads(tiny_llama, tmp_path):
 def test_adapter_of_another_model_is_an_error(tiny_llama, other_llama, tmp_path):
     res = train(tiny_llama, copy_records(4, seed=4), TrainConfig(batch_size=4, max_steps=1, **QUIET), tmp_path / "a")
     with pytest.raises(NeedleworkError, match="does not fit|do\\(es\\) not fit"):
-        train(ModelConfig(name=other_llama, adapter=str(res.saved)), copy_records(4, seed=4),
-              TrainConfig(batch_size=4, max_steps=1, **QUIET), tmp_path / "b")
+        train(
+            ModelConfig(name=other_llama, adapter=str(res.saved)),
+            copy_records(4, seed=4),
+            TrainConfig(batch_size=4, max_steps=1, **QUIET),
+            tmp_path / "b",
+        )
 
 
 def test_checkpoint_of_another_setup_is_an_error(tiny_llama, tmp_path):

@@ -1,1 +1,19 @@
-"""needlework.data"""
+"""needlework.data: records (the JSONL format), rendering, synthetic generators, real-data loaders and
+the LLM document writer. Submodules are imported on use (some load tokenizers)."""
+
+__all__ = [
+    "cli",
+    "cli_real",
+    "generate",
+    "haystack",
+    "inspect",
+    "loaders",
+    "locate",
+    "phrasings",
+    "real_length",
+    "records",
+    "render",
+    "tasks",
+    "world",
+    "writer",
+]

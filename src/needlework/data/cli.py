@@ -3,10 +3,39 @@ public function of needlework.data and prints its result."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import typer
+
+from needlework.cli_options import Options, with_options
+from needlework.data.generate import GenerateConfig
+from needlework.data.writer import WriterConfig
+
+# GenerateConfig's fields are the options (meta is YAML only)
+GENERATE = Options(
+    GenerateConfig,
+    help={
+        "n": "number of examples",
+        "seed": "same seed, same bytes",
+        "context": "high (real prose) | low (repeated filler)",
+        "relations": "comma-separated relation types to keep (a 'limited' set)",
+        "haystack": "folder of .txt or JSONL with 'text' (default: CPython docs prose)",
+        "world_size": "people in the fictional world (0: max(400, n))",
+        "writer_docs": "--writer: haystack documents to write (cached on disk)",
+    },
+)
+# the writer of an LLM-written haystack (--writer names its kind; no writer by default)
+WRITER = Options(
+    WriterConfig,
+    fields=("model", "base_url"),
+    prefix="writer_",
+    flags={"model": ("--writer-model",), "base_url": ("--writer-base-url",)},
+    help={
+        "model": "--writer's served model name (openai) or model reference (local)",
+        "base_url": "--writer openai: endpoint ending in /v1 (key from OPENAI_API_KEY)",
+    },
+)
 
 
 def _table(rows: list[dict], title: str, columns: list[str]):
@@ -20,35 +49,25 @@ def _table(rows: list[dict], title: str, columns: list[str]):
         cells = []
         for c in columns:
             v = r.get(c)
-            cells.append("-" if v is None else f"{v:.3f}" if isinstance(v, float) and c.endswith("depth") else
-                         f"{v:.0f}" if isinstance(v, float) else str(v))
+            cells.append(
+                "-"
+                if v is None
+                else f"{v:.3f}"
+                if isinstance(v, float) and c.endswith("depth")
+                else f"{v:.0f}"
+                if isinstance(v, float)
+                else str(v)
+            )
         t.add_row(*cells)
     return t
 
 
+@with_options(cfg=GENERATE, writer_cfg=WRITER)
 def generate_cmd(
-    task: str = typer.Option("mdqa", help="mdqa | musique | summhay | kv"),
-    concept: str = typer.Option("high", help="high | low | symbolic (kv: symbolic only)"),
-    context: str = typer.Option("high", help="high (real prose) | low (repeated filler)"),
-    n: int = typer.Option(100, help="number of examples"),
-    length: int = typer.Option(2048, help="target tokens of prompt + answer, within 2% or 32 tokens"),
-    tokenizer: str = typer.Option("smollm2", help="hub id, local path, or smollm2"),
-    seed: int = typer.Option(0, help="same seed, same bytes"),
-    depth: str = typer.Option("random", help="0..100: percent of the haystack before the gold document(s); or random"),
-    relations: Optional[str] = typer.Option(None, help="comma-separated relation types to keep (a 'limited' set)"),
-    chat: bool = typer.Option(False, help="count length with the tokenizer's chat template"),
-    haystack: Optional[Path] = typer.Option(None, help="folder of .txt or JSONL with 'text' (default: CPython docs prose)"),
-    hops: str = typer.Option("2-4", help="musique: hops per question, N or LO-HI"),
-    hard_negatives: int = typer.Option(3, help="mdqa: same-relation distractor documents (high context)"),
-    insights: int = typer.Option(3, help="summhay: insights per haystack (high context)"),
-    insight_docs: str = typer.Option("2-3", help="summhay: documents per insight, N or LO-HI"),
-    kv_pairs: int = typer.Option(4, help="kv: pairs per JSON dictionary"),
-    kv_dicts: int = typer.Option(3, help="kv: dictionaries per example (high context)"),
-    writer: Optional[str] = typer.Option(None, help="LLM-written haystack (high context): openai | local"),
-    writer_model: str = typer.Option("smollm2", help="--writer's served model name (openai) or model reference (local)"),
-    writer_base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="--writer openai: endpoint ending in /v1 (key from OPENAI_API_KEY)"),
-    writer_docs: int = typer.Option(200, help="--writer: haystack documents to write (cached on disk)"),
+    writer: str | None = typer.Option(None, help="LLM-written haystack (high context): openai | local"),
     out: Path = typer.Option(..., help="output JSONL file (written atomically)"),
+    cfg: GenerateConfig = GENERATE,
+    writer_cfg: WriterConfig = WRITER,
 ) -> None:
     """Generate synthetic long-context examples of one task x variant.
 
@@ -59,24 +78,18 @@ def generate_cmd(
 
       needlework generate --task musique --concept high --context high --writer openai --writer-model my-model --out m.jsonl
     """
-    from needlework.data.generate import GenerateConfig, generate
+    from needlework.data.generate import generate
     from needlework.data.records import write_jsonl
 
-    cfg = GenerateConfig(
-        task=task, concept=concept, context=context, n=n, length=length, tokenizer=tokenizer, seed=seed,
-        depth=depth, relations=[r.strip() for r in relations.split(",") if r.strip()] if relations else None,
-        chat=chat, haystack=str(haystack) if haystack else None, hops=hops, hard_negatives=hard_negatives,
-        insights=insights, insight_docs=insight_docs, kv_pairs=kv_pairs, kv_dicts=kv_dicts, writer_docs=writer_docs,
-    )
     llm = None
     if writer:
-        from needlework.data.writer import WriterConfig, make_writer
+        from needlework.data.writer import make_writer
 
-        llm = make_writer(WriterConfig(kind=writer, model=writer_model, base_url=writer_base_url))
+        llm = make_writer(dataclasses.replace(writer_cfg, kind=writer))
     records = generate(cfg, writer=llm)
     write_jsonl(out, records)
     toks = [r.meta["n_tokens"] for r in records]
-    typer.echo(f"wrote {len(records)} records to {out} (tokens {min(toks)}..{max(toks)}, target {length})")
+    typer.echo(f"wrote {len(records)} records to {out} (tokens {min(toks)}..{max(toks)}, target {cfg.length})")
 
 
 def validate_cmd(file: Path = typer.Argument(..., help="JSONL file of records")) -> None:
@@ -98,7 +111,7 @@ def validate_cmd(file: Path = typer.Argument(..., help="JSONL file of records"))
 
 def inspect_cmd(
     file: Path = typer.Argument(..., help="JSONL file of records"),
-    tokenizer: Optional[str] = typer.Option(None, help="render with this tokenizer to count tokens (default: meta n_tokens)"),
+    tokenizer: str | None = typer.Option(None, help="render with this tokenizer to count tokens (default: meta n_tokens)"),
     samples: int = typer.Option(2, help="rendered samples to show"),
 ) -> None:
     """Counts per task/variant, token-length and depth histograms, and a few samples.
@@ -119,8 +132,13 @@ def inspect_cmd(
         tok = load_tokenizer(tokenizer)
     rows = summarize(records, tok)
     console = Console()
-    console.print(_table(group_rows(rows), f"{file}: {len(records)} records",
-                         ["task", "concept", "context", "n", "mean_tokens", "mean_depth", "mean_docs"]))
+    console.print(
+        _table(
+            group_rows(rows),
+            f"{file}: {len(records)} records",
+            ["task", "concept", "context", "n", "mean_tokens", "mean_depth", "mean_docs"],
+        )
+    )
     console.print("token length", markup=False)
     console.print(text_histogram([r["n_tokens"] for r in rows]), markup=False)
     console.print("depth (fraction of haystack before the gold documents)", markup=False)
@@ -145,8 +163,13 @@ def demo_cmd(
     from needlework.data.inspect import run_demo
 
     rows = run_demo(out, n=n, length=length, tokenizer=tokenizer)
-    Console().print(_table(rows, f"needlework demo: {len(rows)} variants in {out} (target {length} tokens, {tokenizer})",
-                           ["task", "concept", "context", "n", "mean_tokens", "mean_depth", "mean_docs", "problems"]))
+    Console().print(
+        _table(
+            rows,
+            f"needlework demo: {len(rows)} variants in {out} (target {length} tokens, {tokenizer})",
+            ["task", "concept", "context", "n", "mean_tokens", "mean_depth", "mean_docs", "problems"],
+        )
+    )
     bad = sum(r["problems"] for r in rows)
     if bad:
         typer.secho(f"{bad} validation problem(s)", fg="red", err=True)

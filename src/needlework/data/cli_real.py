@@ -2,31 +2,48 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from needlework.data.locate import INSIGHT_THRESHOLD
+from needlework.cli_options import MODEL, Options, with_options
+from needlework.data.loaders import LoadConfig
+from needlework.data.writer import WriterConfig
 from needlework.errors import NeedleworkError
+from needlework.models.load import ModelConfig
+
+# LoadConfig's fields are the options; the help below says more than the field comments where a
+# command-line user needs it
+LOAD = Options(
+    LoadConfig,
+    help={
+        "length": "Lengthen each example to this many tokens with documents of other examples.",
+        "tokenizer": "Tokenizer that measures --length: hub id, local path, or smollm2.",
+        "depth": "With --length: gold documents at 0-100 (% of distractors) or 'random'; default keeps their relative position.",
+        "limit": "Keep at most N examples.",
+        "limited": "Comma-separated types to keep: MDQA wh-types (who,when,where,what,which,how many,...), "
+        "MuSiQue 2hop,3hop,4hop or 3hop1,4hop2,..., SummHay subtopic names.",
+        "seed": "Seed for the distractor order and random depths.",
+        "chat": "Measure --length with the tokenizer's chat template applied.",
+        "insight_threshold": "SummHay: least similarity (weighted content-word F1, 0-1) of an insight's span in a citing document; "
+        "below it the document is listed in meta.unlocated_docs (its citation stays). Default calibrated on a "
+        "real topic (README 'Real data').",
+        "tolerance_frac": "--length may miss by the larger of this fraction of it and --tolerance-tokens.",
+        "tolerance_tokens": "--length may miss by the larger of this many tokens and --tolerance-frac of it.",
+    },
+)
 
 
+@with_options(cfg=LOAD)
 def load_cmd(
-    path: Optional[str] = typer.Argument(None, help="File to read (.jsonl, .jsonl.gz; SummHay: topic_*.json or its folder). Not used with hf:NAME."),
+    path: str | None = typer.Argument(
+        None, help="File to read (.jsonl, .jsonl.gz; SummHay: topic_*.json or its folder). Not used with hf:NAME."
+    ),
     fmt: str = typer.Option(..., "--format", "-f", help="mdqa | musique | summhay | hf:NAME[:SPLIT] (rows in one of those shapes)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL of needlework records (written atomically)."),
-    length: Optional[int] = typer.Option(None, help="Lengthen each example to this many tokens with documents of other examples."),
-    tokenizer: str = typer.Option("smollm2", help="Tokenizer that measures --length: hub id, local path, or smollm2."),
-    depth: Optional[str] = typer.Option(None, help="With --length: gold documents at 0-100 (% of distractors) or 'random'; default keeps their relative position."),
-    limit: Optional[int] = typer.Option(None, help="Keep at most N examples."),
-    limited: Optional[str] = typer.Option(None, help="Comma-separated types to keep: MDQA wh-types (who,when,where,what,which,how many,...), "
-                                          "MuSiQue 2hop,3hop,4hop or 3hop1,4hop2,..., SummHay subtopic names."),
-    seed: int = typer.Option(0, help="Seed for the distractor order and random depths."),
-    chat: bool = typer.Option(False, help="Measure --length with the tokenizer's chat template applied."),
-    insight_threshold: float = typer.Option(INSIGHT_THRESHOLD, help="SummHay: least similarity (weighted content-word F1, 0-1) of an insight's "
-                                            "span in a citing document; below it the document is listed in meta.unlocated_docs "
-                                            "(its citation stays). Default calibrated on a real topic (README 'Real data')."),
+    cfg: LoadConfig = LOAD,
 ) -> None:
     """Load real data (SPEC §3 formats) into needlework records, with needle spans in gold passages.
 
@@ -40,18 +57,19 @@ def load_cmd(
 
       needlework load -f hf:dgslibisey/MuSiQue:validation --out mus.jsonl
     """
-    from needlework.data.loaders import LoadConfig, load_real_report
+    from needlework.data.loaders import load_real_report
     from needlework.data.records import write_jsonl
 
-    cfg = LoadConfig(length=length, tokenizer=tokenizer, limit=limit, seed=seed, chat=chat, insight_threshold=insight_threshold,
-                     limited=tuple(t.strip() for t in (limited or "").split(",") if t.strip()),
-                     depth=None if depth is None else (depth if depth == "random" else _float(depth)))
+    if cfg.depth is not None and cfg.depth != "random":
+        cfg = dataclasses.replace(cfg, depth=_float(str(cfg.depth)))
     res = load_real_report(fmt, path, cfg)
     for reason, n in sorted(res.skipped.items(), key=lambda kv: -kv[1]):
         typer.secho(f"skipped {n}: {reason}", fg="yellow", err=True)
     if not res.records:
-        raise NeedleworkError(f"no example of {path or fmt} could be loaded ({sum(res.skipped.values())} skipped, reasons above)",
-                              "check --format, --limited and --length (a longer --length needs more examples to draw distractors from)")
+        raise NeedleworkError(
+            f"no example of {path or fmt} could be loaded ({sum(res.skipped.values())} skipped, reasons above)",
+            "check --format, --limited and --length (a longer --length needs more examples to draw distractors from)",
+        )
     n = write_jsonl(out, res.records)
     typer.echo(f"read {res.n_read} examples, wrote {n} records to {out}")
     if res.span_summary():
@@ -65,31 +83,39 @@ def _float(s: str) -> float:
         raise NeedleworkError(f"--depth {s!r} is not a number or 'random'", "give e.g. --depth 50 or --depth random") from None
 
 
+WRITER = Options(
+    WriterConfig,
+    fields=("kind", "model", "base_url", "api_key_env", "max_tokens", "temperature", "concurrency", "max_retries", "cache_dir", "cache"),
+    flags={"kind": ("--writer",)},
+    help={
+        "base_url": "OpenAI-compatible endpoint, ending in /v1.",
+        "max_tokens": "Most tokens per document.",
+        "concurrency": "Requests in flight at once (openai).",
+        "max_retries": "Retries on 429/5xx/connection errors, with exponential backoff.",
+        "cache_dir": "Completion cache (default: ~/.cache/needlework/writer).",
+        "cache": "Read and write the completion cache (--no-cache: neither).",
+    },
+)
+
+
+@with_options(cfg=WRITER)
 def write_docs_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL: one {topic, text} object per document."),
-    topic: Optional[list[str]] = typer.Option(None, "--topic", "-t", help="A topic to write about (repeatable)."),
-    topics: Optional[Path] = typer.Option(None, help="Text file with one topic per line."),
-    writer: str = typer.Option("openai", help="openai (any OpenAI-compatible server) or local (a transformers model)."),
-    model: str = typer.Option("smollm2", help="Served model name (openai) or model reference (local)."),
-    base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="OpenAI-compatible endpoint, ending in /v1."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Name of the environment variable holding the API key."),
+    topic: list[str] | None = typer.Option(None, "--topic", "-t", help="A topic to write about (repeatable)."),
+    topics: Path | None = typer.Option(None, help="Text file with one topic per line."),
     template: str = typer.Option("Write a factual-sounding article of about 200 words about {topic}.", help="Prompt; {topic} is replaced."),
-    max_tokens: int = typer.Option(400, help="Most tokens per document."),
-    temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
-    concurrency: int = typer.Option(8, help="Requests in flight at once (openai)."),
-    max_retries: int = typer.Option(5, help="Retries on 429/5xx/connection errors, with exponential backoff."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Completion cache (default: ~/.cache/needlework/writer)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
+    cfg: WriterConfig = WRITER,
 ) -> None:
     """Write haystack documents with an LLM (cached on disk by request content).
 
     Examples:
 
-      OPENAI_API_KEY=... needlework write-docs --topic "a coastal town" --topic "a chess club" --out docs.jsonl --model gpt-4o-mini --base-url https://api.openai.com/v1
+      OPENAI_API_KEY=... needlework write-docs --topic "a coastal town" --topic "a chess club" --out docs.jsonl \\
+          --model gpt-4o-mini --base-url https://api.openai.com/v1
 
       needlework write-docs --topics topics.txt --writer local --model smollm2 --max-tokens 200 --out docs.jsonl
     """
-    from needlework.data.writer import WriterConfig, clean_document, make_writer
+    from needlework.data.writer import clean_document, make_writer
     from needlework.io import write_text
 
     names = list(topic or [])
@@ -101,9 +127,6 @@ def write_docs_cmd(
         raise NeedleworkError("no topics given", "pass --topic TEXT (repeatable) or --topics FILE")
     if "{topic}" not in template:
         raise NeedleworkError("--template has no {topic} placeholder", "e.g. --template 'Write a news story about {topic}.'")
-    cfg = WriterConfig(kind=writer, model=model, base_url=base_url, api_key_env=api_key_env, max_tokens=max_tokens,
-                       temperature=temperature, concurrency=concurrency, max_retries=max_retries,
-                       cache=not no_cache, cache_dir=str(cache_dir) if cache_dir else None)
     w = make_writer(cfg)
     texts = w.write_documents([template.format(topic=n) for n in names])  # concurrent, cached
     rows = [{"topic": n, "text": clean_document(t)} for n, t in zip(names, texts)]
@@ -111,10 +134,11 @@ def write_docs_cmd(
     typer.echo(f"wrote {len(rows)} documents to {out} ({w.n_requests} requests, {w.n_cache_hits} from cache)")
 
 
+@with_options(model=MODEL)
 def serve_writer_cmd(
-    model: str = typer.Option("smollm2", help="Model reference for load_model: smollm2, hub id, or local folder."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
+    model: ModelConfig = MODEL,
 ) -> None:
     """Serve a local model on an OpenAI-compatible /v1/chat/completions endpoint (until Ctrl-C).
 
@@ -129,7 +153,7 @@ def serve_writer_cmd(
 
     m, tok = load_model(model)
     srv = serve_local(m, tok, host=host, port=port)
-    typer.echo(f"serving {model} at {srv.base_url} (Ctrl-C stops)")
+    typer.echo(f"serving {model.name} at {srv.base_url} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(1)

@@ -109,16 +109,23 @@ def check_config(cfg: GenerateConfig) -> None:
     if cfg.task not in BUILDERS:
         raise OptionError("task", f"unknown task {cfg.task!r} (not one of {', '.join(BUILDERS)})", f"use one of {', '.join(BUILDERS)}")
     if cfg.concept not in CONCEPTS:
-        raise OptionError("concept", f"unknown concept {cfg.concept!r} (not one of {', '.join(CONCEPTS)})",
-                          "use high, low or symbolic (real data: `needlework load`)")
+        raise OptionError(
+            "concept",
+            f"unknown concept {cfg.concept!r} (not one of {', '.join(CONCEPTS)})",
+            "use high, low or symbolic (real data: `needlework load`)",
+        )
     if cfg.context not in CONTEXTS:
-        raise OptionError("context", f"unknown context {cfg.context!r} (not one of {', '.join(CONTEXTS)})",
-                          "use high or low (real data: `needlework load`)")
+        raise OptionError(
+            "context",
+            f"unknown context {cfg.context!r} (not one of {', '.join(CONTEXTS)})",
+            "use high or low (real data: `needlework load`)",
+        )
     if cfg.task == "kv" and cfg.concept != "symbolic":
         raise OptionError("concept", f"the kv task is symbolic only (got --concept {cfg.concept})", "use --concept symbolic with --task kv")
     if cfg.n < 1 or cfg.length < 1:
-        raise OptionError("n" if cfg.n < 1 else "length", f"--n {cfg.n} and --length {cfg.length} must be positive",
-                          "e.g. --n 100 --length 2048")
+        raise OptionError(
+            "n" if cfg.n < 1 else "length", f"--n {cfg.n} and --length {cfg.length} must be positive", "e.g. --n 100 --length 2048"
+        )
     for key, least in (("hard_negatives", 0), ("insights", 0), ("kv_pairs", 1), ("kv_dicts", 1), ("world_size", 0), ("writer_docs", 1)):
         if getattr(cfg, key) < least:
             raise OptionError(key, f"--{key.replace('_', '-')} {getattr(cfg, key)} must be at least {least}", f"give a count >= {least}")
@@ -180,8 +187,17 @@ def _positions(cum: np.ndarray, targets: list[float]) -> list[int]:
     return [int(np.argmin(np.abs(cum / total - t))) for t in targets]
 
 
-def _assemble(draft: Draft, hay: list[tuple[Piece, int]], neg_costs: list[int],
-              neg_u: list[float], depth: float, rec_id: str, task: str, concept: str, context: str) -> Record:
+def _assemble(
+    draft: Draft,
+    hay: list[tuple[Piece, int]],
+    neg_costs: list[int],
+    neg_u: list[float],
+    depth: float,
+    rec_id: str,
+    task: str,
+    concept: str,
+    context: str,
+) -> Record:
     """Order documents (haystack, negatives, gold at the depth) and build the record."""
     items = list(hay)
     for p, c, u in zip(draft.negatives, neg_costs, neg_u):
@@ -214,17 +230,25 @@ def _assemble(draft: Draft, hay: list[tuple[Piece, int]], neg_costs: list[int],
         meta["hops"] = [dict(h) for h in meta["hops"]]
         for k, hop in enumerate(order):
             meta["hops"][hop]["doc"] = gold_at[k]
-    rec = Record(id=rec_id, task=task, concept=concept, context=context, documents=documents,
-                 question=draft.question, answers=list(draft.answers), needles=needles,
-                 gold_docs=sorted(gold_at), meta=meta)
+    rec = Record(
+        id=rec_id,
+        task=task,
+        concept=concept,
+        context=context,
+        documents=documents,
+        question=draft.question,
+        answers=list(draft.answers),
+        needles=needles,
+        gold_docs=sorted(gold_at),
+        meta=meta,
+    )
     if task == "summhay":
         rec.citations = [documents[j].id for j in sorted(gold_at)]
         rec.answers = [answer_text(rec)]
     return rec
 
 
-def _fit(draft: Draft, hay: _Haystack, tokenizer, cfg: GenerateConfig, rng: random.Random, depth: float,
-         rec_id: str) -> tuple[Record, int]:
+def _fit(draft: Draft, hay: _Haystack, tokenizer, cfg: GenerateConfig, rng: random.Random, depth: float, rec_id: str) -> tuple[Record, int]:
     """Add/trim haystack until the rendered example has cfg.length tokens; returns (record, n_tokens)."""
     target = cfg.length
     tol = max(round(0.02 * target), 32)  # the contract: within 2% or 32 tokens
@@ -335,15 +359,24 @@ def generate(cfg: GenerateConfig, tokenizer=None, writer=None) -> list[Record]:
 
         tokenizer = load_tokenizer(cfg.tokenizer)
     if not getattr(tokenizer, "is_fast", False):
-        raise NeedleworkError(f"tokenizer {cfg.tokenizer!r} is not a fast tokenizer (no character offsets)",
-                              "use a tokenizer with a tokenizer.json (tokenizers library)")
+        raise NeedleworkError(
+            f"tokenizer {cfg.tokenizer!r} is not a fast tokenizer (no character offsets)",
+            "use a tokenizer with a tokenizer.json (tokenizers library)",
+        )
     source = make_source(cfg, writer)
     world = make_world(cfg, source)
     spec = TaskSpec(
-        concept=cfg.concept, context=cfg.context, world=world, source=source,
-        relations=check_relations(cfg.relations), hops=_span(cfg.hops, "hops", 1, 6),
-        hard_negatives=cfg.hard_negatives, insights=max(cfg.insights, 1),
-        insight_docs=_span(cfg.insight_docs, "insight-docs", 1, 32), kv_pairs=cfg.kv_pairs, kv_dicts=cfg.kv_dicts,
+        concept=cfg.concept,
+        context=cfg.context,
+        world=world,
+        source=source,
+        relations=check_relations(cfg.relations),
+        hops=_span(cfg.hops, "hops", 1, 6),
+        hard_negatives=cfg.hard_negatives,
+        insights=max(cfg.insights, 1),
+        insight_docs=_span(cfg.insight_docs, "insight-docs", 1, 32),
+        kv_pairs=cfg.kv_pairs,
+        kv_dicts=cfg.kv_dicts,
     )
     hay = _Haystack(source, tokenizer)
     depth_fixed = parse_depth(cfg.depth)
@@ -354,11 +387,21 @@ def generate(cfg: GenerateConfig, tokenizer=None, writer=None) -> list[Record]:
         draft = BUILDERS[cfg.task](spec, rng)
         rec_id = f"{cfg.task}-{cfg.concept}-{cfg.context}-s{cfg.seed}-{i:05d}"
         rec, n_tokens = _fit(draft, hay, tokenizer, cfg, rng, depth, rec_id)
-        rec.meta.update({
-            "generator": GENERATOR, "seed": cfg.seed, "index": i, "tokenizer": cfg.tokenizer,
-            "haystack": source.name, "target_length": cfg.length, "n_tokens": n_tokens, "chat": cfg.chat,
-            "depth_target": round(depth, 4), "relations_allowed": spec.relations, **cfg.meta,
-        })
+        rec.meta.update(
+            {
+                "generator": GENERATOR,
+                "seed": cfg.seed,
+                "index": i,
+                "tokenizer": cfg.tokenizer,
+                "haystack": source.name,
+                "target_length": cfg.length,
+                "n_tokens": n_tokens,
+                "chat": cfg.chat,
+                "depth_target": round(depth, 4),
+                "relations_allowed": spec.relations,
+                **cfg.meta,
+            }
+        )
         problems = validate_record(rec)
         if problems:  # a generator bug, not user input
             raise RuntimeError(f"generated an invalid record {rec_id}: {problems}")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -257,10 +258,24 @@ def path_pool(path: str | Path) -> TextPool:
     return TextPool(name=f"path:{path}", docs=docs)
 
 
-TOPICS = ["a river town in winter", "the history of a small bakery", "how bees find flowers", "a long train journey",
-          "repairing an old clock", "a village festival", "learning to sail", "the life of a lighthouse keeper",
-          "growing tomatoes on a balcony", "a museum of maps", "the first day at a new school", "a storm at sea",
-          "an amateur astronomy club", "the craft of bookbinding", "a mountain hut", "a chess tournament"]
+TOPICS = [
+    "a river town in winter",
+    "the history of a small bakery",
+    "how bees find flowers",
+    "a long train journey",
+    "repairing an old clock",
+    "a village festival",
+    "learning to sail",
+    "the life of a lighthouse keeper",
+    "growing tomatoes on a balcony",
+    "a museum of maps",
+    "the first day at a new school",
+    "a storm at sea",
+    "an amateur astronomy club",
+    "the craft of bookbinding",
+    "a mountain hut",
+    "a chess tournament",
+]
 
 
 def writer_pool(writer: Writer, n_docs: int, seed: int = 0) -> TextPool:

@@ -71,11 +71,16 @@ def summarize(records: list[Record], tokenizer=None) -> list[dict]:
     rows = []
     for r in records:
         rendered = render(r, tokenizer) if tokenizer is not None else None
-        rows.append({
-            "task": r.task, "concept": r.concept, "context": r.context,
-            "n_tokens": rendered.n_tokens if rendered else r.meta.get("n_tokens"),
-            "depth_frac": _depth(r, rendered), "n_docs": len(r.documents),
-        })
+        rows.append(
+            {
+                "task": r.task,
+                "concept": r.concept,
+                "context": r.context,
+                "n_tokens": rendered.n_tokens if rendered else r.meta.get("n_tokens"),
+                "depth_frac": _depth(r, rendered),
+                "n_docs": len(r.documents),
+            }
+        )
     return rows
 
 
@@ -88,10 +93,17 @@ def group_rows(rows: list[dict]) -> list[dict]:
     for key, rs in groups.items():
         toks = [x["n_tokens"] for x in rs if x["n_tokens"] is not None]
         depths = [x["depth_frac"] for x in rs if x["depth_frac"] is not None]
-        out.append({"task": key[0], "concept": key[1], "context": key[2], "n": len(rs),
-                    "mean_tokens": float(np.mean(toks)) if toks else None,
-                    "mean_depth": float(np.mean(depths)) if depths else None,
-                    "mean_docs": float(np.mean([x["n_docs"] for x in rs]))})
+        out.append(
+            {
+                "task": key[0],
+                "concept": key[1],
+                "context": key[2],
+                "n": len(rs),
+                "mean_tokens": float(np.mean(toks)) if toks else None,
+                "mean_depth": float(np.mean(depths)) if depths else None,
+                "mean_docs": float(np.mean([x["n_docs"] for x in rs])),
+            }
+        )
     return out
 
 
@@ -114,16 +126,21 @@ def sample_text(rec: Record, max_chars: int = 160) -> str:
     """A short rendering of one record: question, answer, and each needle in its context."""
     from needlework.data.render import answer_text
 
-    lines = [f"id {rec.id}  [{rec.task} {rec.concept}/{rec.context}]  {len(rec.documents)} documents",
-             f"  question: {rec.question[:max_chars]}", f"  answer:   {answer_text(rec)[:max_chars]}"]
+    lines = [
+        f"id {rec.id}  [{rec.task} {rec.concept}/{rec.context}]  {len(rec.documents)} documents",
+        f"  question: {rec.question[:max_chars]}",
+        f"  answer:   {answer_text(rec)[:max_chars]}",
+    ]
     for i, n in enumerate(rec.needles[:4]):
         text = rec.documents[n.doc].text
         a, b = max(0, n.start - 60), min(len(text), n.end + 60)
-        lines.append(f"  needle {i} ({n.role}) in document [{n.doc + 1}]: …{text[a:n.start]}«{text[n.start:n.end]}»{text[n.end:b]}…")
+        lines.append(f"  needle {i} ({n.role}) in document [{n.doc + 1}]: …{text[a : n.start]}«{text[n.start : n.end]}»{text[n.end : b]}…")
     return "\n".join(lines)
 
 
-def run_demo(out_dir: str | Path = "runs/demo-data", n: int = 4, length: int = 2048, tokenizer: str = "smollm2", seed: int = 0) -> list[dict]:
+def run_demo(
+    out_dir: str | Path = "runs/demo-data", n: int = 4, length: int = 2048, tokenizer: str = "smollm2", seed: int = 0
+) -> list[dict]:
     """Generate n records of every task x variant into out_dir, validate them, and summarise.
 
     Returns one row per variant (task, concept, context, n, mean_tokens, mean_depth, problems, file).

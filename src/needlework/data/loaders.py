@@ -13,11 +13,13 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from needlework.data.locate import INSIGHT_THRESHOLD, WH_TYPES, InsightLocator, find_span, question_type
+from needlework.data.real_length import Skip, lengthen_all
 from needlework.data.records import Document, Needle, Record, validate_record
 from needlework.errors import NeedleworkError, OptionError
 
@@ -57,13 +59,11 @@ class LoadResult:
         if not c["insights"]:
             return None
         cov = c["located"] / max(c["citing_docs"], 1)
-        return (f"summhay: {c['insights']} insights with exact citations ({c['citing_docs']} citing documents); insight span "
-                f"located in {c['located']} of them ({cov:.1%}), not in {c['unlocated']} (listed in meta.unlocated_docs)"
-                + (f"; {c['no_span']} insights have no located span" if c["no_span"] else ""))
-
-
-class Skip(Exception):
-    """An example that cannot become a valid record; the message is the reason that is counted."""
+        return (
+            f"summhay: {c['insights']} insights with exact citations ({c['citing_docs']} citing documents); insight span "
+            f"located in {c['located']} of them ({cov:.1%}), not in {c['unlocated']} (listed in meta.unlocated_docs)"
+            + (f"; {c['no_span']} insights have no located span" if c["no_span"] else "")
+        )
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -148,8 +148,18 @@ def parse_mdqa(obj: Any, where: str, rid: str) -> Record:
     meta = {"qtype": question_type(str(obj["question"])), "gold_position": gold[0], "n_ctxs": len(ctxs)}
     if isinstance(obj.get("nq_annotated_gold"), dict) and "title" in obj["nq_annotated_gold"]:
         meta["nq_gold_title"] = obj["nq_annotated_gold"]["title"]
-    return Record(id=rid, task="mdqa", concept="real", context="real", documents=docs, question=str(obj["question"]),
-                  answers=answers, needles=needles, gold_docs=gold, meta=meta)
+    return Record(
+        id=rid,
+        task="mdqa",
+        concept="real",
+        context="real",
+        documents=docs,
+        question=str(obj["question"]),
+        answers=answers,
+        needles=needles,
+        gold_docs=gold,
+        meta=meta,
+    )
 
 
 def parse_musique(obj: Any, where: str, rid: str) -> Record:
@@ -191,8 +201,46 @@ def parse_musique(obj: Any, where: str, rid: str) -> Record:
     qid = str(obj["id"])
     qtype = qid.split("__")[0] if "__" in qid else f"{len(hops)}hop"
     meta = {"musique_id": qid, "qtype": qtype, "n_hops": len(hops), "hops": hop_meta, "hop_answers": hop_answers}
-    return Record(id=rid, task="musique", concept="real", context="real", documents=docs, question=str(obj["question"]),
-                  answers=answers, needles=needles, gold_docs=gold, meta=meta)
+    return Record(
+        id=rid,
+        task="musique",
+        concept="real",
+        context="real",
+        documents=docs,
+        question=str(obj["question"]),
+        answers=answers,
+        needles=needles,
+        gold_docs=gold,
+        meta=meta,
+    )
+
+
+def _summhay_insights(obj: Any, where: str) -> dict[str, tuple[str, str]]:
+    """A SummHay topic's insights: id -> (text, subtopic)."""
+    insights: dict[str, tuple[str, str]] = {}
+    for i, st in enumerate(_list_of(obj, "subtopics", where, "summhay")):
+        _need(st, ("subtopic", "insights"), f"{where} subtopics[{i}]", "summhay", "subtopic")
+        for j, ins in enumerate(_list_of(st, "insights", f"{where} subtopics[{i}]", "summhay")):
+            _need(ins, ("insight_id", "insight"), f"{where} subtopics[{i}].insights[{j}]", "summhay", "insight")
+            # the official files name each subtopic briefly in `subtopic_name` (used for --limited)
+            insights[str(ins["insight_id"])] = (str(ins["insight"]), str(st.get("subtopic_name") or st["subtopic"]))
+    return insights
+
+
+def _summhay_documents(obj: Any, where: str, insights: dict[str, tuple[str, str]]) -> tuple[list[dict], list[Document]]:
+    """A SummHay topic's raw document dicts (with `insights_included` filled from `label_*` fields) and Documents."""
+    raw = list(_list_of(obj, "documents", where, "summhay"))
+    for i, d in enumerate(raw):
+        if isinstance(d, dict) and "insights_included" not in d and any(str(k).startswith("label_") for k in d):
+            raw[i] = d = {
+                **d,
+                "insights_included": [k[6:] for k, v in d.items() if str(k).startswith("label_") and v == 1 and k[6:] in insights],
+            }
+        _need(d, ("document_id", "document_text", "insights_included"), f"{where} documents[{i}]", "summhay", "document")
+    docs = [Document(id=str(d["document_id"]), title="", text=str(d["document_text"])) for d in raw]
+    if len({d.id for d in docs}) != len(docs):
+        raise NeedleworkError(f"{where}: document_id values are not unique", "each SummHay document needs its own document_id")
+    return raw, docs
 
 
 def parse_summhay(obj: Any, where: str, stem: str, threshold: float) -> Iterator[Record | Skip]:
@@ -207,22 +255,8 @@ def parse_summhay(obj: Any, where: str, stem: str, threshold: float) -> Iterator
     if isinstance(obj, dict) and "topic" not in obj and "topic_id" in obj:  # real files name the topic by id
         obj = {**obj, "topic": obj["topic_id"]}
     _need(obj, ("topic", "subtopics", "documents"), where, "summhay", "topic")
-    insights: dict[str, tuple[str, str]] = {}  # id -> (text, subtopic)
-    for i, st in enumerate(_list_of(obj, "subtopics", where, "summhay")):
-        _need(st, ("subtopic", "insights"), f"{where} subtopics[{i}]", "summhay", "subtopic")
-        for j, ins in enumerate(_list_of(st, "insights", f"{where} subtopics[{i}]", "summhay")):
-            _need(ins, ("insight_id", "insight"), f"{where} subtopics[{i}].insights[{j}]", "summhay", "insight")
-            # the official files name each subtopic briefly in `subtopic_name` (used for --limited)
-            insights[str(ins["insight_id"])] = (str(ins["insight"]), str(st.get("subtopic_name") or st["subtopic"]))
-    raw = list(_list_of(obj, "documents", where, "summhay"))
-    for i, d in enumerate(raw):
-        if isinstance(d, dict) and "insights_included" not in d and any(str(k).startswith("label_") for k in d):
-            raw[i] = d = {**d, "insights_included": [k[6:] for k, v in d.items() if str(k).startswith("label_") and v == 1
-                                                     and k[6:] in insights]}
-        _need(d, ("document_id", "document_text", "insights_included"), f"{where} documents[{i}]", "summhay", "document")
-    docs = [Document(id=str(d["document_id"]), title="", text=str(d["document_text"])) for d in raw]
-    if len({d.id for d in docs}) != len(docs):
-        raise NeedleworkError(f"{where}: document_id values are not unique", "each SummHay document needs its own document_id")
+    insights = _summhay_insights(obj, where)  # id -> (text, subtopic)
+    raw, docs = _summhay_documents(obj, where, insights)
     holders: dict[str, list[int]] = {k: [] for k in insights}
     for i, d in enumerate(raw):
         for iid in d["insights_included"] or []:
@@ -246,12 +280,30 @@ def parse_summhay(obj: Any, where: str, stem: str, threshold: float) -> Iterator
             spans.append(docs[i].text[hit[0] : hit[1]])
             scores.append(hit[2])
         citations = [docs[i].id for i in holders[iid]]
-        meta = {"topic": str(obj["topic"]), "subtopic": subtopic, "qtype": subtopic, "insight_id": iid,
-                "insight": spans[0] if len(set(spans)) == 1 else text, "insight_spans": spans, "insight_match": scores,
-                "unlocated_docs": unlocated, "span_coverage": round(len(needles) / len(holders[iid]), 4)}
-        rec = Record(id=f"summhay-{stem}-{iid}", task="summhay", concept="real", context="real", documents=docs,
-                     question=text, answers=[" ".join(citations)], needles=needles, citations=citations,
-                     gold_docs=sorted(holders[iid]), meta=meta)
+        meta = {
+            "topic": str(obj["topic"]),
+            "subtopic": subtopic,
+            "qtype": subtopic,
+            "insight_id": iid,
+            "insight": spans[0] if len(set(spans)) == 1 else text,
+            "insight_spans": spans,
+            "insight_match": scores,
+            "unlocated_docs": unlocated,
+            "span_coverage": round(len(needles) / len(holders[iid]), 4),
+        }
+        rec = Record(
+            id=f"summhay-{stem}-{iid}",
+            task="summhay",
+            concept="real",
+            context="real",
+            documents=docs,
+            question=text,
+            answers=[" ".join(citations)],
+            needles=needles,
+            citations=citations,
+            gold_docs=sorted(holders[iid]),
+            meta=meta,
+        )
         if not needles and any(p.startswith("no needles") for p in validate_record(rec)):  # the record format needs a span
             yield Skip("no citing document has a located insight span")
             continue
@@ -282,8 +334,10 @@ def _read_json_file(path: Path) -> Any:
         with _open_text(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise NeedleworkError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})",
-                              "a SummHay topic file is one JSON object; fix the file or download it again") from None
+        raise NeedleworkError(
+            f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})",
+            "a SummHay topic file is one JSON object; fix the file or download it again",
+        ) from None
 
 
 def _detect(row: dict) -> str:
@@ -293,8 +347,10 @@ def _detect(row: dict) -> str:
         return "musique"
     if "subtopics" in row:
         return "summhay"
-    raise NeedleworkError(f"hugging face rows have columns {sorted(row)}, none of the MDQA/MuSiQue/SummHay shapes",
-                          "pick a dataset in one of the SPEC §3 formats, or convert it to JSONL first")
+    raise NeedleworkError(
+        f"hugging face rows have columns {sorted(row)}, none of the MDQA/MuSiQue/SummHay shapes",
+        "pick a dataset in one of the SPEC §3 formats, or convert it to JSONL first",
+    )
 
 
 def _iter_hf(spec: str) -> Iterator[tuple[str, str, Any]]:
@@ -307,7 +363,8 @@ def _iter_hf(spec: str) -> Iterator[tuple[str, str, Any]]:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises many types (connection, not found, offline); all are user input here
         raise NeedleworkError(
-            f"cannot load hugging face dataset {name!r} split {split!r} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+            f"cannot load hugging face dataset {name!r} split {split!r} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
             "the hub is offline here (HF_HUB_OFFLINE=1) or the name/split is wrong; download the official files and "
             "use --format mdqa|musique|summhay PATH, or run where the hub is reachable",
         ) from None
@@ -326,7 +383,9 @@ def _iter_records(fmt: str, path: str | None, cfg: LoadConfig, skipped: Counter)
         raise NeedleworkError(f"--format {fmt} needs a PATH", "give the file (or SummHay folder) to read")
     p = Path(path)
     if not p.exists():
-        raise NeedleworkError(f"{p}: no such file", "check the path; get the official files from the dataset's release (README 'Real data')")
+        raise NeedleworkError(
+            f"{p}: no such file", "check the path; get the official files from the dataset's release (README 'Real data')"
+        )
     if fmt == "summhay":
         for f in _summhay_files(p):
             yield from _one("summhay", _read_json_file(f), str(f), _stem(f), cfg, skipped)
@@ -360,12 +419,17 @@ def check_options(fmt: str, cfg: LoadConfig) -> None:
     options, run by `load_real` and by a study config on load. Each error is an `OptionError` whose
     `key` is the offending field (`format` for the format)."""
     if not (fmt in FORMATS or (fmt.startswith("hf:") and len(fmt) > 3)):
-        raise OptionError("format", f"unknown format {fmt!r} (not one of {', '.join(FORMATS)}, hf:NAME[:SPLIT])",
-                          f"use one of {', '.join(FORMATS)}, or hf:NAME[:SPLIT]")
+        raise OptionError(
+            "format",
+            f"unknown format {fmt!r} (not one of {', '.join(FORMATS)}, hf:NAME[:SPLIT])",
+            f"use one of {', '.join(FORMATS)}, or hf:NAME[:SPLIT]",
+        )
     if cfg.length is not None and cfg.length <= 0:
         raise OptionError("length", f"--length {cfg.length} is not a positive token count", "give e.g. --length 4096")
     if cfg.depth is not None and cfg.length is None:
-        raise OptionError("depth", "--depth is given without --length", "add --length L: depth places gold documents among the added distractors")
+        raise OptionError(
+            "depth", "--depth is given without --length", "add --length L: depth places gold documents among the added distractors"
+        )
     if cfg.depth not in (None, "random"):
         try:
             d = float(cfg.depth)
@@ -387,8 +451,11 @@ def check_options(fmt: str, cfg: LoadConfig) -> None:
     if bad:
         raise OptionError("limited", f"--limited {', '.join(map(repr, bad))}: no example can have that type", f"use {known}")
     if not 0.0 < cfg.insight_threshold <= 1.0:
-        raise OptionError("insight_threshold", f"--insight-threshold {cfg.insight_threshold} is not in (0, 1]",
-                          f"give a similarity (weighted content-word F1) in (0, 1]; the calibrated default is {INSIGHT_THRESHOLD}")
+        raise OptionError(
+            "insight_threshold",
+            f"--insight-threshold {cfg.insight_threshold} is not in (0, 1]",
+            f"give a similarity (weighted content-word F1) in (0, 1]; the calibrated default is {INSIGHT_THRESHOLD}",
+        )
     for key in ("tolerance_frac", "tolerance_tokens"):
         if getattr(cfg, key) < 0:
             raise OptionError(key, f"{key} {getattr(cfg, key)} is negative", "give a non-negative tolerance")
@@ -396,8 +463,6 @@ def check_options(fmt: str, cfg: LoadConfig) -> None:
 
 def load_real_report(fmt: str, path: str | None, cfg: LoadConfig | None = None) -> LoadResult:
     """Like `load_real`, and also returns how many examples were skipped and why."""
-    from needlework.data.real_length import lengthen_all
-
     cfg = cfg or LoadConfig()
     check_options(fmt, cfg)
     skipped: Counter = Counter()
@@ -416,8 +481,13 @@ def load_real_report(fmt: str, path: str | None, cfg: LoadConfig | None = None) 
         r.meta.pop("group", None)
         if r.task == "summhay":
             located = len({n.doc for n in r.needles})
-            counts.update(insights=1, citing_docs=len(r.citations), located=located,
-                          unlocated=len(r.meta.get("unlocated_docs") or []), no_span=int(located == 0))
+            counts.update(
+                insights=1,
+                citing_docs=len(r.citations),
+                located=located,
+                unlocated=len(r.meta.get("unlocated_docs") or []),
+                no_span=int(located == 0),
+            )
     return LoadResult(records=keep, skipped=skipped, n_read=n_read, summhay=counts)
 
 

@@ -13,6 +13,7 @@ import re
 # often without "?"); `how many`/`how much` are kept apart from plain `how`.
 WH_TYPES = ("how many", "how much", "how", "what", "which", "whom", "whose", "who", "when", "where", "why")
 
+
 def _norm_index(text: str) -> tuple[str, list[int]]:
     """Lower-cased text with whitespace runs collapsed to one space, and each char's source index."""
     out: list[str] = []
@@ -81,7 +82,8 @@ INSIGHT_THRESHOLD = 0.4
 INSIGHT_MAX_SENTENCES = 2
 INSIGHT_MIN_SENTENCE = 0.2  # half the threshold
 
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 a about above after again against all also am amid among an and any are as at be because been before being below
 between both but by can could did do does doing down during each either few for from further had has have having he
 her here hers herself him himself his how i if in into is it its itself just me more most my myself neither no nor
@@ -89,13 +91,16 @@ not now of off on once only or other our ours ourselves out over own same she sh
 their theirs them themselves then there these they this those through thus to too under until up upon very via was
 we were what when where whether which while who whom whose why will with within without would yet you your yours
 yourself yourselves s t ll re ve d m
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+(?:['\u2019][^\W\d_]+)*")
 # a sentence ends at . ! ? (plus closing quotes/brackets) before whitespace, at a line break, or at <br>
 _END = re.compile(r"[.!?]+[\"')\]\u201d\u2019]*(?=\s)|\s*\n\s*|\s*<br\s*/?>\s*", re.I)
-_ABBREV = re.compile(r"(?:\b(?:[A-Za-z]\.){2,}|(?<![\w.])[A-Z]\.|\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|Inc|Corp|Co|Ltd|No|vs|etc|Gov|Sen|Rep|Gen|"
-                     r"Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.)$")
+_ABBREV = re.compile(
+    r"(?:\b(?:[A-Za-z]\.){2,}|(?<![\w.])[A-Z]\.|\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|Inc|Corp|Co|Ltd|No|vs|etc|Gov|Sen|Rep|Gen|"
+    r"Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.)$"
+)
 _SUFFIXES = (("sses", "ss"), ("ies", "y"), ("ied", "y"), ("ing", ""), ("edly", ""), ("ed", ""), ("es", ""), ("s", ""), ("ly", ""))
 
 
@@ -109,7 +114,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     cuts: list[tuple[int, int]] = []  # (end of a sentence, start of the gap after it)
     for m in _END.finditer(text):
         if m.group()[0] in ".!?":
-            nxt = re.match(r"\s*(\S)", text[m.end():])
+            nxt = re.match(r"\s*(\S)", text[m.end() :])
             if nxt and (nxt.group(1).islower() or nxt.group(1).isdigit()):
                 continue
             if m.group()[0] == "." and _ABBREV.search(text[max(0, m.start() - 12) : m.start() + 1]):

@@ -302,7 +302,7 @@ def composed_question(relations: list[str], s: str, concept: str) -> str:
     """A multi-hop question: the last relation asked of the chain of noun phrases over `s`."""
     inner = s
     for r in relations[:-1]:
-        inner = (SYMBOLIC_NOUN.format(r=r, s=inner) if concept == "symbolic" else NOUN[r].format(s=inner))
+        inner = SYMBOLIC_NOUN.format(r=r, s=inner) if concept == "symbolic" else NOUN[r].format(s=inner)
     return question(relations[-1], inner, concept)
 
 

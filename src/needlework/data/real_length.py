@@ -4,6 +4,9 @@ Lengths are measured by rendering (`needlework.data.render.render`, answer inclu
 given tokenizer. Whole distractor documents are added while they fit, then the last one is cut at
 a token boundary until the rendered length is within max(2% of the target, 32) tokens. Gold
 documents keep their relative position (or go to `depth`).
+
+This module sits below `needlework.data.loaders` (which calls `lengthen_all`): it reads the options
+through the `LengthOptions` protocol that `loaders.LoadConfig` satisfies, so it never imports loaders.
 """
 
 from __future__ import annotations
@@ -12,18 +15,34 @@ import functools
 import itertools
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Iterator
+from typing import Protocol
 
 from tqdm import tqdm
 
-from needlework.data.loaders import LoadConfig, Skip
 from needlework.data.locate import normalize
-from needlework.data.records import Document, Needle, Record
+from needlework.data.records import Document, Record
 from needlework.data.render import render
 from needlework.errors import NeedleworkError
 
 _MAX_ROUNDS = 8
+
+
+class Skip(Exception):
+    """An example that cannot become a valid record; the message is the reason that is counted."""
+
+
+class LengthOptions(Protocol):
+    """The options lengthening reads (`needlework.data.loaders.LoadConfig` has them all)."""
+
+    length: int | None
+    tokenizer: str
+    seed: int
+    depth: float | str | None
+    chat: bool
+    tolerance_frac: float
+    tolerance_tokens: int
 
 
 def _place(rec: Record, gold: list[int], fillers: list[Document], depth: float | None) -> Record:
@@ -55,8 +74,7 @@ def _place(rec: Record, gold: list[int], fillers: list[Document], depth: float |
     meta = dict(rec.meta)
     if meta.get("unlocated_docs"):  # document indices: follow the documents
         meta["unlocated_docs"] = sorted(new_index[g] for g in meta["unlocated_docs"] if g in new_index)
-    return replace(rec, documents=docs, needles=needles, gold_docs=sorted(new_index[g] for g in rec.gold_docs),
-                   meta=meta)
+    return replace(rec, documents=docs, needles=needles, gold_docs=sorted(new_index[g] for g in rec.gold_docs), meta=meta)
 
 
 def _doc_cost(tok, d: Document, memo: dict) -> int:
@@ -104,8 +122,9 @@ def _draw(pool: list[tuple[str, Document]], rng: random.Random, group) -> Iterat
         yield pool[i][1]
 
 
-def lengthen(rec: Record, pool: list[tuple[str, Document]], tok, cfg: LoadConfig, rng: random.Random,
-             memo: dict | None = None) -> Record:
+def lengthen(
+    rec: Record, pool: list[tuple[str, Document]], tok, cfg: LengthOptions, rng: random.Random, memo: dict | None = None
+) -> Record:
     """`rec` lengthened to `cfg.length` tokens with distractors from `pool` ((group, doc) pairs).
 
     Raises:
@@ -163,9 +182,15 @@ def lengthen(rec: Record, pool: list[tuple[str, Document]], tok, cfg: LoadConfig
         out, n = measure(fillers)
     if abs(target - n) > tol:
         raise Skip(f"cannot reach --length {target} (got {n} tokens; too few distractor documents in other examples)")
-    out.meta.update({"n_tokens": n, "length": target, "tokenizer": cfg.tokenizer,
-                     "n_added_docs": len(out.documents) - len(rec.documents),
-                     "depth_frac": round((out.needles[0].doc if out.needles else out.gold_docs[0]) / max(len(out.documents) - 1, 1), 4)})
+    out.meta.update(
+        {
+            "n_tokens": n,
+            "length": target,
+            "tokenizer": cfg.tokenizer,
+            "n_added_docs": len(out.documents) - len(rec.documents),
+            "depth_frac": round((out.needles[0].doc if out.needles else out.gold_docs[0]) / max(len(out.documents) - 1, 1), 4),
+        }
+    )
     return out
 
 
@@ -183,7 +208,7 @@ def _tokenizer(name: str):
     return load_tokenizer(name)
 
 
-def lengthen_all(records: list[Record], all_records: list[Record], cfg: LoadConfig, skipped: Counter) -> list[Record]:
+def lengthen_all(records: list[Record], all_records: list[Record], cfg: LengthOptions, skipped: Counter) -> list[Record]:
     """Lengthen every record of `records`, drawing distractors from the documents of `all_records`."""
     if cfg.length is not None and cfg.length <= 0:
         raise NeedleworkError(f"--length {cfg.length} is not a positive token count", "give e.g. --length 4096")
@@ -205,7 +230,7 @@ def lengthen_all(records: list[Record], all_records: list[Record], cfg: LoadConf
                 pool.append((key[0], d))
     pool = _unique_ids(pool)
     out, memo = [], {}
-    for i, r in enumerate(tqdm(records, desc="lengthen", unit="ex", disable=len(records) < 50)):
+    for r in tqdm(records, desc="lengthen", unit="ex", disable=len(records) < 50):
         rng = random.Random(f"{cfg.seed}-{r.id}")
         try:
             out.append(lengthen(r, pool, tok, cfg, rng, memo))

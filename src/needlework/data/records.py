@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from needlework.errors import NeedleworkError
 from needlework.io import atomic_path
@@ -90,7 +91,7 @@ class Record:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Record":
+    def from_dict(cls, d: dict[str, Any]) -> Record:
         """Build a record from a parsed JSON object; raises ValueError naming a missing/bad field."""
         if not isinstance(d, dict):
             raise ValueError(f"expected a JSON object, got {type(d).__name__}")
@@ -102,8 +103,10 @@ class Record:
         except (KeyError, TypeError) as e:
             raise ValueError(f"each document needs 'id' and 'text' ({e!r})") from None
         try:
-            needles = [Needle(doc=int(x["doc"]), start=int(x["start"]), end=int(x["end"]), role=str(x.get("role") or "answer"))
-                       for x in d["needles"]]
+            needles = [
+                Needle(doc=int(x["doc"]), start=int(x["start"]), end=int(x["end"]), role=str(x.get("role") or "answer"))
+                for x in d["needles"]
+            ]
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"each needle needs integer 'doc', 'start', 'end' ({e!r})") from None
         answers = d["answers"]
@@ -192,11 +195,14 @@ def validate_record(r: Record) -> list[str]:
             continue
         span = text[n.start : n.end]
         if n.role not in ROLES:
-            problems.append(f"needle {i}: role {n.role!r} is not one of {', '.join(ROLES)} "
-                            "(answer: where the answer sits; evidence: other evidence such as a bridge entity or an insight)")
+            problems.append(
+                f"needle {i}: role {n.role!r} is not one of {', '.join(ROLES)} "
+                "(answer: where the answer sits; evidence: other evidence such as a bridge entity or an insight)"
+            )
             continue
         hop_answers = [str(a) for a in r.meta.get("hop_answers") or []] + [
-            str(h.get("answer")) for h in r.meta.get("hops") or [] if isinstance(h, dict)]
+            str(h.get("answer")) for h in r.meta.get("hops") or [] if isinstance(h, dict)
+        ]
         if r.task in ("mdqa", "musique", "kv") and n.role == "answer":
             if span not in r.answers:
                 hint = " (a bridge hop's answer: give it role 'evidence')" if r.task == "musique" and span in hop_answers else ""
@@ -216,8 +222,10 @@ def validate_record(r: Record) -> list[str]:
     unlocated = r.meta.get("unlocated_docs") or []
     for g in r.gold_docs:
         if g not in needle_docs and not (r.task == "summhay" and g in unlocated):
-            problems.append(f"gold doc {g} holds no needle" + (
-                " (SummHay: list it in meta['unlocated_docs'] when its insight sentence was not found)" if r.task == "summhay" else ""))
+            problems.append(
+                f"gold doc {g} holds no needle"
+                + (" (SummHay: list it in meta['unlocated_docs'] when its insight sentence was not found)" if r.task == "summhay" else "")
+            )
     if unlocated and r.task != "summhay":
         problems.append(f"meta['unlocated_docs'] is for summhay only (task {r.task}); leave it empty")
     for g in unlocated:
@@ -232,8 +240,10 @@ def validate_record(r: Record) -> list[str]:
         if unknown:
             problems.append(f"citations {unknown} name no document")
     elif sorted(r.citations) != sorted(ids[g] for g in r.gold_docs if 0 <= g < len(ids)):
-        problems.append(f"citations {r.citations} are not the ids of the gold documents {r.gold_docs} (task {r.task}); "
-                        "leave them empty outside SummHay: they are filled from gold_docs")
+        problems.append(
+            f"citations {r.citations} are not the ids of the gold documents {r.gold_docs} (task {r.task}); "
+            "leave them empty outside SummHay: they are filled from gold_docs"
+        )
     return problems
 
 

@@ -27,10 +27,7 @@ INSTRUCTIONS = {
         "Below are documents. Some of them contain the insight given after them. List the "
         "numbers of every document that contains the insight, as [i] separated by spaces, and nothing else."
     ),
-    "kv": (
-        "Extract the value corresponding to the specified key from the documents below. "
-        "Answer with the value only."
-    ),
+    "kv": ("Extract the value corresponding to the specified key from the documents below. Answer with the value only."),
 }
 QUESTION_LABEL = {"summhay": "Insight", "kv": "Key"}
 
@@ -141,9 +138,7 @@ def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = Tr
                 "chat rendering asked for, but the tokenizer has no chat template",
                 "render without --chat, or use an instruction-tuned model's tokenizer",
             )
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
         shift = text.find(prompt)  # our own content string, located once in the templated text
         if shift < 0:
             raise NeedleworkError("the chat template altered the prompt text", "render without --chat")
@@ -168,5 +163,11 @@ def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = Tr
         ids += list(ans_ids)
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
-    return Rendered(text=text, input_ids=ids, prompt_len=prompt_len, needle_spans=spans, needle_chars=needle_chars,
-                    needle_roles=[n.role for n in record.needles])
+    return Rendered(
+        text=text,
+        input_ids=ids,
+        prompt_len=prompt_len,
+        needle_spans=spans,
+        needle_chars=needle_chars,
+        needle_roles=[n.role for n in record.needles],
+    )

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from needlework.data import phrasings as ph
 from needlework.data.haystack import insert_sentences
@@ -140,15 +141,24 @@ def build_musique(spec: TaskSpec, rng: random.Random) -> Draft:
         hops.append({"relation": r, "subject": sn, "question": ph.question(rn, sn, spec.concept), "answer": answer})
     start = hops[0]["subject"]
     negs: list[Piece] = []
-    for s, r, _o in chain:
+    for _s, r, _o in chain:
         negs += _negatives(spec, r, {c[0] for c in chain}, 1, rng)
     order = list(range(h))
     rng.shuffle(order)  # hop documents do not appear in chain order
-    meta = {"hops": hops, "hop_answers": [x["answer"] for x in hops[:-1]], "n_hops": h,
-            "relations": [c[1] for c in chain], "hop_doc_order": order}
+    meta = {
+        "hops": hops,
+        "hop_answers": [x["answer"] for x in hops[:-1]],
+        "n_hops": h,
+        "relations": [c[1] for c in chain],
+        "hop_doc_order": order,
+    }
     return Draft(
-        question=ph.composed_question(rel_names, start, spec.concept), answers=[hops[-1]["answer"]],
-        gold=[gold[i] for i in order], negatives=negs, meta=meta, gold_spread=0.1,
+        question=ph.composed_question(rel_names, start, spec.concept),
+        answers=[hops[-1]["answer"]],
+        gold=[gold[i] for i in order],
+        negatives=negs,
+        meta=meta,
+        gold_spread=0.1,
     )
 
 
@@ -214,10 +224,12 @@ def build_kv(spec: TaskSpec, rng: random.Random) -> Draft:
             c = spec.source.carrier(rng)
             t, _s, _n = insert_sentences(c.text, [other], rng)
             negs.append(Piece(title=c.title, text=t))
-    return Draft(question=json.dumps(key), answers=[value], gold=[gold], negatives=negs,
-                 meta={"key": key, "n_pairs": spec.kv_pairs})
+    return Draft(question=json.dumps(key), answers=[value], gold=[gold], negatives=negs, meta={"key": key, "n_pairs": spec.kv_pairs})
 
 
 BUILDERS: dict[str, Callable[[TaskSpec, random.Random], Draft]] = {
-    "mdqa": build_mdqa, "musique": build_musique, "summhay": build_summhay, "kv": build_kv,
+    "mdqa": build_mdqa,
+    "musique": build_musique,
+    "summhay": build_summhay,
+    "kv": build_kv,
 }

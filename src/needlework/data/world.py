@@ -24,17 +24,77 @@ RELATIONS: dict[str, tuple[str, str]] = {
     "author": ("work", "person"),
 }
 
-_ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "k", "kr", "l", "m", "n", "p", "qu", "r", "s", "st",
-           "t", "th", "v", "vr", "z", "zh", "sk", "h", "j", "y", "w", "x", "ph"]
+_ONSETS = [
+    "b",
+    "br",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "k",
+    "kr",
+    "l",
+    "m",
+    "n",
+    "p",
+    "qu",
+    "r",
+    "s",
+    "st",
+    "t",
+    "th",
+    "v",
+    "vr",
+    "z",
+    "zh",
+    "sk",
+    "h",
+    "j",
+    "y",
+    "w",
+    "x",
+    "ph",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ai", "ei", "ou", "y", "ia", "eo"]
 _CODAS = ["", "", "", "n", "r", "l", "s", "th", "x", "m", "nd", "rk", "sk", "v", "z", "lt"]
-_ORG_SUFFIX = ["Institute", "Foundry", "Works", "Company", "Laboratories", "Trust", "Press", "Guild",
-               "Holdings", "Society", "Collective", "Mills", "Shipping", "Observatory", "Bank"]
+_ORG_SUFFIX = [
+    "Institute",
+    "Foundry",
+    "Works",
+    "Company",
+    "Laboratories",
+    "Trust",
+    "Press",
+    "Guild",
+    "Holdings",
+    "Society",
+    "Collective",
+    "Mills",
+    "Shipping",
+    "Observatory",
+    "Bank",
+]
 _PLACE_SUFFIX = ["", "", "", "haven", "moor", "wick", "ford", "mouth", "dale", "stead"]
-_WORK_NOUNS = ["Lanterns", "Letters", "Winters", "Orchard", "Bells", "Harbour", "Mirror", "Tides",
-               "Archive", "Glass", "Lighthouse", "Ferryman", "Quarry", "Salt", "Clockmaker", "Embers"]
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December"]
+_WORK_NOUNS = [
+    "Lanterns",
+    "Letters",
+    "Winters",
+    "Orchard",
+    "Bells",
+    "Harbour",
+    "Mirror",
+    "Tides",
+    "Archive",
+    "Glass",
+    "Lighthouse",
+    "Ferryman",
+    "Quarry",
+    "Salt",
+    "Clockmaker",
+    "Embers",
+]
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
 _SYMBOL_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -149,19 +148,24 @@ class OpenAIWriter(_CachedWriter):
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     wait = min(float(retry_after), 60.0)
                 last = f"HTTP {e.code}"
-            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
                 last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
             except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                raise NeedleworkError(f"writer server {url} sent no chat completion", "is --base-url an OpenAI-compatible /v1 endpoint?") from None
+                raise NeedleworkError(
+                    f"writer server {url} sent no chat completion", "is --base-url an OpenAI-compatible /v1 endpoint?"
+                ) from None
             if attempt < c.max_retries:
                 log.info("writer request failed (%s); retry %d in %.1f s", last, attempt + 1, wait)
                 time.sleep(wait)
-        raise NeedleworkError(f"writer server {url} failed {c.max_retries + 1} times (last: {last})",
-                              "check that the server is up, or raise --max-retries / lower --concurrency")
+        raise NeedleworkError(
+            f"writer server {url} failed {c.max_retries + 1} times (last: {last})",
+            "check that the server is up, or raise --max-retries / lower --concurrency",
+        )
 
 
-def generate_chat(model, tokenizer, messages: list[dict], max_tokens: int, temperature: float = 0.0,
-                  top_p: float = 1.0, seed: int | None = 0) -> str:
+def generate_chat(
+    model, tokenizer, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = 0
+) -> str:
     """One chat completion from a local causal LM (greedy when temperature is 0)."""
     import torch
 
@@ -171,15 +175,18 @@ def generate_chat(model, tokenizer, messages: list[dict], max_tokens: int, tempe
     else:
         enc = tokenizer("\n\n".join(m["content"] for m in messages) + "\n\n", return_tensors="pt")
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    kw: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_tokens,
-                          "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id}
+    kw: dict[str, Any] = {
+        "do_sample": temperature > 0,
+        "max_new_tokens": max_tokens,
+        "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+    }
     if temperature > 0:
         kw.update(temperature=temperature, top_p=top_p)
         if seed is not None:
             torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(**enc, **kw)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 class LocalWriter(_CachedWriter):
@@ -196,8 +203,7 @@ class LocalWriter(_CachedWriter):
             from needlework.models.load import load_model
 
             self._model, self._tok = load_model(self.cfg.model)
-        return generate_chat(self._model, self._tok, req["messages"], req["max_tokens"], req["temperature"],
-                             req["top_p"], req.get("seed"))
+        return generate_chat(self._model, self._tok, req["messages"], req["max_tokens"], req["temperature"], req["top_p"], req.get("seed"))
 
 
 def make_writer(cfg: WriterConfig, model=None, tokenizer=None) -> Writer:
@@ -255,25 +261,15 @@ class LocalServer:
         self.httpd.server_close()
         self.thread.join(timeout=5)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def serve_local(model, tokenizer, host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0) -> LocalServer:
-    """Serve `model` on `/v1/chat/completions` (OpenAI protocol) from a daemon thread.
-
-    Args:
-        model, tokenizer: a local causal LM (e.g. from `load_model`).
-        port: 0 picks a free port; read it from `LocalServer.base_url`.
-        delay_s: sleep before each generation (outside the model lock), to test concurrency.
-    Returns:
-        The running server; call `close()` (or use it as a context manager) to stop it.
-    """
-    gen_lock = threading.Lock()
-    server: dict[str, LocalServer] = {}
+def _local_handler(model, tokenizer, delay_s: float, gen_lock: threading.Lock, server: dict[str, LocalServer]) -> type:
+    """The request handler class of `serve_local`: `server["s"]` is the running LocalServer, `gen_lock` serializes generation."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # no headers, so no key, ever reaches a log
@@ -329,13 +325,44 @@ def serve_local(model, tokenizer, host: str = "127.0.0.1", port: int = 0, delay_
                 return self._send(400, {"error": {"message": "messages must be a non-empty list"}})
             time.sleep(delay_s)  # lets tests see overlapping requests
             with gen_lock:
-                text = generate_chat(model, tokenizer, msgs, int(req.get("max_tokens") or 256),
-                                     float(req.get("temperature") or 0.0), float(req.get("top_p") or 1.0), req.get("seed"))
-            self._send(200, {"id": f"chatcmpl-{s.n_requests}", "object": "chat.completion", "created": int(time.time()),
-                             "model": req.get("model", "local"),
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+                text = generate_chat(
+                    model,
+                    tokenizer,
+                    msgs,
+                    int(req.get("max_tokens") or 256),
+                    float(req.get("temperature") or 0.0),
+                    float(req.get("top_p") or 1.0),
+                    req.get("seed"),
+                )
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{s.n_requests}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": req.get("model", "local"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                },
+            )
 
-    httpd = ThreadingHTTPServer((host, port), Handler)
+    return Handler
+
+
+def serve_local(model, tokenizer, host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0) -> LocalServer:
+    """Serve `model` on `/v1/chat/completions` (OpenAI protocol) from a daemon thread.
+
+    Args:
+        model, tokenizer: a local causal LM (e.g. from `load_model`).
+        port: 0 picks a free port; read it from `LocalServer.base_url`.
+        delay_s: sleep before each generation (outside the model lock), to test concurrency.
+    Returns:
+        The running server; call `close()` (or use it as a context manager) to stop it.
+    """
+    gen_lock = threading.Lock()
+    server: dict[str, LocalServer] = {}
+
+    handler = _local_handler(model, tokenizer, delay_s, gen_lock, server)
+    httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, name="needlework-serve-local", daemon=True)
     server["s"] = LocalServer(httpd, thread)

@@ -6,7 +6,7 @@ array so that paired quantities (two models on the same examples) keep their pai
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -89,9 +89,7 @@ def bootstrap_fn_ci(
     return (point, *_interval(stats, alpha))
 
 
-def paired_diff_ci(
-    a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
-) -> tuple[float, float, float]:
+def paired_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
     """Mean of `a - b` over paired examples with its bootstrap interval, vectorised.
 
     Returns:

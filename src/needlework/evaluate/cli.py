@@ -1,30 +1,28 @@
-"""`needlework evaluate`: a thin wrapper over `needlework.evaluate.evaluate.evaluate`."""
+"""`needlework evaluate`: a thin wrapper over `needlework.evaluate.evaluate.evaluate`.
+
+Its options are EvalConfig's and ModelConfig's fields (`needlework.cli_options`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from needlework.cli_options import MODEL, Options, with_options
+from needlework.evaluate.config import EvalConfig
+from needlework.models.load import ModelConfig
 
+EVAL = Options(
+    EvalConfig, minimum={"batch_size": 1, "max_new_tokens": 1, "limit": 1, "n_boot": 1}, help={"batch_size": "examples per forward pass"}
+)
+
+
+@with_options(model=MODEL, cfg=EVAL)
 def evaluate_cmd(
-    model: str = typer.Option("smollm2", "--model", "-m", help="Hub id, local folder, .gguf file, or smollm2."),
     data: Path = typer.Option(..., "--data", "-d", help="Records to evaluate (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for predictions.jsonl and summary.json."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter: a `needlework train` output folder or its adapter/ (its saved RoPE settings apply)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Examples per forward pass."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
-                                                 help="Generation budget; default per task (mdqa/musique/kv 32, summhay 64)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N records."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one, as train does)."),
-    logprob: bool = typer.Option(True, "--logprob/--no-logprob", help="Also score the gold answer's teacher-forced log-probability."),
-    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for confidence intervals."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
-    rope_theta: Optional[float] = typer.Option(None, "--rope-theta", help="RoPE base (default: the adapter's saved value; a different value is an error)."),
-    max_position_embeddings: Optional[int] = typer.Option(None, "--max-position-embeddings", help="Position limit (default: the adapter's saved value)."),
+    model: ModelConfig = MODEL,
+    cfg: EvalConfig = EVAL,
 ) -> None:
     """Generate answers greedily and score them with the task metrics, with bootstrap intervals.
 
@@ -36,14 +34,9 @@ def evaluate_cmd(
 
         needlework evaluate --model smollm2 --adapter runs/train_mdqa --data data/mdqa_test.jsonl --out runs/eval_ft
     """
-    from needlework.evaluate.evaluate import EvalConfig, evaluate
-    from needlework.models.load import ModelConfig
+    from needlework.evaluate.evaluate import evaluate
 
-    mcfg = ModelConfig(name=model, device=device, dtype=dtype, adapter=str(adapter) if adapter else None,
-                       rope_theta=rope_theta, max_position_embeddings=max_position_embeddings)
-    cfg = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, chat=chat, limit=limit,
-                     n_boot=n_boot, seed=seed, logprob=logprob)
-    _, summary = evaluate(mcfg, data, cfg, out)
+    _, summary = evaluate(model, data, cfg, out)
     for task, t in summary["tasks"].items():
         parts = [f"{m} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for m, v in t["metrics"].items()]
         typer.echo(f"{task} (n={t['n']}, primary {t['primary']}): " + "; ".join(parts))

@@ -24,49 +24,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from needlework.data.records import Record, read_jsonl
-from needlework.errors import NeedleworkError, check_keys
+from needlework.errors import NeedleworkError
 from needlework.evaluate.bootstrap import bootstrap_ci
-from needlework.evaluate.generate import DEFAULT_MAX_NEW_TOKENS, generate_answers, render_prompts, resolve_chat
+from needlework.evaluate.config import EvalConfig, config_with_eval
+from needlework.evaluate.generate import generate_answers
 from needlework.evaluate.logprob import gold_logprobs
 from needlework.evaluate.metrics import METRICS, PRIMARY, score_example
 from needlework.io import atomic_path, hash_file, hash_obj, write_json
+from needlework.models.decode import DEFAULT_MAX_NEW_TOKENS, render_prompts, resolve_chat
 
-
-@dataclass
-class EvalConfig:
-    """Evaluation options; the fields are the YAML keys of a study config's `eval:` section."""
-
-    batch_size: int = 4
-    max_new_tokens: int | None = None  # None: per task (mdqa/musique/kv 32, summhay 64)
-    chat: bool | None = None  # None: use the chat template when the tokenizer has one
-    limit: int | None = None  # evaluate only the first `limit` records
-    n_boot: int = 1000  # bootstrap resamples for the confidence intervals
-    alpha: float = 0.05  # 1 - confidence level
-    seed: int = 0  # bootstrap seed (generation is greedy, hence deterministic)
-    logprob: bool = True  # also compute the teacher-forced log-probability of the gold answer
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalConfig":
-        """Build from a config mapping; an unknown key is an error that names itself."""
-        check_keys(cls, d, "eval")
-        return cls(**d)
-
-
-def config_with_eval(cls, d: dict[str, Any], what: str):
-    """Build a stage config dataclass whose `eval` field is an EvalConfig, from a mapping (YAML),
-    failing on unknown keys at both levels (knockout and patching share this)."""
-    check_keys(cls, d, what)
-    d = dict(d)
-    if isinstance(d.get("eval"), dict):
-        d["eval"] = EvalConfig.from_dict(d["eval"])
-    return cls(**d)
+__all__ = ["EvalConfig", "check_records", "config_with_eval", "evaluate", "evaluate_loaded"]
 
 
 def check_records(records: Sequence[Record]) -> None:
@@ -197,7 +172,9 @@ def _write_predictions(path: Path, df) -> None:
             f.write(json.dumps(clean, ensure_ascii=False) + "\n")
 
 
-def evaluate(model_cfg, records: Sequence[Record] | str | os.PathLike, cfg: EvalConfig | None, out_dir: str | os.PathLike, progress: bool = True):
+def evaluate(
+    model_cfg, records: Sequence[Record] | str | os.PathLike, cfg: EvalConfig | None, out_dir: str | os.PathLike, progress: bool = True
+):
     """Load a model, evaluate it on records, and write `predictions.jsonl` and `summary.json`.
 
     Args:
@@ -234,8 +211,17 @@ def evaluate(model_cfg, records: Sequence[Record] | str | os.PathLike, cfg: Eval
         model, tokenizer = load_model(model_cfg)
         trained_chat = check_rendering(model_cfg, resolve_chat(cfg.chat, tokenizer))
         df, summary = evaluate_loaded(model, tokenizer, records, cfg, progress=progress)
-    summary = _finite_or_none({"model": model_cfg.name, "adapter": model_cfg.adapter, "model_config": asdict(model_cfg),
-                               "data": data_path, "data_hash": data_hash, "trained_chat": trained_chat, **summary})
+    summary = _finite_or_none(
+        {
+            "model": model_cfg.name,
+            "adapter": model_cfg.adapter,
+            "model_config": asdict(model_cfg),
+            "data": data_path,
+            "data_hash": data_hash,
+            "trained_chat": trained_chat,
+            **summary,
+        }
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / "predictions.jsonl", df)

@@ -8,13 +8,17 @@ logits. The model's own forward runs (adapters, soft-capping and installed hooks
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
 from needlework.data.records import Record
 from needlework.data.render import render
+from needlework.models.decode import left_pad
+from needlework.models.sites import model_device
+
+__all__ = ["AnswerLogprob", "answer_logprobs_ids", "gold_logprobs"]
 
 
 @dataclass
@@ -53,9 +57,6 @@ def answer_logprobs_ids(
     """
     import torch
 
-    from needlework.evaluate.generate import left_pad
-    from needlework.models.sites import model_device
-
     for s, m in zip(sequences, n_answer):
         if not 1 <= m < len(s):
             raise ValueError(f"cannot score {m} answer tokens of a {len(s)}-token sequence")
@@ -72,8 +73,9 @@ def answer_logprobs_ids(
             m_max = max(n_answer[i] for i in idx)
             # Logits at the last m_max + 1 columns; column c predicts token c + 1, so the first
             # m_max of them predict the last m_max tokens.
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                           logits_to_keep=m_max + 1).logits[:, :-1]  # b, m_max, vocab
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=m_max + 1).logits[
+                :, :-1
+            ]  # b, m_max, vocab
             logp = torch.log_softmax(logits.float(), dim=-1)
             targets = ids[:, L - m_max :]  # b, m_max
             tok_lp = logp.gather(-1, targets[..., None])[..., 0]  # b, m_max
@@ -86,8 +88,13 @@ def answer_logprobs_ids(
 
 
 def gold_logprobs(
-    model, tokenizer, records: Sequence[Record], chat: bool, batch_size: int = 8,
-    include_eos: bool = False, progress: bool = True,
+    model,
+    tokenizer,
+    records: Sequence[Record],
+    chat: bool,
+    batch_size: int = 8,
+    include_eos: bool = False,
+    progress: bool = True,
 ) -> list[AnswerLogprob]:
     """Teacher-forced log p(gold answer | prompt) for each record, as rendered for training.
 

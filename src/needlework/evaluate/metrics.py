@@ -18,7 +18,7 @@ import functools
 import re
 import string
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from needlework.data.records import Record
 from needlework.errors import NeedleworkError
@@ -128,7 +128,7 @@ def citation_scores(output: str, record: Record) -> dict[str, float]:
 
 # --- key-value retrieval --------------------------------------------------------------------------
 
-_QUOTES = ("\"\"", "''", "``", "\u201c\u201d", "\u2018\u2019")
+_QUOTES = ('""', "''", "``", "\u201c\u201d", "\u2018\u2019")
 
 
 def clean_kv(s: str) -> str:

@@ -5,3 +5,5 @@ Public entry points (imported from their modules, so that `needlework --help` st
 `score.score_heads`, `score.ScoreConfig`, `run.run_score`, `compare.compare_dirs`,
 `plot.heatmap`, `io.export_scores`, `io.import_scores`.
 """
+
+__all__ = ["compare", "io", "plot", "run", "score"]

@@ -4,7 +4,8 @@ sets, with percentile bootstrap intervals over examples.
 `compare(A, B)` treats B as the reference (e.g. the model trained on real data):
 recall = |H_A ∩ H_B| / |H_B|, precision = |H_A ∩ H_B| / |H_A|, Jaccard = |∩| / |∪|. Head sets are
 the heads with mean score above `threshold` (default 0.1, Wu et al.) or, with `top`, the `top`
-highest (ties broken by layer, then head). Bootstrap: resample example ids with replacement,
+highest (ties broken by layer, then head), through `models.sites.rank_mask`: the rule knockout
+and patching select with (`sites.select_heads`). Bootstrap: resample example ids with replacement,
 recompute every head's mean, recompute the statistics; when A and B were scored on the same
 example ids the same resample serves both (paired), else each side is resampled on its own.
 
@@ -15,14 +16,17 @@ what KV-cache methods such as DuoAttention act on; or mean).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
 from needlework.errors import NeedleworkError
+from needlework.models.sites import HeadId, HeadSet, rank_mask, select_heads
 
 STATS = ("cosine", "spearman", "recall", "precision", "jaccard", "n_a", "n_b", "n_common")
 
@@ -56,15 +60,35 @@ class Scores:
     n_heads: int
     n_kv_heads: int
     view: str = "query"  # "kv" when the table holds key/value heads only (DuoAttention import)
+    known: np.ndarray | None = None  # (F,) bool: heads the table scored (None: all)
+
+    def grid(self) -> np.ndarray:
+        """(n_layers, n_heads) means, NaN for heads without a score: what `select_heads` ranks."""
+        m = self.means.astype(float)
+        if self.known is not None:
+            m = np.where(self.known, m, np.nan)
+        return m.reshape(self.n_layers, -1)
+
+    def select(self, top: int | None = None, threshold: float | None = None, heads=None) -> HeadSet:
+        """`models.sites.select_heads` on these scores (query heads only)."""
+        return select_heads(self.grid() if heads is None else None, top=top, threshold=threshold, heads=heads)
 
 
 def scores_from_tables(per: pd.DataFrame | None, heads: pd.DataFrame, meta: dict) -> Scores:
+    """Scores from a heads table (layer, head, mean), optional per-example table and meta.json."""
     shape = meta.get("shape") or {}
     L = int(shape.get("n_layers", heads["layer"].max() + 1))
     H = int(shape.get("n_heads", heads["head"].max() + 1))
     kv = int(shape.get("n_kv_heads", H))
+    lay, hd = heads["layer"].to_numpy(), heads["head"].to_numpy()
+    if len(heads) and (lay.min() < 0 or hd.min() < 0 or lay.max() >= L or hd.max() >= H):
+        raise NeedleworkError(
+            f"the score table's heads fall outside {L} layers x {H} heads", "use a table written by `needlework heads score` for this model"
+        )
     means = np.full(L * H, np.nan)
-    means[heads["layer"].to_numpy() * H + heads["head"].to_numpy()] = heads["mean"].to_numpy()
+    means[lay * H + hd] = heads["mean"].to_numpy()
+    known = np.zeros(L * H, dtype=bool)
+    known[lay * H + hd] = True
     mat, ids = None, []
     if per is not None and len(per):
         if "kept" in per:
@@ -72,13 +96,87 @@ def scores_from_tables(per: pd.DataFrame | None, heads: pd.DataFrame, meta: dict
         pv = per.assign(f=per["layer"] * H + per["head"]).pivot_table(index="example_id", columns="f", values="score")
         pv = pv.reindex(columns=range(L * H))
         mat, ids = pv.to_numpy(float), [str(i) for i in pv.index]
-    return Scores(np.nan_to_num(means), mat, ids, L, H, kv, meta.get("view", "query"))
+    return Scores(np.nan_to_num(means), mat, ids, L, H, kv, meta.get("view", "query"), known)
 
 
-def load_scores(path: str | os.PathLike) -> Scores:
+def _wu_table(path: Path) -> pd.DataFrame:
+    """Wu et al.'s retrieval-head JSON, {"L-H": [per-example scores, ...]}, as a heads table."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise NeedleworkError(f"cannot read score file {path} ({e})", "pass a heads-score folder or a Wu et al. JSON") from None
+    if not isinstance(raw, dict):
+        raise NeedleworkError(f"{path} is not a JSON object of 'L-H' keys", "pass a heads-score folder or a Wu et al. JSON")
+    rows = []
+    for key, vals in raw.items():
+        h = HeadId.parse(key)
+        v = np.asarray(vals if isinstance(vals, list) else [vals], dtype=float)
+        rows.append(
+            {
+                "layer": h.layer,
+                "head": h.head,
+                "mean": float(v.mean()) if v.size else 0.0,
+                "std": float(v.std()) if v.size else 0.0,
+                "n": int(v.size),
+            }
+        )
+    return pd.DataFrame(rows, columns=["layer", "head", "mean", "std", "n"])
+
+
+def _result_path(src: str | os.PathLike) -> Path:
+    """The score file a path names: a result folder's heads.parquet, or the single result under a
+    `heads score --out OUT` folder, or the file itself."""
+    p = Path(src)
+    if p.is_dir() and not (p / "heads.parquet").exists():
+        found = sorted(p.glob("*/heads.parquet"))
+        if len(found) > 1:
+            raise NeedleworkError(
+                f"{p} holds {len(found)} head-score results ({', '.join(f.parent.name for f in found[:4])})",
+                "pass the result folder itself, e.g. " + str(found[0].parent),
+            )
+        p = found[0] if found else p / "heads.parquet"
+    elif p.is_dir():
+        p = p / "heads.parquet"
+    if not p.exists():
+        raise NeedleworkError(f"score file {p} not found", "pass the output folder of `needlework heads score` or a Wu et al. JSON")
+    return p
+
+
+def _clean_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns layer, head, mean (a `score` column renamed), query-head rows only, sorted."""
+    if "mean" not in df.columns and "score" in df.columns:
+        df = df.rename(columns={"score": "mean"})
+    missing = [c for c in ("layer", "head", "mean") if c not in df.columns]
+    if missing:
+        raise NeedleworkError(f"score table lacks column(s) {', '.join(missing)}", "use a table written by `needlework heads score`")
+    if "unit" in df.columns and (df["unit"] == "query").any():  # kv-head aggregates are a second view
+        df = df[df["unit"] == "query"]
+    return df.astype({"layer": int, "head": int}).sort_values(["layer", "head"]).reset_index(drop=True)
+
+
+def load_scores(src: Scores | pd.DataFrame | str | os.PathLike) -> Scores:
+    """The one reader of head scores, for comparison, plots and interventions alike.
+
+    Args:
+        src: Scores (returned as is), a heads table (DataFrame: layer, head, mean; `attrs["shape"]`
+            when known), a `heads score`/`heads import` result folder or the folder above a single
+            one, a heads.parquet, or a Wu et al. JSON file ({"L-H": [scores]}).
+    Raises:
+        NeedleworkError: missing file, unknown format, a table without layer/head/mean columns.
+    """
+    if isinstance(src, Scores):
+        return src
+    if isinstance(src, pd.DataFrame):
+        return scores_from_tables(None, _clean_table(src), {"shape": src.attrs.get("shape")})
+    p = _result_path(src)
+    if p.suffix == ".json":
+        return scores_from_tables(None, _wu_table(p), {})
+    if p.suffix != ".parquet":
+        raise NeedleworkError(f"unknown score file format {p.suffix!r} ({p})", "use heads.parquet or a Wu et al. .json")
     from needlework.heads.run import load_result
 
-    return scores_from_tables(*load_result(path))
+    per, heads, meta = load_result(p)
+    return scores_from_tables(per, _clean_table(heads), meta)
 
 
 def to_view(x: np.ndarray, s: Scores, view: str, agg: str) -> np.ndarray:
@@ -91,18 +189,9 @@ def to_view(x: np.ndarray, s: Scores, view: str, agg: str) -> np.ndarray:
     return y.reshape(*x.shape[:-1], s.n_layers * s.n_kv_heads)
 
 
-def head_set(v: np.ndarray, top: int | None, threshold: float) -> np.ndarray:
-    """Boolean mask(s) over heads, rows of `v` (..., F) independently."""
-    if top is None:
-        return v > threshold
-    order = np.argsort(-v, axis=-1, kind="stable")[..., :top]
-    mask = np.zeros(v.shape, dtype=bool)
-    np.put_along_axis(mask, order, True, axis=-1)
-    return mask
-
-
 def _rowwise(a: np.ndarray, b: np.ndarray, top, threshold) -> dict[str, np.ndarray]:
     """All statistics for rows of a, b (n, F)."""
+
     def cos(x, y):
         den = np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1)
         return np.where(den > 0, (x * y).sum(-1) / np.where(den > 0, den, 1), np.nan)
@@ -111,15 +200,19 @@ def _rowwise(a: np.ndarray, b: np.ndarray, top, threshold) -> dict[str, np.ndarr
         return x - x.mean(-1, keepdims=True)
 
     ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)  # average ranks for ties, as scipy.spearmanr
-    ha, hb = head_set(a, top, threshold), head_set(b, top, threshold)
+    ha, hb = rank_mask(a, top, threshold), rank_mask(b, top, threshold)  # the selection rule of every stage
     inter, union = (ha & hb).sum(-1), (ha | hb).sum(-1)
     na, nb = ha.sum(-1), hb.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
-            "cosine": cos(a, b), "spearman": cos(centred(ra), centred(rb)),
-            "recall": np.where(nb > 0, inter / nb, np.nan), "precision": np.where(na > 0, inter / na, np.nan),
+            "cosine": cos(a, b),
+            "spearman": cos(centred(ra), centred(rb)),
+            "recall": np.where(nb > 0, inter / nb, np.nan),
+            "precision": np.where(na > 0, inter / na, np.nan),
             "jaccard": np.where(union > 0, inter / union, np.nan),
-            "n_a": na.astype(float), "n_b": nb.astype(float), "n_common": inter.astype(float),
+            "n_a": na.astype(float),
+            "n_b": nb.astype(float),
+            "n_common": inter.astype(float),
         }
 
 

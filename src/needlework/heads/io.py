@@ -41,8 +41,9 @@ def export_scores(result_dir: str | os.PathLike, fmt: str, out: str | os.PathLik
             obj = {f"{r.layer}-{r.head}": [float(r.mean)] for r in heads.itertuples()}
         else:
             per = per[per["kept"].astype(bool)] if "kept" in per else per
-            obj = {str(HeadId(int(l), int(h))): g["score"].astype(float).tolist()
-                   for (l, h), g in per.groupby(["layer", "head"], sort=True)}
+            obj = {
+                str(HeadId(int(l), int(h))): g["score"].astype(float).tolist() for (l, h), g in per.groupby(["layer", "head"], sort=True)
+            }
         write_text(out, json.dumps(obj))
         return out
     s = scores_from_tables(per, heads, meta)
@@ -51,8 +52,7 @@ def export_scores(result_dir: str | os.PathLike, fmt: str, out: str | os.PathLik
     return out
 
 
-def import_scores(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
-                  n_kv_heads: int | None = None) -> Path:
+def import_scores(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike, n_kv_heads: int | None = None) -> Path:
     """Read `path` in `fmt` and write a result directory (heads.parquet, meta.json, and for `wu`
     per_example.parquet) that `heads compare` and `heads plot` read.
 
@@ -74,8 +74,11 @@ def import_scores(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
         L = max(h.layer for h in items) + 1
         H = max(h.head for h in items) + 1
         n = max(len(v) for v in items.values())
-        rows = [{"example_id": f"wu{i}", "layer": h.layer, "head": h.head, "score": v[i], "kept": True}
-                for h, v in items.items() for i in range(len(v))]
+        rows = [
+            {"example_id": f"wu{i}", "layer": h.layer, "head": h.head, "score": v[i], "kept": True}
+            for h, v in items.items()
+            for i in range(len(v))
+        ]
         per = pd.DataFrame(rows)
         means = per.groupby(["layer", "head"])["score"].agg(["mean", "std", "size"]).reset_index()
         heads = means.rename(columns={"size": "n"})
@@ -87,11 +90,13 @@ def import_scores(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
         try:
             grid = np.loadtxt(path, delimiter="\t", ndmin=2)
         except ValueError as e:
-            raise NeedleworkError(f"{path} is not a tab-separated layer x kv-head table ({e})",
-                                  "expect one row per layer, tab-separated floats") from None
+            raise NeedleworkError(
+                f"{path} is not a tab-separated layer x kv-head table ({e})", "expect one row per layer, tab-separated floats"
+            ) from None
         L, K = grid.shape
-        heads = pd.DataFrame({"layer": np.repeat(np.arange(L), K), "head": np.tile(np.arange(K), L),
-                              "mean": grid.ravel(), "std": np.nan, "n": 0})
+        heads = pd.DataFrame(
+            {"layer": np.repeat(np.arange(L), K), "head": np.tile(np.arange(K), L), "mean": grid.ravel(), "std": np.nan, "n": 0}
+        )
         shape = {"n_layers": L, "n_heads": K, "n_kv_heads": K}
         meta = {"imported_from": str(path), "format": "duo", "shape": shape, "view": "kv"}
     write_parquet(out / HEADS, heads.astype({"layer": int, "head": int}))

@@ -15,6 +15,7 @@ with reasons).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -28,6 +29,8 @@ from needlework.io import hash_file, hash_obj, write_json, write_parquet
 
 PER_EXAMPLE, HEADS, META = "per_example.parquet", "heads.parquet", "meta.json"
 
+log = logging.getLogger(__name__)  # the library logs; the CLI shows needlework's log on stderr
+
 
 def _adapter_hash(adapter: str | None) -> str | None:
     if not adapter:
@@ -39,8 +42,7 @@ def _adapter_hash(adapter: str | None) -> str | None:
 def inputs_key(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig) -> dict:
     """Everything the scores depend on (the directory name hashes it)."""
     mc = asdict(model_cfg)
-    return {"model": mc, "adapter_hash": _adapter_hash(mc.get("adapter")), "data_hash": hash_file(data_path),
-            "score": asdict(cfg)}
+    return {"model": mc, "adapter_hash": _adapter_hash(mc.get("adapter")), "data_hash": hash_file(data_path), "score": asdict(cfg)}
 
 
 def write_result(out: Path, res: ScoreResult, meta: dict) -> None:
@@ -62,8 +64,27 @@ def load_result(path: str | os.PathLike) -> tuple[pd.DataFrame | None, pd.DataFr
     return per, pd.read_parquet(p / HEADS), meta
 
 
-def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir: str | os.PathLike,
-              force: bool = False) -> Path:
+def _log_score_summary(res, cfg: ScoreConfig, reasons: dict[str, int], n_failed: int, n_scored: int) -> None:
+    """Log `run_score`'s span coverage, skipped records and (generate mode) success-gate failures."""
+    cov = res.coverage
+    if cov.get("n_citing_docs") and (cfg.score == "insight" or cov["n_spans_located"] < cov["n_citing_docs"]):
+        log.warning(
+            f"heads: {cfg.score} spans located in {cov['n_spans_located']} of {cov['n_citing_docs']} citing documents "
+            f"({cov['fraction']:.1%}; {cov['n_records_partial']} records with a document unlocated)"
+        )
+    if res.skipped:
+        log.warning(
+            f"heads: skipped {len(res.skipped)} of {res.n_examples} records: " + ", ".join(f"{n} {why}" for why, n in reasons.items())
+        )
+    if cfg.mode == "generate":
+        log.log(
+            logging.WARNING if n_failed else logging.INFO,
+            f"heads: {n_failed} of {n_scored} generated answers fail the success gate"
+            + ("" if cfg.keep_failed else " (excluded from the head means)"),
+        )
+
+
+def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Score heads of `model_cfg` on the records in `data_path`; returns the result directory.
 
     Args:
@@ -86,7 +107,7 @@ def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir
     key = inputs_key(model_cfg, data_path, cfg)
     out = Path(out_dir) / hash_obj(key)[:12]
     if (out / META).exists() and not force:
-        print(f"heads: identical inputs already scored in {out} (use --force to recompute)")
+        log.info("heads: identical inputs already scored in %s (use --force to recompute)", out)
         return out
     model, tok = load_model(model_cfg)
     used = cfg.resolved(tok)  # chat and match as scored (score_heads resolves them the same way)
@@ -102,28 +123,31 @@ def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir
     for why in res.skipped.values():
         reasons[why] = reasons.get(why, 0) + 1
     meta = {
-        **key, "data_path": str(data_path), "model_name": model_cfg.name, "adapter": model_cfg.adapter,
-        "rope_theta": model_cfg.rope_theta, "max_position_embeddings": model_cfg.max_position_embeddings,
-        "options": asdict(used), "trained_chat": trained_chat, "shape": model_shape(model).to_dict(),
-        "n_records": res.n_examples, "n_scored": len(ex), "n_kept": n_kept, "n_failed_gate": n_failed,
-        "n_skipped": len(res.skipped), "skip_reasons": reasons, "skipped": res.skipped, "seconds": round(seconds, 2),
+        **key,
+        "data_path": str(data_path),
+        "model_name": model_cfg.name,
+        "adapter": model_cfg.adapter,
+        "rope_theta": model_cfg.rope_theta,
+        "max_position_embeddings": model_cfg.max_position_embeddings,
+        "options": asdict(used),
+        "trained_chat": trained_chat,
+        "shape": model_shape(model).to_dict(),
+        "n_records": res.n_examples,
+        "n_scored": len(ex),
+        "n_kept": n_kept,
+        "n_failed_gate": n_failed,
+        "n_skipped": len(res.skipped),
+        "skip_reasons": reasons,
+        "skipped": res.skipped,
+        "seconds": round(seconds, 2),
         "span_coverage": res.coverage,
     }
-    cov = res.coverage
-    if cov.get("n_citing_docs") and (cfg.score == "insight" or cov["n_spans_located"] < cov["n_citing_docs"]):
-        print(f"heads: {cfg.score} spans located in {cov['n_spans_located']} of {cov['n_citing_docs']} citing documents "
-              f"({cov['fraction']:.1%}; {cov['n_records_partial']} records with a document unlocated)")
-    if res.skipped:
-        print(f"heads: skipped {len(res.skipped)} of {res.n_examples} records: "
-              + ", ".join(f"{n} {why}" for why, n in reasons.items()))
-    if cfg.mode == "generate":
-        print(f"heads: {n_failed} of {len(ex)} generated answers fail the success gate"
-              + ("" if cfg.keep_failed else " (excluded from the head means)"))
+    _log_score_summary(res, cfg, reasons, n_failed, len(ex))
     if n_kept == 0:
         raise NeedleworkError(
             f"no example of {data_path} could be scored ({len(res.skipped)} skipped, {n_failed} failed the gate)",
             "check the records' needle spans and answers (`needlework validate`), or pass --keep-failed",
         )
     write_result(out, res, meta)
-    print(f"heads: wrote {out}")
+    log.info("heads: wrote %s", out)
     return out

@@ -9,8 +9,9 @@ KV cache (prefill probed on the last prompt row, then one probed row per step).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,10 @@ from tqdm.auto import tqdm
 
 from needlework.errors import NeedleworkError
 from needlework.evaluate.metrics import rouge1_recall  # the generate-mode success gate (Wu et al.'s ROUGE-1)
+from needlework.models.decode import StopWhen, decode_loop, eos_token_ids
 from needlework.models.instrument import RowProbe, instrumented, set_probe
 from needlework.models.sites import attention_modules, cache_of, model_device, model_shape, with_cache
+from needlework.schema import build
 
 MODES = ("teacher", "generate")
 SCORES = ("retrieval", "insight", "mass")
@@ -67,15 +70,26 @@ class ScoreConfig:
     success_threshold: float = 0.5  # stemmed ROUGE-1 recall of the answer must exceed this (Wu et al.)
     spans: str = "auto"  # auto | answer | evidence | all: the needle roles that form S (see above)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
+        """Build from a config mapping (YAML section); unknown keys and wrong types name themselves."""
+        return build(cls, d, what="score option")
+
     def check(self) -> None:
-        for name, val, allowed in (("mode", self.mode, MODES), ("score", self.score, SCORES), ("match", self.match or "id", MATCHES),
-                                   ("spans", self.spans, SPANS)):
+        for name, val, allowed in (
+            ("mode", self.mode, MODES),
+            ("score", self.score, SCORES),
+            ("match", self.match or "id", MATCHES),
+            ("spans", self.spans, SPANS),
+        ):
             if val not in allowed:
                 raise NeedleworkError(f"unknown {name} {val!r}", f"use one of {', '.join(allowed)}")
         if self.score == "retrieval" and self.spans not in ("auto", "answer"):
-            raise NeedleworkError(f"spans={self.spans!r} with the retrieval score",
-                                  "the retrieval score uses answer spans only (SPEC §2); use spans=auto or answer, "
-                                  "or the insight/mass score for evidence spans")
+            raise NeedleworkError(
+                f"spans={self.spans!r} with the retrieval score",
+                "the retrieval score uses answer spans only (SPEC §2); use spans=auto or answer, "
+                "or the insight/mass score for evidence spans",
+            )
 
     def span_roles(self, has_evidence: bool) -> tuple[str, ...]:
         """The needle roles forming S for one record (`has_evidence`: it has an evidence span)."""
@@ -86,7 +100,7 @@ class ScoreConfig:
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise NeedleworkError("batch_size and max_new_tokens must be >= 1", "pass positive values")
 
-    def resolved(self, tokenizer) -> "ScoreConfig":
+    def resolved(self, tokenizer) -> ScoreConfig:
         """This config with `chat` (the template when the tokenizer has one) and `match` (loose
         with the chat template, id without) decided for `tokenizer`."""
         from dataclasses import replace
@@ -130,9 +144,12 @@ def span_coverage(per_record: dict[str, tuple[int, int]]) -> dict:
     when there is no citing document), "n_records_partial" (records with a document unlocated)}."""
     located = sum(a for a, _b in per_record.values())
     citing = sum(b for _a, b in per_record.values())
-    return {"n_spans_located": located, "n_citing_docs": citing,
-            "fraction": round(located / citing, 4) if citing else None,
-            "n_records_partial": sum(1 for a, b in per_record.values() if a < b)}
+    return {
+        "n_spans_located": located,
+        "n_citing_docs": citing,
+        "fraction": round(located / citing, 4) if citing else None,
+        "n_records_partial": sum(1 for a, b in per_record.values() if a < b),
+    }
 
 
 def _located(rec, r, roles: tuple[str, ...]) -> tuple[int, int]:
@@ -144,6 +161,7 @@ def _located(rec, r, roles: tuple[str, ...]) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------- token matching
+
 
 class Canon:
     """Maps token ids to integers compared by the identity test (`id`: the id itself; `loose`:
@@ -170,8 +188,10 @@ class Canon:
 
 # ---------------------------------------------------------------------------- preparing examples
 
-def prepare_examples(records, tokenizer, cfg: ScoreConfig,
-                     coverage: dict[str, tuple[int, int]] | None = None) -> tuple[list[Example], dict[str, str]]:
+
+def prepare_examples(
+    records, tokenizer, cfg: ScoreConfig, coverage: dict[str, tuple[int, int]] | None = None
+) -> tuple[list[Example], dict[str, str]]:
     """Render records into Examples; returns (examples, skipped {id: reason}). S is the token
     positions of the needles whose role `cfg.span_roles` picks (retrieval: answer spans only). A
     record is skipped (never scored as zero) when it has no needle of those roles, when none of
@@ -212,6 +232,7 @@ def prepare_examples(records, tokenizer, cfg: ScoreConfig,
 
 
 # ---------------------------------------------------------------------------- scoring core
+
 
 def _decoder(model):
     """The decoder trunk (no LM head): teacher mode never needs the vocabulary logits."""
@@ -262,8 +283,7 @@ def _teacher_batch(model, batch: list[Example], cfg, canon, pad_id) -> list[dict
         p0 = len(e.prompt_ids)
         rows[i, : len(e.answer_ids)] = torch.arange(p0 - 1, p0 - 1 + len(e.answer_ids))  # query at t predicts t+1
         span[i, e.span] = True
-    probe = RowProbe(rows=rows.to(dev), span_mask=span.to(dev) if cfg.score == "mass" else None,
-                     want_argmax=cfg.score != "mass")
+    probe = RowProbe(rows=rows.to(dev), span_mask=span.to(dev) if cfg.score == "mass" else None, want_argmax=cfg.score != "mass")
     set_probe(model, probe)
     # no mask when nothing is padded: SDPA then takes its causal (flash / memory-efficient) path
     am = None if bool(mask.all()) else mask.to(dev)
@@ -272,45 +292,30 @@ def _teacher_batch(model, batch: list[Example], cfg, canon, pad_id) -> list[dict
     am_ = _stack(probe, L, "argmax") if probe.want_argmax else None
     ms_ = _stack(probe, L, "mass") if cfg.score == "mass" else None
     out = []
-    for i, (e, s) in enumerate(zip(batch, seqs)):
+    for i, e in enumerate(batch):
         key_canon = torch.tensor(canon(ids[i].tolist()))
         emit = torch.tensor(canon(e.answer_ids))
-        hits, score = _tally(cfg, am_[:, i] if am_ is not None else None, ms_[:, i] if ms_ is not None else None,
-                             span[i], key_canon, emit, len(e.answer_ids))
+        hits, score = _tally(
+            cfg, am_[:, i] if am_ is not None else None, ms_[:, i] if ms_ is not None else None, span[i], key_canon, emit, len(e.answer_ids)
+        )
         out.append(dict(hits=hits, score=score, n_steps=len(e.answer_ids), success=None, answer=e.answer_text))
     return out
 
 
-class _UntilStop:
-    """Head scoring's stop rule in `decode_loop`'s form: `is_stop(token, n_emitted)` ends a row and
-    the stop token is not kept (it is no answer token to score); at most `budget` tokens a row."""
-
-    def __init__(self, b: int, budget: int, is_stop: Callable[[int, int], bool]):
-        self.budget, self.is_stop = budget, is_stop
-        self.gen: list[list[int]] = [[] for _ in range(b)]
-        self.done = [budget <= 0] * b
-
-    def push(self, toks) -> bool:
-        for i, t in enumerate(toks):
-            if self.done[i]:
-                continue
-            if self.is_stop(t, len(self.gen[i])):
-                self.done[i] = True
-                continue
-            self.gen[i].append(t)
-            self.done[i] = len(self.gen[i]) >= self.budget
-        return all(self.done)
-
-
 @torch.no_grad()
-def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
-                  is_stop: Callable[[int, int], bool], probe: RowProbe | None = None, on_step=None) -> list[list[int]]:
-    """Greedy decoding of left-padded prompts with a KV cache (`evaluate.generate.decode_loop`);
+def greedy_decode(
+    model,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    pad_id: int,
+    is_stop: Callable[[int, int], bool],
+    probe: RowProbe | None = None,
+    on_step=None,
+) -> list[list[int]]:
+    """Greedy decoding of left-padded prompts with a KV cache (`models.decode.decode_loop`);
     returns each row's emitted tokens up to (excluding) its stop token. With `probe`, the prefill
     probes only the last prompt row and each step its single row; `on_step(k)` runs after the
     forward that emits token k."""
-    from needlework.evaluate.generate import decode_loop
-
     b, P = len(prompts), max(map(len, prompts))
     dev = model_device(model)
     cache = [None]
@@ -321,8 +326,7 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, pad_id: 
                 probe.rows, probe.seq_len = torch.full((b, 1), P - 1, dtype=torch.long, device=dev), P
             else:
                 probe.rows, probe.seq_len = None, P + k  # one query row; absolute keys for window caches
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                    **with_cache(model, cache[0]))
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **with_cache(model, cache[0]))
         cache[0] = cache_of(out)
         if on_step is not None:
             on_step(k)
@@ -331,7 +335,7 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, pad_id: 
     if probe is not None:
         set_probe(model, probe)
     try:
-        return decode_loop(step, prompts, pad_id, dev, _UntilStop(b, max_new_tokens, is_stop))
+        return decode_loop(step, prompts, pad_id, dev, StopWhen(b, max_new_tokens, is_stop))
     finally:
         if probe is not None:
             set_probe(model, None)
@@ -364,8 +368,9 @@ def _generate_batch(model, batch: list[Example], cfg, canon, pad_id, is_stop, de
         emit = torch.tensor(canon(emitted[i]), dtype=torch.long)
         n = len(emitted[i])
         span_full = torch.nn.functional.pad(span[i], (0, len(seq) - P))
-        hits, score = _tally(cfg, am_[:, i] if am_ is not None else None, ms_[:, i] if ms_ is not None else None,
-                             span_full, key_canon, emit, n)
+        hits, score = _tally(
+            cfg, am_[:, i] if am_ is not None else None, ms_[:, i] if ms_ is not None else None, span_full, key_canon, emit, n
+        )
         text = decode(emitted[i]) if decode else " ".join(map(str, emitted[i]))
         ok = rouge1_recall(e.answer_text, text) > cfg.success_threshold if decode else None
         out.append(dict(hits=hits, score=score, n_steps=n, success=ok, answer=text))
@@ -376,8 +381,6 @@ def stop_rule(tokenizer, cfg: ScoreConfig, model=None) -> Callable[[int, int], b
     """is_stop(token, n_emitted): EOS (the tokenizer's, and with `model` every EOS id its generation
     config lists, as evaluation stops: Llama-3-Instruct ends turns with <|eot_id|>), or a newline
     token once something was emitted (a leading newline is not an answer's end)."""
-    from needlework.evaluate.generate import eos_token_ids
-
     eos_ids = eos_token_ids(model, tokenizer)
     cache: dict[int, bool] = {}
 
@@ -393,9 +396,15 @@ def stop_rule(tokenizer, cfg: ScoreConfig, model=None) -> Callable[[int, int], b
     return is_stop
 
 
-def score_examples(model, examples: list[Example], cfg: ScoreConfig, *, pad_id: int = 0,
-                   decode: Callable[[list[int]], str] | None = None,
-                   is_stop: Callable[[int, int], bool] | None = None) -> pd.DataFrame:
+def score_examples(
+    model,
+    examples: list[Example],
+    cfg: ScoreConfig,
+    *,
+    pad_id: int = 0,
+    decode: Callable[[list[int]], str] | None = None,
+    is_stop: Callable[[int, int], bool] | None = None,
+) -> pd.DataFrame:
     """Score token-level examples; the per-example long table (see ScoreResult).
 
     Examples are batched in order of length (less padding), `cfg.batch_size` at a time.
@@ -426,14 +435,38 @@ def score_examples(model, examples: list[Example], cfg: ScoreConfig, *, pad_id: 
         r = results[i]
         success = r["success"]
         kept = True if cfg.mode == "teacher" or cfg.keep_failed or success is None else bool(success)
-        frames.append(pd.DataFrame({
-            "example_id": e.id, "layer": layer, "head": head, "hits": np.asarray(r["hits"], float).ravel(),
-            "n_steps": r["n_steps"], "span_tokens": len(e.span), "score": np.asarray(r["score"], float).ravel(),
-            "success": pd.array([success] * (L * H), dtype="boolean"), "kept": kept, "answer": r["answer"],
-            "n_spans_located": e.n_spans_located, "n_citing_docs": e.n_citing_docs,
-        }))
-    cols = ["example_id", "layer", "head", "hits", "n_steps", "span_tokens", "score", "success", "kept", "answer",
-            "n_spans_located", "n_citing_docs"]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "example_id": e.id,
+                    "layer": layer,
+                    "head": head,
+                    "hits": np.asarray(r["hits"], float).ravel(),
+                    "n_steps": r["n_steps"],
+                    "span_tokens": len(e.span),
+                    "score": np.asarray(r["score"], float).ravel(),
+                    "success": pd.array([success] * (L * H), dtype="boolean"),
+                    "kept": kept,
+                    "answer": r["answer"],
+                    "n_spans_located": e.n_spans_located,
+                    "n_citing_docs": e.n_citing_docs,
+                }
+            )
+        )
+    cols = [
+        "example_id",
+        "layer",
+        "head",
+        "hits",
+        "n_steps",
+        "span_tokens",
+        "score",
+        "success",
+        "kept",
+        "answer",
+        "n_spans_located",
+        "n_citing_docs",
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 

@@ -1,57 +1,34 @@
 """Head knockout (SPEC §2): ablate a head set during evaluation, in prefill and decoding alike, and
 compare the top retrieval heads against layer-matched random heads and the unablated baseline.
 
-Interventions are small functions with one signature, `fn(x, heads, value)`, acting on one layer's
-head-output site x (b, q, n_heads, head_dim) = the input of the output projection: `zero_heads`,
-`mean_heads`, and `patch.patch_heads`. `uniform` changes attention itself, so it goes through
-`instrument.set_uniform_heads`. `knocked_out` installs one of them and removes it in `finally`.
+The ablations are `models.instrument` interventions (`Zero`, `Mean`, `Uniform`: one call
+signature, one site each); `knocked_out` maps a mode to one and installs it with
+`instrument.intervened`, which removes it in `finally`. The ablated set is chosen by
+`models.sites.select_heads`, the rule `heads compare` uses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from needlework.data.records import Record, read_jsonl
 from needlework.errors import NeedleworkError
-from needlework.evaluate.evaluate import EvalConfig, config_with_eval
-from needlework.interventions.heads import (check_table_shape, describe, load_scores, parse_head_list,
-                                           random_layer_matched, select_heads)
+from needlework.evaluate.config import EvalConfig, config_with_eval
+from needlework.heads.compare import Scores, load_scores
+from needlework.interventions.heads import check_scores, describe, random_layer_matched
 from needlework.io import hash_file, hash_obj, write_json, write_parquet
-from needlework.models.instrument import head_output_hook, instrumented, set_uniform_heads
-from needlework.models.sites import HeadId, heads_by_layer, model_device, model_shape
+from needlework.models.instrument import Intervention, Mean, SiteCall, Uniform, Zero, intervened
+from needlework.models.sites import HeadSet, model_device, model_shape, select_heads
 
 MODES = ("zero", "mean", "uniform")
-
-
-# --- interventions: (site tensor x (b, q, h, d), heads of this layer, value) -> new x -------------
-
-def replace_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor | float) -> torch.Tensor:
-    """x with heads `heads` (indices into dim 2) set to `value`, broadcast to (b, q, len(heads), d).
-
-    Written in place when no gradient flows through x (evaluation): x is the output projection's
-    freshly made input, read by nothing else, so a copy of the whole layer output would be waste.
-    Under autograd a copy keeps the graph intact.
-    """
-    out = x.clone() if (x.requires_grad and torch.is_grad_enabled()) else x
-    out[:, :, list(heads)] = value if not torch.is_tensor(value) else value.to(x.dtype)
-    return out
-
-
-def zero_heads(x: torch.Tensor, heads: Sequence[int], value=None) -> torch.Tensor:
-    """The head's output before the output projection set to 0."""
-    return replace_heads(x, heads, 0.0)
-
-
-def mean_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor) -> torch.Tensor:
-    """Each head replaced by its mean output over a reference set; `value` = that layer's means (h, d)."""
-    return replace_heads(x, heads, value[list(heads)].to(x.device))
 
 
 @contextlib.contextmanager
@@ -69,36 +46,29 @@ def knocked_out(model, heads, mode: str = "zero", means: torch.Tensor | None = N
     """
     if mode not in MODES:
         raise NeedleworkError(f"unknown knockout mode {mode!r}", f"use one of {', '.join(MODES)}")
-    heads = frozenset(heads)
+    heads = HeadSet(heads)
     shape = model_shape(model)
     shape.check(heads)
-    by_layer = heads_by_layer(heads)
     if not heads:
         yield
         return
-    if mode == "uniform":
-        with instrumented(model):  # restores the attention implementation and clears state on exit
-            set_uniform_heads(model, by_layer)
-            yield
-        return
+    iv: Intervention
     if mode == "mean":
         want = (shape.n_layers, shape.n_heads, shape.head_dim)
         if means is None or tuple(means.shape) != want:
-            raise NeedleworkError(f"mean knockout needs head means shaped {want}, got "
-                                  f"{None if means is None else tuple(means.shape)}", "compute them with head_means()")
-    fn = zero_heads if mode == "zero" else mean_heads
-
-    def hook(layer: int, x: torch.Tensor):
-        hs = by_layer.get(layer)
-        if not hs:
-            return None  # untouched layers cost nothing
-        return fn(x, hs, means[layer] if means is not None else None)
-
-    with head_output_hook(model, hook, layers=by_layer):
+            raise NeedleworkError(
+                f"mean knockout needs head means shaped {want}, got {None if means is None else tuple(means.shape)}",
+                "compute them with head_means()",
+            )
+        iv = Mean(means)
+    else:
+        iv = Zero() if mode == "zero" else Uniform()
+    with intervened(model, iv, heads):
         yield
 
 
 # --- mean head outputs over a reference set, cached on disk ---------------------------------------
+
 
 def head_means(model, prompts: Sequence[Sequence[int]], batch_size: int = 4, progress: bool = True) -> torch.Tensor:
     """Mean head output (before the output projection) of every head over all prompt positions of
@@ -106,25 +76,33 @@ def head_means(model, prompts: Sequence[Sequence[int]], batch_size: int = 4, pro
     from tqdm.auto import tqdm
 
     shape = model_shape(model)
-    sums = torch.zeros(shape.n_layers, shape.n_heads, shape.head_dim, dtype=torch.float64)
+    acc = _SumHeads(torch.zeros(shape.n_layers, shape.n_heads, shape.head_dim, dtype=torch.float64))
     count = 0
-    cur: dict[str, torch.Tensor] = {}
 
-    def hook(layer: int, x: torch.Tensor):
-        m = cur["mask"]  # b, q
-        sums[layer] += (x.double() * m[:, :, None, None]).sum((0, 1)).cpu()  # h, d
-        return None
-
-    from needlework.evaluate.generate import left_pad
+    from needlework.models.decode import left_pad
 
     device = model_device(model)
-    with torch.inference_mode(), head_output_hook(model, hook):
+    with torch.inference_mode(), intervened(model, acc, shape.all_heads()):
         for s in tqdm(range(0, len(prompts), batch_size), desc="head means", disable=not progress, leave=False):
             ids, mask, pos = left_pad(prompts[s : s + batch_size], 0, device)  # left padding, as in generation
-            cur["mask"] = mask.to(torch.float64)
+            acc.mask = mask.to(torch.float64)
             model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
             count += int(mask.sum())
-    return (sums / max(count, 1)).float()
+    return (acc.sums / max(count, 1)).float()
+
+
+@dataclass
+class _SumHeads:
+    """A collecting intervention that keeps only a running sum of every head's output over the
+    unpadded positions (`mask` (b, q), set per batch), not the layer tensors themselves."""
+
+    sums: torch.Tensor  # (n_layers, n_heads, head_dim) float64
+    mask: torch.Tensor | None = None
+    site = "head_output"
+
+    def __call__(self, x: torch.Tensor, heads: Sequence[int], call: SiteCall) -> None:
+        self.sums[call.layer] += (x.double() * self.mask[:, :, None, None]).sum((0, 1)).cpu()  # h, d
+        return None
 
 
 def model_key(model_cfg) -> str:
@@ -154,6 +132,7 @@ def cached_head_means(model, prompts, key: str, cache_root: str | os.PathLike | 
 
 # --- the knockout stage ---------------------------------------------------------------------------
 
+
 @dataclass
 class KnockoutConfig:
     """Knockout options; the fields are the YAML keys of a study config's `knockout:` section."""
@@ -167,19 +146,20 @@ class KnockoutConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(logprob=False))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "KnockoutConfig":
+    def from_dict(cls, d: dict[str, Any]) -> KnockoutConfig:
         return config_with_eval(cls, d, "knockout")
 
 
-def choose_heads(table, shape, cfg: KnockoutConfig) -> frozenset[HeadId]:
-    """The ablated set from the config: explicit list, else threshold, else top-k; checked on `shape`."""
+def choose_heads(scores: Scores | None, shape, cfg: KnockoutConfig) -> HeadSet:
+    """The ablated set from the config (`sites.select_heads`: explicit list, else threshold, else
+    top-k), checked on `shape`."""
     if cfg.heads:
-        heads = parse_head_list(cfg.heads)
+        heads = select_heads(heads=cfg.heads)
     else:
-        if table is None:
+        if scores is None:
             raise NeedleworkError("no head scores given", "pass --heads SCORES, or an explicit --list L-H,...")
-        check_table_shape(table, shape)
-        heads = select_heads(table, top=None if cfg.threshold is not None else cfg.top, threshold=cfg.threshold)
+        check_scores(scores, shape)
+        heads = scores.select(top=cfg.top, threshold=cfg.threshold)
     shape.check(heads)
     if not heads:
         raise NeedleworkError("the head selection is empty", "lower --threshold or raise --top")
@@ -226,8 +206,49 @@ def _paired_delta(df, cond: str, n_boot: int, alpha: float, seed: int) -> dict[s
     return out
 
 
-def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads_table, cfg: KnockoutConfig | None,
-                 out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+def _evaluate_conditions(model, tok, records, sets: dict[str, HeadSet], cfg: KnockoutConfig, means, progress: bool):
+    """Evaluate every head set knocked out in turn; returns (per-example frame, conditions dict)."""
+    import pandas as pd
+
+    from needlework.evaluate.evaluate import evaluate_loaded
+
+    frames, conditions = [], {}
+    for name, heads in sets.items():
+        with knocked_out(model, heads, cfg.mode, means):
+            df, summ = evaluate_loaded(model, tok, records, replace(cfg.eval, limit=None), progress=progress)
+        frames.append(df.assign(condition=name))
+        conditions[name] = {**describe(heads), "tasks": summ["tasks"], "elapsed_s": summ["elapsed_s"]}
+    per_example = pd.concat(frames, ignore_index=True)
+    for name in conditions:
+        conditions[name]["delta_vs_baseline"] = _paired_delta(per_example, name, cfg.eval.n_boot, cfg.eval.alpha, cfg.eval.seed)
+    return per_example, conditions
+
+
+def _random_mean(conditions: dict[str, Any]) -> dict[str, Any]:
+    """Per task: the primary metric averaged (with min, max) over the random-set conditions."""
+    random_mean = {}
+    for task in conditions["baseline"]["tasks"]:
+        prim = conditions["baseline"]["tasks"][task]["primary"]
+        vals = [c["tasks"][task]["metrics"][prim]["mean"] for n, c in conditions.items() if n.startswith("random_")]
+        if vals:
+            random_mean[task] = {
+                "metric": prim,
+                "mean": float(np.mean(vals)),
+                "min": float(np.min(vals)),
+                "max": float(np.max(vals)),
+                "n_seeds": len(vals),
+            }
+    return random_mean
+
+
+def run_knockout(
+    model_cfg,
+    records: Sequence[Record] | str | os.PathLike,
+    heads_table,
+    cfg: KnockoutConfig | None,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Evaluate a model unablated, with the chosen head set knocked out, and with layer-matched
     random sets (one per seed); write `summary.json`, `per_example.parquet`, `knockout.png`.
 
@@ -247,10 +268,8 @@ def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads
     Raises:
         NeedleworkError: heads outside the model, a score table of another shape, bad data.
     """
-    import pandas as pd
-
-    from needlework.evaluate.evaluate import check_records, evaluate_loaded
-    from needlework.evaluate.generate import render_prompts, resolve_chat
+    from needlework.evaluate.evaluate import check_records
+    from needlework.models.decode import render_prompts, resolve_chat
     from needlework.models.load import check_rendering, load_model, resolve_model_config
 
     cfg = cfg or KnockoutConfig()
@@ -267,7 +286,7 @@ def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads
     trained_chat = check_rendering(model_cfg, chat)
     shape = model_shape(model)
     top = choose_heads(table, shape, cfg)
-    sets: dict[str, frozenset[HeadId]] = {"baseline": frozenset(), "top": top}
+    sets: dict[str, HeadSet] = {"baseline": HeadSet(), "top": top}
     for s in range(cfg.random_seeds):
         sets[f"random_{s}"] = random_layer_matched(top, shape, seed=s)
     means = None
@@ -275,26 +294,22 @@ def run_knockout(model_cfg, records: Sequence[Record] | str | os.PathLike, heads
         ref = read_jsonl(cfg.mean_reference) if cfg.mean_reference else records
         prompts = render_prompts(ref, tok, chat)
         means = cached_head_means(model, prompts, model_key(model_cfg), batch_size=cfg.eval.batch_size, progress=progress)
-    frames, conditions = [], {}
-    for name, heads in sets.items():
-        with knocked_out(model, heads, cfg.mode, means):
-            df, summ = evaluate_loaded(model, tok, records, replace(cfg.eval, limit=None), progress=progress)
-        frames.append(df.assign(condition=name))
-        conditions[name] = {**describe(heads), "tasks": summ["tasks"], "elapsed_s": summ["elapsed_s"]}
-    per_example = pd.concat(frames, ignore_index=True)
-    for name in conditions:
-        conditions[name]["delta_vs_baseline"] = _paired_delta(per_example, name, cfg.eval.n_boot, cfg.eval.alpha, cfg.eval.seed)
-    random_mean = {}
-    for task in conditions["baseline"]["tasks"]:
-        prim = conditions["baseline"]["tasks"][task]["primary"]
-        vals = [c["tasks"][task]["metrics"][prim]["mean"] for n, c in conditions.items() if n.startswith("random_")]
-        if vals:
-            random_mean[task] = {"metric": prim, "mean": float(np.mean(vals)), "min": float(np.min(vals)),
-                                 "max": float(np.max(vals)), "n_seeds": len(vals)}
-    summary = {"model": model_cfg.name, "adapter": model_cfg.adapter, "model_config": asdict(model_cfg),
-               "shape": shape.to_dict(), "data": data_path, "data_hash": hash_obj([r.to_dict() for r in records]),
-               "n": len(records), "config": asdict(cfg), "chat": chat, "trained_chat": trained_chat,
-               "conditions": conditions, "random_mean": random_mean}
+    per_example, conditions = _evaluate_conditions(model, tok, records, sets, cfg, means, progress)
+    random_mean = _random_mean(conditions)
+    summary = {
+        "model": model_cfg.name,
+        "adapter": model_cfg.adapter,
+        "model_config": asdict(model_cfg),
+        "shape": shape.to_dict(),
+        "data": data_path,
+        "data_hash": hash_obj([r.to_dict() for r in records]),
+        "n": len(records),
+        "config": asdict(cfg),
+        "chat": chat,
+        "trained_chat": trained_chat,
+        "conditions": conditions,
+        "random_mean": random_mean,
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(out / "per_example.parquet", per_example)

@@ -11,28 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from needlework.data.records import Record, read_jsonl
 from needlework.errors import NeedleworkError
-from needlework.evaluate.evaluate import EvalConfig, config_with_eval
-from needlework.interventions.heads import check_table_shape, describe, load_scores, patch_sets, select_heads
-from needlework.interventions.knockout import replace_heads
+from needlework.evaluate.config import EvalConfig, config_with_eval
+from needlework.heads.compare import load_scores
+from needlework.interventions.heads import check_scores, describe, patch_sets
 from needlework.io import hash_obj, write_json, write_parquet, write_text
-from needlework.models.instrument import head_output_hook
-from needlework.models.sites import cache_of, heads_by_layer, model_device, model_shape, with_cache
-
-
-def patch_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor) -> torch.Tensor:
-    """The heads `heads` of x (b, q, h, d) replaced by the source's head outputs `value` (b, q, h, d)."""
-    return replace_heads(x, heads, value[:, :, list(heads)])
-
+from needlework.models.decode import Step, StopRules, decode_loop, greedy_answers, plan_answers
+from needlework.models.instrument import Collect, Patch, SiteCall, intervened
+from needlework.models.sites import HeadSet, cache_of, heads_by_layer, model_device, model_shape, with_cache
 
 # --- two roles on one or two models ---------------------------------------------------------------
+
 
 @dataclass
 class Role:
@@ -101,11 +98,11 @@ def resolve_pair(source_cfg, target_cfg):
             raise NeedleworkError(
                 f"the source adapter {src.adapter} was trained with {key} {a} and the target adapter {tgt.adapter} "
                 f"with {key} {b}: patching runs both adapters on one base model, so their settings must agree",
-                "patch between adapters trained with the same --rope-theta / --max-position-embeddings")
+                "patch between adapters trained with the same --rope-theta / --max-position-embeddings",
+            )
     if any((getattr(src, k) is None) != (getattr(tgt, k) is None) for k in CONTEXT_KEYS):
         own = base_context(src.name, src.trust_remote_code)
-        src, tgt = (replace(c, **{k: own[k] for k in CONTEXT_KEYS if getattr(c, k) is None and own[k] is not None})
-                    for c in (src, tgt))
+        src, tgt = (replace(c, **{k: own[k] for k in CONTEXT_KEYS if getattr(c, k) is None and own[k] is not None}) for c in (src, tgt))
     return src, tgt
 
 
@@ -136,38 +133,45 @@ def load_pair(source_cfg, target_cfg):
     ms, tok = load_model(source_cfg)
     mt, _ = load_model(target_cfg)
     if model_shape(ms) != model_shape(mt):
-        raise NeedleworkError(f"source and target shapes differ ({model_shape(ms)} vs {model_shape(mt)})",
-                              "patch between models of one architecture and size")
+        raise NeedleworkError(
+            f"source and target shapes differ ({model_shape(ms)} vs {model_shape(mt)})", "patch between models of one architecture and size"
+        )
     return Role(ms), Role(mt), tok
 
 
 # --- lockstep greedy generation -------------------------------------------------------------------
 
+
 @dataclass
 class _PatchState:
+    """The one intervention installed for lockstep patching: by `phase`, a `Collect` (the source's
+    forward) or a `Patch` reading what it collected (the target's). One object, because a shared
+    peft base is one module that both roles call."""
+
     by_layer: dict[int, list[int]]
     phase: str = "off"  # source (record head outputs) | target (replace them) | off
-    store: dict[int, torch.Tensor] = field(default_factory=dict)
+    collect: Collect = field(default_factory=Collect)
+    site = "head_output"
 
-    def hook(self, layer: int, x: torch.Tensor):
-        hs = self.by_layer.get(layer)
-        if not hs or self.phase == "off":
-            return None
+    def __post_init__(self) -> None:
+        self.patch = Patch(self.collect.store)
+
+    def __call__(self, x: torch.Tensor, heads: Sequence[int], call: SiteCall) -> torch.Tensor | None:
         if self.phase == "source":
-            self.store[layer] = x  # the source is never modified in place, so no copy is needed
-            return None
-        return patch_heads(x, hs, self.store[layer])
+            return self.collect(x, heads, call)  # the source is never modified in place, so no copy is needed
+        if self.phase == "target":
+            return self.patch(x, heads, call)
+        return None
 
 
 @contextlib.contextmanager
 def patching(source: Role, target: Role, heads):
-    """Install the capture/replace hook on both models (once when they are one module); yields the
-    state whose `phase` each forward sets."""
+    """Install the capture/replace intervention on both models (once when they are one module);
+    yields the state whose `phase` each forward sets."""
     st = _PatchState(heads_by_layer(heads))
     with contextlib.ExitStack() as stack:
-        if heads:
-            for m in {id(source.model): source.model, id(target.model): target.model}.values():
-                stack.enter_context(head_output_hook(m, st.hook))
+        for m in {id(source.model): source.model, id(target.model): target.model}.values():
+            stack.enter_context(intervened(m, st, heads))
         yield st
 
 
@@ -180,63 +184,61 @@ def _call(role: Role, st: _PatchState, phase: str, **kw):
         st.phase = "off"
 
 
-def lockstep_batch(source: Role, target: Role, st: _PatchState, prompts, max_new, stops, pad_id, eos_ids,
-                   newline_ids, blank_ids, return_logits: bool = False):
-    """Greedy generation of a left-padded batch by the patched target, the source running alongside
-    on the target's tokens (`evaluate.generate.decode_loop`, stop rules as `evaluate`). Returns
-    (generated ids per row, per-step target logits (b, vocab) when `return_logits`)."""
-    from needlework.evaluate.generate import StopRules, decode_loop
-
+def lockstep_step(source: Role, target: Role, st: _PatchState, logits: list[torch.Tensor] | None = None) -> Step:
+    """The decoding layer's step function of lockstep patching: the source runs first on the
+    target's tokens (its head outputs are what the patched target's forward reads), each model with
+    its own KV cache; returns the target's logits, also appended (float) to `logits` when given."""
     skip_source = not st.by_layer  # nothing to patch: the source is not needed
     caches: dict[str, object] = {"source": None, "target": None}
-    logits: list[torch.Tensor] = []
 
-    def step(ids, mask, pos, _k):
+    def step(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, _k: int) -> torch.Tensor:
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        if not skip_source:  # the source first: its head outputs are what the target's forward reads
+        if not skip_source:
             caches["source"] = cache_of(_call(source, st, "source", **with_cache(source.model, caches["source"]), **kw))
         out = _call(target, st, "target", **with_cache(target.model, caches["target"]), **kw)
         caches["target"] = cache_of(out)
-        if return_logits:
+        if logits is not None:
             logits.append(out.logits[:, -1].float())
         return out.logits[:, -1]
 
+    return step
+
+
+def lockstep_batch(
+    source: Role,
+    target: Role,
+    st: _PatchState,
+    prompts,
+    max_new,
+    stops,
+    pad_id,
+    eos_ids,
+    newline_ids,
+    blank_ids,
+    return_logits: bool = False,
+):
+    """Greedy generation of one left-padded batch by the patched target (`models.decode.decode_loop`
+    with `lockstep_step`, stop rules as `evaluate`). Returns (generated ids per row, per-step target
+    logits (b, vocab) when `return_logits`)."""
+    logits: list[torch.Tensor] = []
     rules = StopRules(max_new, stops, eos_ids, newline_ids, blank_ids)
-    gen = decode_loop(step, prompts, pad_id, model_device(target.model), rules)
-    return gen, logits
+    step = lockstep_step(source, target, st, logits if return_logits else None)
+    return decode_loop(step, prompts, pad_id, model_device(target.model), rules), logits
 
 
-def patched_answers(source: Role, target: Role, tokenizer, records: Sequence[Record], heads, cfg: EvalConfig,
-                    progress: bool = True) -> list[str]:
-    """The patched target's greedy answers (rendering, budgets and stop rules of `evaluate`)."""
-    from tqdm.auto import tqdm
-
-    from needlework.evaluate.generate import (DEFAULT_MAX_NEW_TOKENS, NEWLINE_STOP_TASKS, check_lengths, eos_token_ids,
-                                              newline_and_blank_ids, postprocess, render_prompts, resolve_chat)
-
-    chat = resolve_chat(cfg.chat, tokenizer)
-    prompts = render_prompts(records, tokenizer, chat)
-    max_new = [cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(r.task, 32) for r in records]
-    check_lengths(target.model, prompts, max_new, records)
-    stops = [r.task in NEWLINE_STOP_TASKS for r in records]
-    nl, blank = newline_and_blank_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    eos = eos_token_ids(target.model, tokenizer)
-    order = sorted(range(len(records)), key=lambda i: -len(prompts[i]))
-    results: list[list[int]] = [[] for _ in records]
-    bs = max(1, cfg.batch_size)
+def patched_answers(
+    source: Role, target: Role, tokenizer, records: Sequence[Record], heads, cfg: EvalConfig, progress: bool = True
+) -> list[str]:
+    """The patched target's greedy answers: `evaluate`'s answer plan (rendering, budgets, stop
+    rules) decoded with the lockstep step function."""
+    plan = plan_answers(target.model, tokenizer, records, cfg.chat, cfg.max_new_tokens)
     with torch.inference_mode(), patching(source, target, heads) as st:
-        for s in tqdm(range(0, len(order), bs), desc="patch", disable=not progress, leave=False):
-            idx = order[s : s + bs]
-            gen, _ = lockstep_batch(source, target, st, [prompts[i] for i in idx], [max_new[i] for i in idx],
-                                    [stops[i] for i in idx], pad, eos, nl, blank)
-            for i, g in zip(idx, gen):
-                results[i] = g
-    return [postprocess(tokenizer.decode(g, skip_special_tokens=True, clean_up_tokenization_spaces=False), s)
-            for g, s in zip(results, stops)]
+        gen = greedy_answers(plan, lambda: lockstep_step(source, target, st), model_device(target.model), cfg.batch_size, progress, "patch")
+    return plan.texts(tokenizer, gen)
 
 
 # --- the patch stage ------------------------------------------------------------------------------
+
 
 @dataclass
 class PatchConfig:
@@ -250,7 +252,7 @@ class PatchConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(logprob=False))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PatchConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PatchConfig:
         return config_with_eval(cls, d, "patch")
 
 
@@ -276,19 +278,67 @@ def _table(per_example, sets: dict, cfg: EvalConfig) -> tuple[list[dict], str]:
             v = by[cond].loc[before.index].to_numpy(float)
             lo, hi = bootstrap_ci(v, cfg.n_boot, cfg.alpha, cfg.seed)
             d, dlo, dhi = paired_diff_ci(v, before.to_numpy(float), cfg.n_boot, cfg.alpha, cfg.seed)
-            rows.append({"task": task, "condition": cond, "n_heads": len(sets[cond]) if cond in sets else None,
-                         "score": float(v.mean()), "lo": lo, "hi": hi, "delta": d, "delta_lo": dlo, "delta_hi": dhi,
-                         "recovered": d / gap if cond in sets and abs(gap) > 1e-12 else None})
+            rows.append(
+                {
+                    "task": task,
+                    "condition": cond,
+                    "n_heads": len(sets[cond]) if cond in sets else None,
+                    "score": float(v.mean()),
+                    "lo": lo,
+                    "hi": hi,
+                    "delta": d,
+                    "delta_lo": dlo,
+                    "delta_hi": dhi,
+                    "recovered": d / gap if cond in sets and abs(gap) > 1e-12 else None,
+                }
+            )
     lines = ["| task | condition | heads | score [95% CI] | delta vs target [95% CI] | recovered |", "|---|---|---|---|---|---|"]
     for r in rows:
         rec = "" if r["recovered"] is None else f"{r['recovered']:.2f}"
-        lines.append(f"| {r['task']} | {r['condition']} | {'' if r['n_heads'] is None else r['n_heads']} | "
-                     f"{r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | {r['delta']:+.3f} [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}] | {rec} |")
+        lines.append(
+            f"| {r['task']} | {r['condition']} | {'' if r['n_heads'] is None else r['n_heads']} | "
+            f"{r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | {r['delta']:+.3f} [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}] | {rec} |"
+        )
     return rows, "\n".join(lines) + "\n"
 
 
-def run_patch(source_cfg, target_cfg, records: Sequence[Record] | str | os.PathLike, heads_source, heads_target,
-              cfg: PatchConfig | None, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+def _choose_sets(cfg: PatchConfig, tables, shape) -> tuple[list[HeadSet], dict[str, HeadSet]]:
+    """Select each model's heads from its score table (empty when absent); returns (chosen, patch sets)."""
+    chosen = []
+    for t in tables:
+        if t is None:
+            chosen.append(HeadSet())
+            continue
+        check_scores(t, shape)
+        chosen.append(t.select(top=cfg.top, threshold=cfg.threshold))  # `sites.select_heads`, as knockout and compare
+    sets = patch_sets(cfg.set, chosen[0], chosen[1], shape, seeds=range(cfg.random_seeds), random_like=cfg.random_like)
+    return chosen, sets
+
+
+def _score_conditions(source, target, tok, records, sets: dict[str, HeadSet], ecfg, progress: bool) -> list[dict]:
+    """Per-example rows for the source, the target, and the target patched with each head set."""
+    from needlework.evaluate.evaluate import evaluate_loaded
+
+    rows = []
+    for name, role in (("source", source), ("target", target)):
+        with role.active():
+            df, _ = evaluate_loaded(role.model, tok, records, ecfg, progress=progress)
+        rows += [{"condition": name, **r} for r in df.drop(columns=["n_prompt_tokens"], errors="ignore").to_dict("records")]
+    for name, heads in sets.items():
+        rows += _scores(records, patched_answers(source, target, tok, records, heads, ecfg, progress), name)
+    return rows
+
+
+def run_patch(
+    source_cfg,
+    target_cfg,
+    records: Sequence[Record] | str | os.PathLike,
+    heads_source,
+    heads_target,
+    cfg: PatchConfig | None,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Score the source, the target, and the target patched with the source's head outputs per head
     set; write `summary.json`, `per_example.parquet`, `patch.csv` and `patch.md`.
 
@@ -309,9 +359,8 @@ def run_patch(source_cfg, target_cfg, records: Sequence[Record] | str | os.PathL
     """
     import pandas as pd
 
-    from needlework.evaluate.evaluate import check_records, evaluate_loaded
-
-    from needlework.evaluate.generate import resolve_chat
+    from needlework.evaluate.evaluate import check_records
+    from needlework.models.decode import resolve_chat
     from needlework.models.load import check_rendering
 
     cfg = cfg or PatchConfig()
@@ -328,29 +377,25 @@ def run_patch(source_cfg, target_cfg, records: Sequence[Record] | str | os.PathL
     chat = resolve_chat(cfg.eval.chat, tok)  # one rendering for both models
     trained_chat = {role: check_rendering(c, chat, "patched") for role, c in (("source", source_cfg), ("target", target_cfg))}
     shape = model_shape(target.model)
-    chosen = []
-    for t in tables:
-        if t is None:
-            chosen.append(frozenset())
-            continue
-        check_table_shape(t, shape)
-        chosen.append(select_heads(t, top=None if cfg.threshold is not None else cfg.top, threshold=cfg.threshold))
-    sets = patch_sets(cfg.set, chosen[0], chosen[1], shape, seeds=range(cfg.random_seeds), random_like=cfg.random_like)
+    chosen, sets = _choose_sets(cfg, tables, shape)
     ecfg = replace(cfg.eval, limit=None, logprob=False)
-    rows = []
-    for name, role in (("source", source), ("target", target)):
-        with role.active():
-            df, _ = evaluate_loaded(role.model, tok, records, ecfg, progress=progress)
-        rows += [{"condition": name, **r} for r in df.drop(columns=["n_prompt_tokens"], errors="ignore").to_dict("records")]
-    for name, heads in sets.items():
-        rows += _scores(records, patched_answers(source, target, tok, records, heads, ecfg, progress), name)
-    per_example = pd.DataFrame(rows)
+    per_example = pd.DataFrame(_score_conditions(source, target, tok, records, sets, ecfg, progress))
     table, md = _table(per_example, sets, ecfg)
-    summary = {"source": asdict(source_cfg), "target": asdict(target_cfg), "chat": chat, "trained_chat": trained_chat,
-               "data": data_path,
-               "data_hash": hash_obj([r.to_dict() for r in records]), "n": len(records), "config": asdict(cfg),
-               "shape": shape.to_dict(), "heads_source": describe(chosen[0]), "heads_target": describe(chosen[1]),
-               "sets": {k: describe(v) for k, v in sets.items()}, "table": table}
+    summary = {
+        "source": asdict(source_cfg),
+        "target": asdict(target_cfg),
+        "chat": chat,
+        "trained_chat": trained_chat,
+        "data": data_path,
+        "data_hash": hash_obj([r.to_dict() for r in records]),
+        "n": len(records),
+        "config": asdict(cfg),
+        "shape": shape.to_dict(),
+        "heads_source": describe(chosen[0]),
+        "heads_target": describe(chosen[1]),
+        "sets": {k: describe(v) for k, v in sets.items()},
+        "table": table,
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(out / "per_example.parquet", per_example)

@@ -4,23 +4,28 @@
 `needlework_<backend>` that (1) computes the layer's output with the wrapped fast backend (SDPA by
 default) and (2) on the side, only for the query rows a `RowProbe` selects, computes the
 pre-softmax logits of those rows against all keys: the per-head argmax key and the attention mass
-on a key span. The full (q × k) attention matrix is never built. It also hosts the `uniform`
-knockout (a head attends uniformly over its visible prefix), which must change attention itself.
+on a key span. The full (q × k) attention matrix is never built.
 
-Head *outputs* (the input of `o_proj`, see `sites.py`) are changed by forward pre-hooks installed
-with `head_output_hook`; knockout (zero/mean) and patching plug in there.
+Interventions (pyvene's `ZeroIntervention`/`CollectIntervention`/`VanillaIntervention` idea) are
+small objects with one call, `iv(x, heads, call) -> new x or None`: x is one layer's site tensor
+(b, q, n_heads, head_dim), `heads` the query heads of that layer to act on, `call` the layer and,
+at the attention site, the attention call's inputs. `Zero`, `Mean`, `Patch` and `Collect` act on
+the `head_output` site (the input of `o_proj`, a forward pre-hook); `Uniform` on the `attention`
+site (it needs the values and the mask). `intervened(model, iv, heads)` installs one on the layers
+`heads` touch and removes it in `finally`, whichever the site.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import torch
 
 from needlework.errors import NeedleworkError
-from needlework.models.sites import attention_modules, model_shape, out_proj
+from needlework.models.sites import HeadId, attention_modules, heads_by_layer, model_shape, site
 
 PREFIX = "needlework_"
 _STATE = "_needlework_state"
@@ -53,9 +58,30 @@ class RowProbe:
 
 
 @dataclass
+class SiteCall:
+    """What a site hands an intervention besides the tensor: the layer and, at the `attention`
+    site, the attention function's inputs (None at `head_output`)."""
+
+    layer: int
+    query: torch.Tensor | None = None  # (b, h, q, d)
+    key: torch.Tensor | None = None  # (b, kvh, k, d)
+    value: torch.Tensor | None = None  # (b, kvh, k, d)
+    attention_mask: torch.Tensor | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class Intervention(Protocol):
+    """One call for every intervention; returning None keeps x."""
+
+    site: str  # a key of `models.sites.SITES`
+
+    def __call__(self, x: torch.Tensor, heads: Sequence[int], call: SiteCall) -> torch.Tensor | None: ...
+
+
+@dataclass
 class LayerState:
     probe: RowProbe | None = None
-    uniform_heads: tuple[int, ...] = ()
+    edits: list[tuple[Intervention, tuple[int, ...]]] = field(default_factory=list)  # attention-site interventions
 
 
 def _state(module) -> LayerState:
@@ -122,11 +148,12 @@ def _probe(module, query, key, attention_mask, scaling, kwargs, probe: RowProbe)
         probe.mass[layer] = torch.exp(inside - total).nan_to_num(0.0)  # b, h, r
 
 
-def _uniform(module, query, key, value, attention_mask, out, heads, kwargs) -> torch.Tensor:
+def _uniform(out: torch.Tensor, heads: Sequence[int], call: SiteCall) -> torch.Tensor:
     """Replace `heads` of `out` (b, q, h, d) by the mean of their values over visible keys.
 
     One (b, q, k) weight matrix serves every head, and one matmul every key-value head the chosen
     heads read; `out` (the kernel's fresh output) is written in place unless autograd needs it."""
+    query, key, value, attention_mask, kwargs = call.query, call.key, call.value, call.attention_mask, call.kwargs
     b, h, q_len, d = query.shape
     kvh, k = key.shape[1], key.shape[2]
     g = h // kvh
@@ -153,8 +180,11 @@ def _make_attention(backend: str) -> Callable:
             if st.probe is not None and (st.probe.layers is None or module.layer_idx in st.probe.layers):
                 with torch.no_grad():
                     _probe(module, query, key, attention_mask, scaling, kwargs, st.probe)
-            if st.uniform_heads:
-                out = _uniform(module, query, key, value, attention_mask, out, st.uniform_heads, kwargs)
+            if st.edits:
+                call = SiteCall(module.layer_idx, query, key, value, attention_mask, kwargs)
+                for iv, heads in st.edits:
+                    y = iv(out, heads, call)
+                    out = out if y is None else y
         return out, weights
 
     return needlework_attention
@@ -188,7 +218,7 @@ def _ensure_registered(backend: str) -> str:
 
 def base_backend(model) -> str:
     impl = model.config._attn_implementation or "sdpa"
-    return impl[len(PREFIX):] if impl.startswith(PREFIX) else impl
+    return impl[len(PREFIX) :] if impl.startswith(PREFIX) else impl
 
 
 @contextlib.contextmanager
@@ -217,39 +247,115 @@ def set_probe(model, probe: RowProbe | None) -> None:
         _state(m).probe = probe
 
 
-def set_uniform_heads(model, heads_by_layer: dict[int, list[int]]) -> None:
-    """Make these heads attend uniformly over their causal (visible) prefix; {} clears."""
-    for m in attention_modules(model):
-        _state(m).uniform_heads = tuple(heads_by_layer.get(m.layer_idx, ()))
+def write_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor | float) -> torch.Tensor:
+    """x (b, q, h, d) with heads `heads` set to `value`, broadcast to (b, q, len(heads), d).
+
+    Written in place when no gradient flows through x (evaluation): x is the output projection's
+    freshly made input, read by nothing else, so a copy of the whole layer output would be waste.
+    Under autograd a copy keeps the graph intact.
+    """
+    out = x.clone() if (x.requires_grad and torch.is_grad_enabled()) else x
+    out[:, :, list(heads)] = value if not torch.is_tensor(value) else value.to(x.dtype)
+    return out
 
 
-HeadFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+class Zero:
+    """The heads' outputs before the output projection set to 0."""
+
+    site = "head_output"
+
+    def __call__(self, x: torch.Tensor, heads: Sequence[int], call: SiteCall) -> torch.Tensor:
+        return write_heads(x, heads, 0.0)
+
+
+@dataclass
+class Mean:
+    """Each head replaced by its mean output over a reference set; `means` (n_layers, n_heads, d)."""
+
+    means: torch.Tensor
+    site = "head_output"
+
+    def __call__(self, x: torch.Tensor, heads: Sequence[int], call: SiteCall) -> torch.Tensor:
+        return write_heads(x, heads, self.means[call.layer][list(heads)].to(x.device))
+
+
+@dataclass
+class Collect:
+    """Keeps each layer's site tensor in `store` (no copy: the site's own tensor, which nothing
+    modifies afterwards in a model that is not patched itself)."""
+
+    store: dict[int, torch.Tensor] = field(default_factory=dict)
+    site = "head_output"
+
+    def __call__(self, x: torch.Tensor, heads: Sequence[int], call: SiteCall) -> None:
+        self.store[call.layer] = x
+        return None
+
+
+@dataclass
+class Patch:
+    """The heads replaced by another run's head outputs at the same layer, read from `store`
+    (a `Collect`'s, filled by the source forward just before), shaped like x."""
+
+    store: dict[int, torch.Tensor]
+    site = "head_output"
+
+    def __call__(self, x: torch.Tensor, heads: Sequence[int], call: SiteCall) -> torch.Tensor:
+        return write_heads(x, heads, self.store[call.layer][:, :, list(heads)])
+
+
+class Uniform:
+    """The head attends uniformly over its visible (causal, windowed) prefix: its output becomes
+    the mean of the values it may see. Lives at the attention site, where values and mask are."""
+
+    site = "attention"
+
+    def __call__(self, x: torch.Tensor, heads: Sequence[int], call: SiteCall) -> torch.Tensor:
+        return _uniform(x, heads, call)
+
+
+def _head_output_hook(iv: Intervention, layer: int, heads: tuple[int, ...], n_heads: int, head_dim: int) -> Callable:
+    call = SiteCall(layer)
+
+    def pre_hook(_mod, args):
+        x = args[0]
+        b, q, _ = x.shape
+        y = iv(x.view(b, q, n_heads, head_dim), heads, call)
+        if y is None:
+            return None
+        return (y.reshape(b, q, n_heads * head_dim),) + tuple(args[1:])
+
+    return pre_hook
 
 
 @contextlib.contextmanager
-def head_output_hook(model, fn: HeadFn, layers: Iterable[int] | None = None) -> Iterator[None]:
-    """Call `fn(layer, x)` on each layer's head outputs (only `layers`, when given), x shaped (b, q, n_heads, head_dim), before
-    the output projection; `fn` may return a replacement tensor (or None to keep x). Hooks are
-    removed on exit, also after an exception."""
+def intervened(model, iv: Intervention, heads: Iterable[HeadId]) -> Iterator[None]:
+    """Run `iv` on `heads` (only the layers they touch get a hook) for the duration of the block,
+    in every forward (prefill and decoding); hooks and attention state are removed on exit, also
+    after an exception. An empty head set changes nothing.
+
+    Raises:
+        NeedleworkError: an unknown site, or a model whose attention cannot be instrumented.
+    """
+    by_layer = {l: tuple(hs) for l, hs in heads_by_layer(heads).items()}
+    where = site(iv.site)  # raises for an unknown site
+    if where.name == "attention":
+        if not by_layer:
+            yield
+            return
+        with instrumented(model) as mods:  # restores the attention implementation and clears state on exit
+            for m in mods:
+                if m.layer_idx in by_layer:
+                    _state(m).edits.append((iv, by_layer[m.layer_idx]))
+            yield
+        return
     shape = model_shape(model)
     handles = []
-
-    def make(layer: int):
-        def pre_hook(_mod, args):
-            x = args[0]
-            b, q, _ = x.shape
-            y = fn(layer, x.view(b, q, shape.n_heads, shape.head_dim))
-            if y is None:
-                return None
-            return (y.reshape(b, q, shape.n_heads * shape.head_dim),) + tuple(args[1:])
-
-        return pre_hook
-
     try:
-        wanted = None if layers is None else set(layers)
-        for m in attention_modules(model):
-            if wanted is None or m.layer_idx in wanted:  # untouched layers get no hook at all
-                handles.append(out_proj(m).register_forward_pre_hook(make(m.layer_idx)))
+        for layer, proj in enumerate(where.modules(model)):
+            if layer in by_layer:  # untouched layers get no hook at all
+                hook = _head_output_hook(iv, layer, by_layer[layer], shape.n_heads, shape.head_dim)
+                handles.append(proj.register_forward_pre_hook(hook))
         yield
     finally:
         for hd in handles:

@@ -65,8 +65,8 @@ def smollm2_dir() -> Path:
     with _file_lock(cache_dir() / f".{SMOLLM2_DIR}.lock"):
         if (target / "config.json").exists():  # another process converted it meanwhile
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,7 +104,12 @@ def resolve(name: str | os.PathLike) -> tuple[str, dict[str, Any]]:
             raise NeedleworkError(f"GGUF file {p} not found", "check the path")
         return str(p.parent), {"gguf_file": p.name}
     if p.exists():
-        if p.is_dir() and not (p / "config.json").exists() and not (p / "tokenizer_config.json").exists() and not (p / "tokenizer.json").exists():
+        if (
+            p.is_dir()
+            and not (p / "config.json").exists()
+            and not (p / "tokenizer_config.json").exists()
+            and not (p / "tokenizer.json").exists()
+        ):
             raise NeedleworkError(f"{p} is a directory but holds no config.json or tokenizer files", "point at a saved model folder")
         return str(p), {}
     if name.count("/") > 1 or name.startswith((".", "/", "~")):
@@ -146,9 +151,10 @@ class ModelConfig:
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16 | float64 (exactness tests)
     device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N
     attn_implementation: str = "sdpa"  # backend the instrumentation wraps (eager for softcapped models)
-    rope_theta: float | None = None  # raise the RoPE base to extend context (None: the adapter's saved value, else the model's)
-    max_position_embeddings: int | None = None  # likewise
-    adapter: str | None = None  # LoRA adapter (peft) to apply: its folder, or a `needlework train` output folder
+    # (the comments are also the command-line help, `needlework.cli_options`)
+    rope_theta: float | None = None  # RoPE base, raised to extend context (None: an adapter's saved value, else the model's)
+    max_position_embeddings: int | None = None  # position limit (None: an adapter's saved value, else the model's)
+    adapter: str | None = None  # LoRA adapter: its folder, or a `needlework train` output folder (its saved settings apply)
     trust_remote_code: bool = False
 
 
@@ -162,14 +168,21 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device) -> "Any":
+def resolve_dtype(dtype: str, device) -> Any:
     import torch
 
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}[dtype]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+            "float64": torch.float64,
+        }[dtype]
     except KeyError:
         raise NeedleworkError(f"unknown dtype {dtype!r}", "use auto, float32, bfloat16, float16 or float64") from None
 
@@ -209,17 +222,23 @@ def resolve_adapter(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         if (p / "adapter" / "adapter_config.json").exists():
             p = p / "adapter"  # a `needlework train` output folder
         elif (p / "model" / "config.json").exists():
-            raise NeedleworkError(f"{p} holds a fully fine-tuned model ({p / 'model'}), not a LoRA adapter",
-                                  f"load it as the model: --model {p / 'model'} (and no --adapter)")
+            raise NeedleworkError(
+                f"{p} holds a fully fine-tuned model ({p / 'model'}), not a LoRA adapter",
+                f"load it as the model: --model {p / 'model'} (and no --adapter)",
+            )
         else:
-            raise NeedleworkError(f"{p} holds no LoRA adapter (no adapter_config.json, nor adapter/adapter_config.json)",
-                                  _fix_adapter_hint(p))
+            raise NeedleworkError(
+                f"{p} holds no LoRA adapter (no adapter_config.json, nor adapter/adapter_config.json)", _fix_adapter_hint(p)
+            )
     if not list(p.glob("adapter_model*.safetensors")):
         pickled = list(p.glob("adapter_model*.bin"))
         raise NeedleworkError(
-            f"{p} holds no adapter weights in safetensors format" + (" (only a pickle .bin, which needlework never loads)" if pickled else ""),
-            "re-save the adapter with save_pretrained(..., safe_serialization=True)" if pickled else
-            "the adapter folder is incomplete: rerun `needlework train` (it resumes) or copy adapter_model.safetensors")
+            f"{p} holds no adapter weights in safetensors format"
+            + (" (only a pickle .bin, which needlework never loads)" if pickled else ""),
+            "re-save the adapter with save_pretrained(..., safe_serialization=True)"
+            if pickled
+            else "the adapter folder is incomplete: rerun `needlework train` (it resumes) or copy adapter_model.safetensors",
+        )
     _read_json(p / "adapter_config.json")
     return p, _read_settings(p)
 
@@ -283,8 +302,10 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     where = adapter_dir / MODEL_SETTINGS
     base = saved.get("name")
     if base is not None and not same_model(str(base), cfg.name):
-        raise NeedleworkError(f"adapter {adapter_dir} does not fit model {cfg.name!r}: it was trained on {base!r} ({where})",
-                              f"pass the base model it was trained on (--model {base})")
+        raise NeedleworkError(
+            f"adapter {adapter_dir} does not fit model {cfg.name!r}: it was trained on {base!r} ({where})",
+            f"pass the base model it was trained on (--model {base})",
+        )
     updates: dict[str, Any] = {"adapter": str(adapter_dir)}
     for key in CONTEXT_KEYS:
         value, given = saved.get(key), getattr(cfg, key)
@@ -296,7 +317,8 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
             flag = "--" + key.replace("_", "-")
             raise NeedleworkError(
                 f"{flag} {given} conflicts with the adapter's {key} {value} (it was trained with it; {where})",
-                f"drop {flag} (the adapter's value applies), or pass {flag} {value}")
+                f"drop {flag} (the adapter's value applies), or pass {flag} {value}",
+            )
     return dataclasses.replace(cfg, **updates)
 
 
@@ -327,8 +349,11 @@ def check_rendering(cfg: ModelConfig, chat: bool, what: str = "evaluated") -> bo
 
         src = cfg.adapter or cfg.name
         flag = "--chat" if trained else "--no-chat"
-        warnings.warn(f"{src} was trained {how(trained)} but is {what} {how(chat)}; "
-                      f"pass {flag} (or `chat: {str(trained).lower()}`) to render as in training", stacklevel=2)
+        warnings.warn(
+            f"{src} was trained {how(trained)} but is {what} {how(chat)}; "
+            f"pass {flag} (or `chat: {str(trained).lower()}`) to render as in training",
+            stacklevel=2,
+        )
     return trained
 
 
@@ -339,8 +364,10 @@ def context_settings(config) -> dict[str, Any]:
     if theta is None:
         theta = getattr(config, "rope_theta", None)
     mpe = getattr(config, "max_position_embeddings", None)
-    return {"rope_theta": float(theta) if isinstance(theta, (int, float)) else None,
-            "max_position_embeddings": int(mpe) if isinstance(mpe, int) else None}
+    return {
+        "rope_theta": float(theta) if isinstance(theta, (int, float)) else None,
+        "max_position_embeddings": int(mpe) if isinstance(mpe, int) else None,
+    }
 
 
 def base_context(name: str, trust_remote_code: bool = False) -> dict[str, Any]:
@@ -389,8 +416,12 @@ def load_model(cfg: ModelConfig | str = DEFAULT_MODEL):
         # and newer transformers refuse SDPA for these models)
         attn = "eager"
     model = AutoModelForCausalLM.from_pretrained(
-        ref, config=config, dtype=dtype, attn_implementation=attn,
-        trust_remote_code=cfg.trust_remote_code, **kw,
+        ref,
+        config=config,
+        dtype=dtype,
+        attn_implementation=attn,
+        trust_remote_code=cfg.trust_remote_code,
+        **kw,
     )
     if cfg.adapter:
         model = apply_adapter(model, cfg.adapter)
@@ -399,18 +430,21 @@ def load_model(cfg: ModelConfig | str = DEFAULT_MODEL):
     return model, tok
 
 
-def apply_adapter(model, adapter_dir: str | os.PathLike, adapter_name: str | None = None):
+def apply_adapter(model, adapter_dir: str | os.PathLike, adapter_name: str | None = None, trainable: bool = False):
     """Apply a peft LoRA adapter (its folder or a `needlework train` output folder); a clear error
     when it does not fit the model. On a model that already is a PeftModel, `adapter_name` adds
-    this adapter beside the others (peft multi-adapter); otherwise the model is wrapped."""
+    this adapter beside the others (peft multi-adapter); otherwise the model is wrapped.
+    `trainable`: keep the adapter's weights trainable (`needlework train --adapter` continues it);
+    the one place every stage, training included, loads an adapter."""
     from peft import PeftModel
 
     adapter_dir, _ = resolve_adapter(adapter_dir)
+    extra: dict[str, Any] = {"is_trainable": True} if trainable else {}
     try:
         if isinstance(model, PeftModel):
-            model.load_adapter(str(adapter_dir), adapter_name=adapter_name or "default")
+            model.load_adapter(str(adapter_dir), adapter_name=adapter_name or "default", **extra)
             return model
-        return PeftModel.from_pretrained(model, str(adapter_dir), **({"adapter_name": adapter_name} if adapter_name else {}))
+        return PeftModel.from_pretrained(model, str(adapter_dir), **({"adapter_name": adapter_name} if adapter_name else {}), **extra)
     except (RuntimeError, ValueError, KeyError) as e:
         raise NeedleworkError(
             f"adapter {adapter_dir} does not match the model ({str(e).splitlines()[0][:300]})",

@@ -1,16 +1,25 @@
-"""Model parts named once: attention modules, the head-output site, head ids and the GQA map.
+"""Model parts named once: the site table, head ids, head sets and their one selection rule.
 
-A head is `HeadId(layer, head)` with `head` a query-head index; a head set is a
-`frozenset[HeadId]`. The *head output* site is the input of the attention output projection
-(`o_proj` in Llama/Mistral/Qwen/Gemma), shaped `(b, q, n_heads * head_dim)`, which splits into
-`(b, q, n_heads, head_dim)`: knockout and patching act there.
+A head is `HeadId(layer, head)` with `head` a query-head index; a head set is a `HeadSet` (a
+frozenset of HeadId). `SITES` names the two places needlework reads or changes a model:
+
+- `head_output`: the input of the attention output projection (`o_proj` in Llama/Mistral/Qwen/
+  Gemma), shaped `(b, q, n_heads * head_dim)` and split into `(b, q, n_heads, head_dim)`; reached
+  by a forward pre-hook on the projection. Zero/mean knockout, patching and collection act there.
+- `attention`: inside the attention function needlework registers with transformers
+  (`models.instrument`): the pre-softmax scores of selected rows (probes) and the per-head output
+  `(b, q, n_heads, head_dim)` with the call's query/key/value at hand (`uniform` knockout).
+
+`select_heads` is the only ranking rule (top-k, threshold, explicit list): knockout, patching and
+`heads compare` all pick "the top 10" through it (`rank_mask` is its vectorised core).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
+import numpy as np
 from torch import nn
 
 from needlework.errors import NeedleworkError
@@ -28,7 +37,7 @@ class HeadId:
         return f"{self.layer}-{self.head}"
 
     @classmethod
-    def parse(cls, s: str) -> "HeadId":
+    def parse(cls, s: str) -> HeadId:
         try:
             layer, head = s.strip().split("-")
             return cls(int(layer), int(head))
@@ -36,7 +45,74 @@ class HeadId:
             raise NeedleworkError(f"bad head id {s!r}", "write heads as LAYER-HEAD, e.g. 17-3") from None
 
 
-HeadSet = frozenset  # frozenset[HeadId]
+class HeadSet(frozenset):
+    """A set of query heads (frozenset of HeadId) with the views the stages need: per layer, as a
+    layer-major bool mask, and as the key/value heads it reads (GQA)."""
+
+    def by_layer(self) -> dict[int, list[int]]:
+        """{layer: sorted query-head indices}: the unit hooks are installed per."""
+        return heads_by_layer(self)
+
+    def mask(self, n_layers: int, n_heads: int) -> np.ndarray:
+        """(n_layers * n_heads,) bool, layer-major: the layout of `heads.compare.Scores.means`."""
+        m = np.zeros(n_layers * n_heads, dtype=bool)
+        m[[h.layer * n_heads + h.head for h in self]] = True
+        return m
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, n_heads: int) -> HeadSet:
+        """The heads a layer-major mask (flat or (n_layers, n_heads)) marks."""
+        return cls(HeadId(int(i) // n_heads, int(i) % n_heads) for i in np.flatnonzero(np.asarray(mask)))
+
+    def kv_heads(self, shape: ModelShape) -> frozenset[tuple[int, int]]:
+        """(layer, kv head) pairs the set reads: query head j uses kv head j // group."""
+        return frozenset((h.layer, shape.kv_head(h.head)) for h in self)
+
+
+def rank_mask(v: np.ndarray, top: int | None, threshold: float | None) -> np.ndarray:
+    """Bool mask over the last axis of `v` (..., F), each row on its own: the `top` highest (ties:
+    lower index first, i.e. lower layer, then lower head) or, with `top` None, those > `threshold`.
+    NaN never passes a threshold and ranks last."""
+    if top is None:
+        return v > threshold
+    order = np.argsort(-v, axis=-1, kind="stable")[..., :top]
+    mask = np.zeros(v.shape, dtype=bool)
+    np.put_along_axis(mask, order, True, axis=-1)
+    return mask
+
+
+def parse_head_list(text: str) -> HeadSet:
+    """`"17-3,18-0"` -> {HeadId(17, 3), HeadId(18, 0)}; raises NeedleworkError on bad items."""
+    items = [s for s in text.replace(" ", "").split(",") if s]
+    if not items:
+        raise NeedleworkError("empty head list", "write heads as LAYER-HEAD,..., e.g. 17-3,18-0")
+    return HeadSet(HeadId.parse(s) for s in items)
+
+
+def select_heads(
+    grid: np.ndarray | None = None, top: int | None = None, threshold: float | None = None, heads: str | Iterable[HeadId] | None = None
+) -> HeadSet:
+    """The one head-set selection (SPEC §2): an explicit list `heads` when given, else every head
+    whose score exceeds `threshold` (Wu et al. use 0.1), else the `top` highest scores.
+
+    Args:
+        grid: (n_layers, n_heads) mean scores, NaN where a head has no score (never selected by a
+            threshold, ranked last by `top`); `heads.compare.Scores.grid()` gives it.
+        top, threshold, heads: the rule; precedence list > threshold > top (the configs' "overrides").
+    Raises:
+        NeedleworkError: no rule, a negative `top`, or scores missing for a ranked rule.
+    """
+    if heads is not None:
+        return parse_head_list(heads) if isinstance(heads, str) else HeadSet(heads)
+    if top is None and threshold is None:
+        raise NeedleworkError("no head-set rule given", "pass --top K, --threshold T or an explicit list L-H,...")
+    if top is not None and top < 0 and threshold is None:
+        raise NeedleworkError(f"--top must be >= 0, got {top}", "e.g. --top 10")
+    if grid is None:
+        raise NeedleworkError("no head scores given", "pass --heads SCORES, or an explicit --list L-H,...")
+    grid = np.asarray(grid, dtype=float)
+    mask = rank_mask(grid.reshape(-1), None if threshold is not None else top, threshold)
+    return HeadSet.from_mask(mask, grid.shape[1])
 
 
 @dataclass(frozen=True)
@@ -55,6 +131,7 @@ class ModelShape:
         return head // self.group
 
     def all_heads(self) -> list[HeadId]:
+        """Every query head, layer-major."""
         return [HeadId(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
 
     def check(self, heads: Iterable[HeadId]) -> None:
@@ -62,8 +139,7 @@ class ModelShape:
         bad = [h for h in heads if not (0 <= h.layer < self.n_layers and 0 <= h.head < self.n_heads)]
         if bad:
             raise NeedleworkError(
-                f"heads {', '.join(map(str, sorted(bad)[:5]))} do not exist in this model "
-                f"({self.n_layers} layers x {self.n_heads} heads)",
+                f"heads {', '.join(map(str, sorted(bad)[:5]))} do not exist in this model ({self.n_layers} layers x {self.n_heads} heads)",
                 "check the head list or the score file: it may come from a model of another shape",
             )
 
@@ -115,7 +191,42 @@ def out_proj(attn: nn.Module, required: bool = True) -> nn.Module | None:
     return None
 
 
+@dataclass(frozen=True)
+class Site:
+    """A named place in every decoder layer, resolved from the module tree (pyvene's site table).
+
+    `modules(model)` gives the module per layer where it is reached: for `head_output` the output
+    projection (a forward pre-hook sees its input), for `attention` the attention module (whose
+    registered attention function `models.instrument` provides)."""
+
+    name: str
+    doc: str
+    resolve: Callable[[nn.Module], list[nn.Module]]
+
+    def modules(self, model: nn.Module) -> list[nn.Module]:
+        """One module per layer, in layer order; NeedleworkError when the model has none."""
+        return self.resolve(model)
+
+
+SITES: dict[str, Site] = {
+    "head_output": Site(
+        "head_output",
+        "input of the attention output projection, split (b, q, n_heads, head_dim)",
+        lambda model: [out_proj(m) for m in attention_modules(model)],
+    ),
+    "attention": Site("attention", "inside the registered attention function: row scores and the per-head output", attention_modules),
+}
+
+
+def site(name: str) -> Site:
+    """The site called `name`; NeedleworkError for an unknown one."""
+    if name not in SITES:
+        raise NeedleworkError(f"unknown site {name!r}", f"use one of {', '.join(SITES)}")
+    return SITES[name]
+
+
 def heads_by_layer(heads: Iterable[HeadId]) -> dict[int, list[int]]:
+    """{layer: sorted query-head indices} of a head set."""
     out: dict[int, list[int]] = {}
     for h in sorted(heads):
         out.setdefault(h.layer, []).append(h.head)

@@ -1,1 +1,3 @@
-"""needlework.report"""
+"""needlework.report: the study's HTML report, built only from the stages' result files."""
+
+__all__ = ["report"]

@@ -82,8 +82,10 @@ def fig_scores(rows: list[dict], title: str, path: Path) -> str:
     fig, ax = plt.subplots(figsize=(1.4 + 0.8 * len(rows), 3.2))
     x = range(len(rows))
     m = [r["score"] for r in rows]
-    err = [[max(r["score"] - r["score_lo"], 0) if _finite(r["score_lo"]) else 0 for r in rows],
-           [max(r["score_hi"] - r["score"], 0) if _finite(r["score_hi"]) else 0 for r in rows]]
+    err = [
+        [max(r["score"] - r["score_lo"], 0) if _finite(r["score_lo"]) else 0 for r in rows],
+        [max(r["score_hi"] - r["score"], 0) if _finite(r["score_hi"]) else 0 for r in rows],
+    ]
     colors = ["#d4a017" if r["reference"] else "#999999" if r["kind"] == "none" else "#4a7ebb" for r in rows]
     ax.bar(x, m, yerr=err, color=colors, capsize=3)
     ax.set_xticks(list(x), [r["label"] for r in rows], rotation=30, ha="right")
@@ -150,8 +152,10 @@ def fig_knockout(summ: dict, task: str, title: str, path: Path) -> str:
     prim = conds["baseline"]["tasks"][task]["primary"]
     vals = [conds[n]["tasks"][task]["metrics"][prim] for n in names]
     fig, ax = plt.subplots(figsize=(1.4 + 0.7 * len(names), 3.2))
-    err = [[max(v["mean"] - v["lo"], 0) if _finite(v["lo"]) else 0 for v in vals],
-           [max(v["hi"] - v["mean"], 0) if _finite(v["hi"]) else 0 for v in vals]]
+    err = [
+        [max(v["mean"] - v["lo"], 0) if _finite(v["lo"]) else 0 for v in vals],
+        [max(v["hi"] - v["mean"], 0) if _finite(v["hi"]) else 0 for v in vals],
+    ]
     colors = ["#777777" if n == "baseline" else "#c0392b" if n == "top" else "#5d8aa8" for n in names]
     ax.bar(range(len(names)), [v["mean"] for v in vals], yerr=err, color=colors, capsize=3)
     ax.set_xticks(range(len(names)), ["none" if n == "baseline" else n for n in names], rotation=30, ha="right")
@@ -174,8 +178,8 @@ def _corr_words(c: dict) -> str:
     sure = _finite(s["lo"]) and (s["lo"] > 0 or s["hi"] < 0)
     direction = "correlates positively" if s["r"] > 0 else "correlates negatively" if s["r"] < 0 else "does not correlate"
     ci = f"95% CI [{_fmt(s['lo'])}, {_fmt(s['hi'])}]" if _finite(s["lo"]) else "CI not defined"
-    return (f"{direction} with score: Spearman {_fmt(s['r'])} (n={c['n']}, {ci}{', excludes 0' if sure else ', includes 0' if _finite(s['lo']) else ''}); "
-            f"Pearson {_fmt(c['pearson']['r'])}")
+    zero = ", excludes 0" if sure else ", includes 0" if _finite(s["lo"]) else ""
+    return f"{direction} with score: Spearman {_fmt(s['r'])} (n={c['n']}, {ci}{zero}); Pearson {_fmt(c['pearson']['r'])}"
 
 
 def reading_scores(rows: list[dict]) -> str:
@@ -184,8 +188,10 @@ def reading_scores(rows: list[dict]) -> str:
         return "No scores yet."
     best, worst = max(fin, key=lambda r: r["score"]), min(fin, key=lambda r: r["score"])
     ref = next((r for r in rows if r["reference"]), None)
-    return (f"Best training set: {best['label']} ({best['metric']} {_fmt(best['score'])}); worst: {worst['label']} "
-            f"({_fmt(worst['score'])})" + (f"; the reference {ref['label']} scores {_fmt(ref['score'])}." if ref else "."))
+    return (
+        f"Best training set: {best['label']} ({best['metric']} {_fmt(best['score'])}); worst: {worst['label']} "
+        f"({_fmt(worst['score'])})" + (f"; the reference {ref['label']} scores {_fmt(ref['score'])}." if ref else ".")
+    )
 
 
 def reading_heads(tables: dict[str, Any], k: int) -> str:
@@ -194,8 +200,10 @@ def reading_heads(tables: dict[str, Any], k: int) -> str:
         top = t.sort_values("mean", ascending=False).head(k)
         layers = sorted(top["layer"].astype(int).tolist())
         if layers:
-            parts.append(f"{name}: the top-{k} heads lie in layers {layers[0]}–{layers[-1]} "
-                         f"(best {int(top.iloc[0]['layer'])}-{int(top.iloc[0]['head'])} with score {_fmt(float(top.iloc[0]['mean']))})")
+            parts.append(
+                f"{name}: the top-{k} heads lie in layers {layers[0]}–{layers[-1]} "
+                f"(best {int(top.iloc[0]['layer'])}-{int(top.iloc[0]['head'])} with score {_fmt(float(top.iloc[0]['mean']))})"
+            )
     return "; ".join(parts) + "." if parts else "No head scores yet."
 
 
@@ -206,10 +214,15 @@ def reading_knockout(summ: dict, task: str) -> str:
     top = c["top"]["tasks"][task]["metrics"][prim]["mean"]
     rnd = [v["tasks"][task]["metrics"][prim]["mean"] for n, v in c.items() if n.startswith("random")]
     rmean = sum(rnd) / len(rnd) if rnd else float("nan")
-    verdict = ("top heads matter more than random heads" if _finite(rmean) and (base - top) > (base - rmean) + 1e-9
-               else "top heads matter no more than random heads here")
-    return (f"{prim}: none {_fmt(base)}, top-{c['top'].get('n_heads', '?')} knocked out {_fmt(top)} "
-            f"({_fmt(top - base)}), random (mean of {len(rnd)}) {_fmt(rmean)} ({_fmt(rmean - base)}): {verdict}.")
+    verdict = (
+        "top heads matter more than random heads"
+        if _finite(rmean) and (base - top) > (base - rmean) + 1e-9
+        else "top heads matter no more than random heads here"
+    )
+    return (
+        f"{prim}: none {_fmt(base)}, top-{c['top'].get('n_heads', '?')} knocked out {_fmt(top)} "
+        f"({_fmt(top - base)}), random (mean of {len(rnd)}) {_fmt(rmean)} ({_fmt(rmean - base)}): {verdict}."
+    )
 
 
 # ----------------------------------------------------------------------------------- the page
@@ -221,8 +234,11 @@ def _table(headers: list[str], rows: list[list[str]], ref_rows: set[int] | None 
     body = []
     for j, r in enumerate(rows):
         cls = " class='ref'" if ref_rows and j in ref_rows else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td class='l'>{html.escape(c)}</td>" if i < n_left else f"<td>{html.escape(c)}</td>"
-                                           for i, c in enumerate(r)) + "</tr>")
+        body.append(
+            f"<tr{cls}>"
+            + "".join(f"<td class='l'>{html.escape(c)}</td>" if i < n_left else f"<td>{html.escape(c)}</td>" for i, c in enumerate(r))
+            + "</tr>"
+        )
     return f"<table><tr>{th}</tr>{''.join(body)}</table>"
 
 
@@ -230,8 +246,18 @@ def _figure(src: str, alt: str, reading: str) -> str:
     return f"<figure><img src='{html.escape(src)}' alt='{html.escape(alt)}'><p class='reading'>{html.escape(reading)}</p></figure>"
 
 
-MAIN_HEADERS = ["model", "task", "training set", "kind", "score [95% CI]", "retrieval heads (>thr)", "recall [CI]",
-                "precision", "cosine [CI]", "Spearman"]
+MAIN_HEADERS = [
+    "model",
+    "task",
+    "training set",
+    "kind",
+    "score [95% CI]",
+    "retrieval heads (>thr)",
+    "recall [CI]",
+    "precision",
+    "cosine [CI]",
+    "Spearman",
+]
 
 
 def main_table_rows(analyses: list[dict]) -> tuple[list[list[str]], set[int]]:
@@ -240,64 +266,67 @@ def main_table_rows(analyses: list[dict]) -> tuple[list[list[str]], set[int]]:
         for r in an["rows"]:
             if r["reference"]:
                 refs.add(len(rows))
-            rows.append([an["model"], an["task"], r["label"] + (" (reference)" if r["reference"] else ""), r["kind"],
-                         _ci(r["score"], r["score_lo"], r["score_hi"]), str(r["n_above_threshold"]),
-                         _ci(r["recall"], r["recall_lo"], r["recall_hi"]), _fmt(r["precision"]),
-                         _ci(r["cosine"], r["cosine_lo"], r["cosine_hi"]), _fmt(r["spearman"])])
+            rows.append(
+                [
+                    an["model"],
+                    an["task"],
+                    r["label"] + (" (reference)" if r["reference"] else ""),
+                    r["kind"],
+                    _ci(r["score"], r["score_lo"], r["score_hi"]),
+                    str(r["n_above_threshold"]),
+                    _ci(r["recall"], r["recall_lo"], r["recall_hi"]),
+                    _fmt(r["precision"]),
+                    _ci(r["cosine"], r["cosine_lo"], r["cosine_hi"]),
+                    _fmt(r["spearman"]),
+                ]
+            )
     return rows, refs
 
 
-def write_report(study_dir: str | os.PathLike) -> Path:
-    """Write `study_dir/report/index.html` (+ PNGs) from the study's outputs; returns the page path.
-
-    Raises:
-        NeedleworkError: the folder holds no study.json.
-    """
+def _analysis_parts(study_dir: Path, an: dict, score_nodes: dict, out: Path, k) -> list[str]:
+    """The section of one (model, task) analysis: score and scatter figures, leave-one-out table, heatmaps."""
     import pandas as pd
 
-    study_dir = Path(study_dir)
-    manifest = load_study(study_dir)
-    cfg = manifest["config"]
-    out = study_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    thr = cfg["heads"]["threshold"]
-    k = cfg["heads"]["k"]
-    parts = [f"<h1>needlework study: {html.escape(manifest['name'])}</h1>",
-             f"<p class='muted'>Head-set rule: {html.escape(cfg['heads']['rule'])} (k={k}, threshold={thr}). "
-             "Retrieval heads counted as heads with mean score above the threshold. Intervals are 95% bootstrap "
-             "intervals over examples (scores, head comparisons) or over training sets (correlations).</p>"]
+    parts = []
+    m, task = an["model"], an["task"]
+    tag = f"{m}_{task}".replace("/", "_")
+    parts.append(f"<h2>{html.escape(m)} · {html.escape(task)}</h2>")
+    src = fig_scores(an["rows"], f"{m} / {task}: score per training set", out / f"scores_{tag}.png")
+    parts.append(_figure(src, "scores", reading_scores(an["rows"])))
+    src = fig_scatter(an, f"{m} / {task}: recall vs score", out / f"scatter_{tag}.png")
+    parts.append(
+        _figure(
+            src,
+            "recall vs score",
+            "Head recall " + _corr_words(an["recall_vs_score"]) + ". Cosine " + _corr_words(an["cosine_vs_score"]) + ".",
+        )
+    )
+    loo = an["loo"]
+    parts.append(
+        f"<p>Leave-one-out prediction of each set's score from its recall (linear fit on the others), "
+        f"mean absolute error {_fmt(loo['mae'])}:</p>"
+    )
+    parts.append(
+        _table(
+            ["training set", "recall", "actual", "predicted", "error"],
+            [[r["set"], _fmt(r["x"]), _fmt(r["actual"]), _fmt(r["predicted"]), _fmt(r["error"])] for r in loo["rows"]],
+            n_left=1,
+        )
+    )
+    tables = {}
+    for r in an["rows"]:
+        node = score_nodes.get((m, task, r["set"]))
+        if node and (study_dir / node["dir"] / "heads.parquet").exists():
+            tables[r["label"]] = pd.read_parquet(study_dir / node["dir"] / "heads.parquet")
+    if tables:
+        src = fig_heatmaps(tables, f"{m} / {task}: retrieval score per layer x head", out / f"heatmap_{tag}.png")
+        parts.append(_figure(src, "heatmaps", reading_heads(tables, k)))
+    return parts
 
-    analyses = [a for a in (_json(study_dir, n, "analysis.json") for n in _done(study_dir, manifest, "analysis")) if a]
-    rows, refs = main_table_rows(analyses)
-    parts.append("<h2>Scores and head overlap with the reference model</h2>")
-    parts.append(_table(MAIN_HEADERS, rows, refs) if rows else "<p>No analysis yet (run the study to the end).</p>")
 
-    score_nodes = {(n["model"], n["task"], n["set"]): n for n in _done(study_dir, manifest, "score")}
-    for an in analyses:
-        m, task = an["model"], an["task"]
-        tag = f"{m}_{task}".replace("/", "_")
-        parts.append(f"<h2>{html.escape(m)} · {html.escape(task)}</h2>")
-        src = fig_scores(an["rows"], f"{m} / {task}: score per training set", out / f"scores_{tag}.png")
-        parts.append(_figure(src, "scores", reading_scores(an["rows"])))
-        src = fig_scatter(an, f"{m} / {task}: recall vs score", out / f"scatter_{tag}.png")
-        parts.append(_figure(src, "recall vs score", "Head recall " + _corr_words(an["recall_vs_score"])
-                             + ". Cosine " + _corr_words(an["cosine_vs_score"]) + "."))
-        loo = an["loo"]
-        parts.append(f"<p>Leave-one-out prediction of each set's score from its recall (linear fit on the others), "
-                     f"mean absolute error {_fmt(loo['mae'])}:</p>")
-        parts.append(_table(["training set", "recall", "actual", "predicted", "error"],
-                            [[r["set"], _fmt(r["x"]), _fmt(r["actual"]), _fmt(r["predicted"]), _fmt(r["error"])]
-                             for r in loo["rows"]], n_left=1))
-        tables = {}
-        for r in an["rows"]:
-            node = score_nodes.get((m, task, r["set"]))
-            if node and (study_dir / node["dir"] / "heads.parquet").exists():
-                tables[r["label"]] = pd.read_parquet(study_dir / node["dir"] / "heads.parquet")
-        if tables:
-            src = fig_heatmaps(tables, f"{m} / {task}: retrieval score per layer x head", out / f"heatmap_{tag}.png")
-            parts.append(_figure(src, "heatmaps", reading_heads(tables, k)))
-
-    ko = _done(study_dir, manifest, "knockout")
+def _knockout_parts(study_dir: Path, ko: list[dict], out: Path) -> list[str]:
+    """The knockout section: one figure per finished knockout node (nothing when there are none)."""
+    parts = []
     if ko:
         parts.append("<h2>Knockout: are the heads necessary?</h2>")
         for n in ko:
@@ -306,23 +335,73 @@ def write_report(study_dir: str | os.PathLike) -> Path:
                 continue
             src = fig_knockout(summ, n["task"], f"knockout: {n['label']}", out / f"knockout_{n['label'].replace('/', '_')}.png")
             parts.append(_figure(src, "knockout", f"{n['label']}: " + reading_knockout(summ, n["task"])))
+    return parts
 
-    pa = _done(study_dir, manifest, "patch")
+
+def _patch_parts(study_dir: Path, pa: list[dict]) -> list[str]:
+    """The patching section: one table over the finished patch nodes and its reading (nothing when none)."""
+    parts = []
     if pa:
         parts.append("<h2>Patching reference heads into each model: are the heads sufficient?</h2>")
         prow = []
         for n in pa:
             p = _json(study_dir, n, "patch.json")
             for r in (p or {}).get("rows", []):
-                prow.append([n["label"], r["condition"], r["kind"], "" if r.get("n_heads") is None else str(r["n_heads"]),
-                             _ci(r["score"], r["lo"], r["hi"]), _ci(r["delta"], r["delta_lo"], r["delta_hi"]),
-                             _fmt(r.get("recovered"))])
-        parts.append(_table(["target model", "condition", "set", "heads", "score [CI]", "delta vs target [CI]",
-                             "gap recovered"], prow, n_left=3))
+                prow.append(
+                    [
+                        n["label"],
+                        r["condition"],
+                        r["kind"],
+                        "" if r.get("n_heads") is None else str(r["n_heads"]),
+                        _ci(r["score"], r["lo"], r["hi"]),
+                        _ci(r["delta"], r["delta_lo"], r["delta_hi"]),
+                        _fmt(r.get("recovered")),
+                    ]
+                )
+        parts.append(
+            _table(["target model", "condition", "set", "heads", "score [CI]", "delta vs target [CI]", "gap recovered"], prow, n_left=3)
+        )
         parts.append("<p class='reading'>" + html.escape(reading_patch(pa, study_dir)) + "</p>")
+    return parts
 
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>needlework report: "
-            f"{html.escape(manifest['name'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+def write_report(study_dir: str | os.PathLike) -> Path:
+    """Write `study_dir/report/index.html` (+ PNGs) from the study's outputs; returns the page path.
+
+    Raises:
+        NeedleworkError: the folder holds no study.json.
+    """
+    study_dir = Path(study_dir)
+    manifest = load_study(study_dir)
+    cfg = manifest["config"]
+    out = study_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    thr = cfg["heads"]["threshold"]
+    k = cfg["heads"]["top"]
+    parts = [
+        f"<h1>needlework study: {html.escape(manifest['name'])}</h1>",
+        f"<p class='muted'>Head-set rule: {html.escape(cfg['heads']['rule'])} (k={k}, threshold={thr}). "
+        "Retrieval heads counted as heads with mean score above the threshold. Intervals are 95% bootstrap "
+        "intervals over examples (scores, head comparisons) or over training sets (correlations).</p>",
+    ]
+
+    analyses = [a for a in (_json(study_dir, n, "analysis.json") for n in _done(study_dir, manifest, "analysis")) if a]
+    rows, refs = main_table_rows(analyses)
+    parts.append("<h2>Scores and head overlap with the reference model</h2>")
+    parts.append(_table(MAIN_HEADERS, rows, refs) if rows else "<p>No analysis yet (run the study to the end).</p>")
+
+    score_nodes = {(n["model"], n["task"], n["set"]): n for n in _done(study_dir, manifest, "score")}
+    for an in analyses:
+        parts += _analysis_parts(study_dir, an, score_nodes, out, k)
+
+    parts += _knockout_parts(study_dir, _done(study_dir, manifest, "knockout"), out)
+
+    parts += _patch_parts(study_dir, _done(study_dir, manifest, "patch"))
+
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>needlework report: "
+        f"{html.escape(manifest['name'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
     write_text(out / "index.html", page)
     return out / "index.html"
 
@@ -336,8 +415,11 @@ def reading_patch(nodes: list[dict], study_dir: Path) -> str:
                 rec.setdefault(r["kind"], []).append(r["recovered"])
     if not rec:
         return "Source and target score alike here, so no gap to recover."
-    return "Mean share of the source-target gap recovered by patching: " + ", ".join(
-        f"{k} {_fmt(sum(v) / len(v))}" for k, v in rec.items()) + " (1 = all of it)."
+    return (
+        "Mean share of the source-target gap recovered by patching: "
+        + ", ".join(f"{k} {_fmt(sum(v) / len(v))}" for k, v in rec.items())
+        + " (1 = all of it)."
+    )
 
 
 def summary_lines(study_dir: str | os.PathLike) -> list[str]:

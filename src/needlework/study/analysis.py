@@ -36,8 +36,18 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def compare_heads(heads_a, heads_ref, per_a=None, per_ref=None, rule: str = "top_k", k: int = 10,
-                  threshold: float = 0.1, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+def compare_heads(
+    heads_a,
+    heads_ref,
+    per_a=None,
+    per_ref=None,
+    rule: str = "top_k",
+    k: int = 10,
+    threshold: float = 0.1,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Compare a model's head scores with the reference model's on the same evaluation examples,
     through `needlework.heads.compare` (the statistics and bootstrap `needlework heads compare` uses).
 
@@ -51,18 +61,20 @@ def compare_heads(heads_a, heads_ref, per_a=None, per_ref=None, rule: str = "top
         (the set size of the model) and `n_heads_ref`, `n_above_threshold` and `n_examples`.
     """
     from needlework.heads.compare import CompareConfig, compare, scores_from_tables
+    from needlework.models.sites import rank_mask
 
-    shape = {"n_layers": int(max(heads_a["layer"].max(), heads_ref["layer"].max())) + 1,
-             "n_heads": int(max(heads_a["head"].max(), heads_ref["head"].max())) + 1}
+    shape = {
+        "n_layers": int(max(heads_a["layer"].max(), heads_ref["layer"].max())) + 1,
+        "n_heads": int(max(heads_a["head"].max(), heads_ref["head"].max())) + 1,
+    }
     a = scores_from_tables(per_a, heads_a, {"shape": shape})
     b = scores_from_tables(per_ref, heads_ref, {"shape": shape})
     cfg = CompareConfig(top=k if rule == "top_k" else None, threshold=threshold, n_boot=n_boot, alpha=alpha, seed=seed)
     df = compare(a, b, cfg).set_index("stat")
-    out: dict[str, Any] = {m: {"mean": float(df.at[m, "value"]), "lo": float(df.at[m, "lo"]), "hi": float(df.at[m, "hi"])}
-                           for m in METRICS}
+    out: dict[str, Any] = {m: {"mean": float(df.at[m, "value"]), "lo": float(df.at[m, "lo"]), "hi": float(df.at[m, "hi"])} for m in METRICS}
     out["n_heads"] = int(df.at["n_a", "value"])
     out["n_heads_ref"] = int(df.at["n_b", "value"])
-    out["n_above_threshold"] = int((a.means > threshold).sum())
+    out["n_above_threshold"] = int(rank_mask(a.means, None, threshold).sum())  # the rule of every head set
     out["n_examples"] = len(set(a.example_ids) & set(b.example_ids)) if a.per_example is not None and b.per_example is not None else 0
     return out
 
@@ -120,8 +132,9 @@ def leave_one_out(names: list[str], x, y) -> dict[str, Any]:
     return {"rows": rows, "mae": float(np.mean(errs)) if errs else float("nan")}
 
 
-def analyze(rows: list[dict[str, Any]], reference: str, include_reference: bool = False, n_boot: int = 1000,
-            alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+def analyze(
+    rows: list[dict[str, Any]], reference: str, include_reference: bool = False, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> dict[str, Any]:
     """Correlations and leave-one-out prediction across a task's training sets.
 
     Args:

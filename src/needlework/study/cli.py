@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def study_cmd(
     config: Path = typer.Argument(..., help="Study config (YAML), e.g. configs/demo.yaml."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Study folder (default: runs/<config name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is cached; run nothing."),
-    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated stages to run (data, train, evaluate, score, "
-                                       "compare, knockout, patch, analysis, report); others come from the cache."),
+    only: str | None = typer.Option(
+        None,
+        "--only",
+        help="Comma-separated stages to run (data, train, evaluate, score, "
+        "compare, knockout, patch, analysis, report); others come from the cache.",
+    ),
 ) -> None:
     """Run the whole study of a config: data, training, evaluation, head scores, comparison with the
     reference model, knockout, patching, correlations, and the HTML report. Resumable: every stage

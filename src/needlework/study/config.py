@@ -1,50 +1,44 @@
 """The study config: one YAML file names models, tasks, training sets, sizes and every stage's
-options. Dataclass fields are the YAML keys; defaults live here.
+options. Dataclass fields are the YAML keys; defaults live here or on the stage's own config.
 
-Validation happens on load and names the key path (`tasks.mdqa.train_sets.ll.generate.concept`)
-and the fix: unknown keys fail and name themselves (with the closest valid key), wrong types name
-the expected type. Sections that belong to other stages (`train`, `eval`, `score`, `knockout`,
-`patch`, generator options) are checked against those stages' own config dataclasses, and the
-values of a set's `generate:`/`load:` options by the generator's and loader's own checks
-(`data.generate.check_config`, `data.loaders.check_options`), so that a bad one fails here, on
-load and in `--dry-run`, not when its data stage runs after other sets have trained.
+The stage sections are typed by the stages' own config dataclasses (`train: TrainConfig`,
+`eval: EvalConfig`, `score: ScoreConfig`; `knockout:` and `patch:` by `KnockoutSection` and
+`PatchSection`, which add the study's keys to `KnockoutConfig` and `PatchConfig`), and everything is
+built by one builder (`needlework.schema.build`, also behind every stage's `from_dict`). Validation
+happens on load and names the key path (`tasks.mdqa.train_sets.ll.generate.concept`) and the fix:
+unknown keys fail and name themselves (with the closest valid key), wrong types name the expected
+type, and the values of a set's `generate:`/`load:` options go through the generator's and
+loader's own checks (`data.generate.check_config`, `data.loaders.check_options`), so that a bad one
+fails here, on load and in `--dry-run`, not when its data stage runs after other sets have trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from needlework.data.generate import GenerateConfig, check_config
+from needlework.data.loaders import FORMATS, LoadConfig, check_options
 from needlework.errors import NeedleworkError
+from needlework.evaluate.evaluate import EvalConfig
+from needlework.heads.score import ScoreConfig
+from needlework.interventions.knockout import KnockoutConfig
+from needlework.interventions.patch import PatchConfig
+from needlework.schema import build, key_error
+from needlework.train.config import TrainConfig
+
+__all__ = ["KnockoutSection", "PatchSection", "StudyConfig", "dump_config", "from_dict", "load_config", "stage_config"]
 
 KINDS = ("synthetic", "limited", "real", "none")  # none: the model as it is, without fine-tuning
 HEAD_RULES = ("top_k", "threshold")
 PATCH_KINDS = ("intersection", "complement", "random", "all")  # head sets of SPEC §2 (and every head)
-# Stage configs owned by other packages: YAML section -> (module, class). Checked when importable.
-FOREIGN = {
-    "train": ("needlework.train.config", "TrainConfig"),
-    "eval": ("needlework.evaluate.evaluate", "EvalConfig"),
-    "score": ("needlework.heads.score", "ScoreConfig"),
-    "knockout": ("needlework.interventions.knockout", "KnockoutConfig"),
-    "patch": ("needlework.interventions.patch", "PatchConfig"),
-    "generate": ("needlework.data.generate", "GenerateConfig"),
-    "load": ("needlework.data.loaders", "LoadConfig"),
-}
-# Keys of foreign sections that the study fills in itself (per task / training set), so a config
-# must not set them there.
-STUDY_FILLED = {
-    "generate": ("task", "n", "length", "tokenizer", "seed"),
-    "load": ("length", "tokenizer", "limit", "seed"),
-    "knockout": ("top", "threshold", "heads"),
-    "patch": ("set", "top", "threshold"),
-}
+# Keys renamed to the code's names: old path -> new path (an old key fails and names the new one).
+RENAMED = {"heads.k": "heads.top", "knockout.sets": "knockout.train_sets", "patch.sets": "patch.kinds"}
+_HEADS_FIX = "choose heads with the `heads:` section (rule, top, threshold)"
+_EVAL_FIX = "set evaluation options in the study-wide `eval:` section, the number of examples with `limit`"
 
 
 @dataclass
@@ -65,8 +59,9 @@ class SetSpec:
     `format` and `path`), or a JSONL file of records (`file:`). Exactly one of the three."""
 
     kind: str = "synthetic"  # synthetic | limited | real | none (no fine-tuning: the base model)
-    generate: dict[str, Any] | None = None  # generator options (concept, context, relations, haystack, depth, ...)
-    load: dict[str, Any] | None = None  # format, path, and loader options (limited, depth, ...)
+    # GenerateConfig fields but task, n, length, tokenizer and seed, which the study fills in
+    generate: dict[str, Any] | None = None
+    load: dict[str, Any] | None = None  # format, path, and LoadConfig fields (limited, depth, ...)
     file: str | None = None  # JSONL of needlework records
     n: int | None = None  # examples; default sizes.n_train (sizes.n_eval for the evaluation set)
     seed: int | None = None  # default: the study seed (evaluation set: seed + 1000)
@@ -94,11 +89,16 @@ class Sizes:
 
 @dataclass
 class HeadsSpec:
-    """The head-set rule of SPEC §2: the top-k heads, or every head with mean score above a threshold."""
+    """The head-set rule of SPEC §2: the top heads, or every head with mean score above a threshold.
+    Its keys are KnockoutConfig's and PatchConfig's (`top`, `threshold`), which the study fills."""
 
     rule: str = "top_k"  # top_k | threshold
-    k: int = 10
+    top: int = 10
     threshold: float = 0.1
+
+    def selection(self) -> dict[str, Any]:
+        """The `top`/`threshold` fields of a knockout or patch config for this rule."""
+        return {"top": self.top, "threshold": None} if self.rule == "top_k" else {"top": None, "threshold": self.threshold}
 
 
 @dataclass
@@ -118,202 +118,105 @@ class ScaleOut:
 
 
 @dataclass
+class KnockoutSection(KnockoutConfig):
+    """`knockout:`: KnockoutConfig's options plus which models the study knocks out. The head
+    set (`top`, `threshold`, `heads`) comes from `heads:`, the evaluation options from `eval:`."""
+
+    FILLED: ClassVar[dict[str, str]] = {"top": _HEADS_FIX, "threshold": _HEADS_FIX, "heads": _HEADS_FIX, "eval": _EVAL_FIX}
+    enabled: bool = True
+    train_sets: str | list[str] = "reference"  # training sets whose models are knocked out: reference | all | none | names
+    limit: int | None = None  # evaluation examples (default: all of the evaluation set)
+
+
+@dataclass
+class PatchSection(PatchConfig):
+    """`patch:`: PatchConfig's options plus the target models and the head-set kinds (the
+    reference model is the source). The study fills `set` from `kinds`, `top`/`threshold` from
+    `heads:` and the evaluation options from `eval:`."""
+
+    FILLED: ClassVar[dict[str, str]] = {
+        "set": "list the head-set kinds under `kinds`",
+        "top": _HEADS_FIX,
+        "threshold": _HEADS_FIX,
+        "eval": _EVAL_FIX,
+    }
+    enabled: bool = True
+    targets: str | list[str] = "all"  # training sets patched into: all | none | names (never the reference)
+    limit: int | None = None  # evaluation examples (default: all of the evaluation set)
+    kinds: list[str] = field(default_factory=lambda: ["intersection", "complement", "random"])  # or "L-H,..." lists
+
+
+@dataclass
 class StudyConfig:
     models: dict[str, ModelSpec]
     tasks: dict[str, TaskSpec]
     name: str = "study"
     seed: int = 0
     sizes: Sizes = field(default_factory=Sizes)
-    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
-    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields
-    score: dict[str, Any] = field(default_factory=dict)  # ScoreConfig fields
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     heads: HeadsSpec = field(default_factory=HeadsSpec)
-    # knockout: `enabled`, `sets` (training sets whose models are knocked out: "reference", "all", or
-    # a list), `limit` (evaluation examples), and KnockoutConfig fields.
-    knockout: dict[str, Any] = field(default_factory=dict)
-    # patch: `enabled`, `targets` ("all" or a list of training sets; the reference is the source),
-    # `limit`, `sets` (head-set kinds, default [intersection, complement, random]), PatchConfig fields.
-    patch: dict[str, Any] = field(default_factory=dict)
+    knockout: KnockoutSection = field(default_factory=KnockoutSection)
+    patch: PatchSection = field(default_factory=PatchSection)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     scale_out: ScaleOut = field(default_factory=ScaleOut)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The resolved config as plain data (what `from_dict` reads back), without filled keys."""
+        d = dataclasses.asdict(self)
+        d["train"] = self.train.to_dict()
+        for name in ("knockout", "patch"):
+            d[name] = section_dict(getattr(self, name))
+        return d
+
+    def task_score(self, task: str) -> ScoreConfig:
+        """The score options of one task: the study-wide `score:` with the task's overrides."""
+        over = self.tasks[task].score
+        return dataclasses.replace(self.score, **over) if over else self.score
 
 
-STUDY_OWN = {
-    "knockout": {"enabled": bool, "sets": (str, list), "limit": (int, type(None))},
-    "patch": {"enabled": bool, "targets": (str, list), "limit": (int, type(None)), "sets": list},
-}
+def section_dict(section: KnockoutSection | PatchSection) -> dict[str, Any]:
+    """A knockout/patch section as its YAML keys (the fields the study fills left out)."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if k not in section.FILLED}
+
+
+def stage_config(cls: type, section: Any, **filled: Any) -> Any:
+    """The stage's own config from a study section typed by a subclass of it: its fields, with
+    the ones the study fills (`filled`) replaced."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: getattr(section, k) for k in names}, **filled})
 
 
 # ----------------------------------------------------------------------------------- validation
 
-
-def _err(path: str, problem: str, fix: str) -> NeedleworkError:
-    return NeedleworkError(f"config key `{path}`: {problem}", fix)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {type(None): "null", dict: "a mapping", list: "a list"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _unknown(path: str, keys, known) -> NeedleworkError:
-    bad = sorted(set(keys) - set(known))
-    hints = []
-    for k in bad:
-        close = difflib.get_close_matches(k, list(known), n=1)
-        hints.append(f"`{k}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
-    where = f"`{path}`" if path else "the top level"
-    return NeedleworkError(
-        f"unknown key(s) in {where}: {', '.join(hints)}",
-        f"remove or rename them; valid keys there: {', '.join(sorted(known))}",
-    )
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check `value` against the annotation `tp` (recursing into containers and dataclasses)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        last: NeedleworkError | None = None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, path)
-            except NeedleworkError as e:
-                last = e
-        if all(a in (int, float, str, bool, type(None)) for a in args):  # scalars: name every choice
-            raise _err(path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}", "fix the value")
-        raise last or _err(path, f"expected {_type_name(tp)}, got {value!r}", "fix the value")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if origin is dict:
-        _, vt = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise _err(path, f"expected a mapping, got {type(value).__name__} {value!r}", "write `name: value` lines under it")
-        if not value:
-            raise _err(path, "is empty", "give at least one entry")
-        return {str(k): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if origin is list or (origin is tuple and typing.get_args(tp)[-1:] == (Ellipsis,)):
-        et = typing.get_args(tp)[0]
-        if not isinstance(value, (list, tuple)):
-            raise _err(path, f"expected a list, got {type(value).__name__} {value!r}", "write it as [a, b] or as `- a` lines")
-        return [_coerce(v, et, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _err(path, f"expected a number, got {type(value).__name__} {value!r}",
-                   "write a number (YAML reads 1e-3 as text: write 1.0e-3)")
-    if tp in (int, str, bool) and (type(value) is not tp):
-        raise _err(path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}",
-                   f"write a {_type_name(tp)}" + (" (true/false)" if tp is bool else ""))
-    if tp is dict and not isinstance(value, dict):
-        raise _err(path, f"expected a mapping, got {type(value).__name__} {value!r}", "write `key: value` lines under it")
-    return value
-
-
-def _build(cls, data: Any, path: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise _err(path or "(top)", f"expected a mapping, got {type(data).__name__} {data!r}", "write `key: value` lines")
-    hints = typing.get_type_hints(cls)
-    fs = {f.name: f for f in dataclasses.fields(cls)}
-    if set(data) - set(fs):
-        raise _unknown(path, data, fs)
-    kw = {}
-    for name, f in fs.items():
-        sub = f"{path}.{name}" if path else name
-        if name in data:
-            kw[name] = _coerce(data[name], hints[name], sub)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise _err(sub, "is missing", f"add `{name}:` (a {_type_name(hints[name])})")
-    return cls(**kw)
-
-
-def _foreign_class(section: str):
-    mod, name = FOREIGN[section]
-    try:
-        return getattr(importlib.import_module(mod), name)
-    except (ImportError, AttributeError):
-        return None  # that stage is not installed: its options are checked when it runs
-
-
-def check_foreign(section: str, opts: dict[str, Any], path: str, own: dict[str, Any] | None = None) -> None:
-    """Check a stage's options against its config dataclass: unknown keys, keys the study fills."""
-    own = own or {}
-    filled = [k for k in opts if k in STUDY_FILLED.get(section, ())]
-    if filled:
-        raise _err(f"{path}.{filled[0]}", "is set by the study itself", _FILLED_FIX.get(section, "remove it"))
-    for k, tp in own.items():
-        if k in opts and not isinstance(opts[k], tp):
-            raise _err(f"{path}.{k}", f"expected {' or '.join(_type_name(t) for t in (tp if isinstance(tp, tuple) else (tp,)))}, "
-                       f"got {type(opts[k]).__name__} {opts[k]!r}", "fix the value")
-    cls = _foreign_class(section)
-    if cls is None:
-        return
-    known = {f.name for f in dataclasses.fields(cls)} | set(own)
-    if section == "load":
-        known |= {"format", "path"}
-    if set(opts) - known:
-        raise _unknown(path, opts, known - set(STUDY_FILLED.get(section, ())))
-    kw = {k: v for k, v in opts.items() if k not in own and not (section == "load" and k in ("format", "path"))}
-    try:
-        obj = cls.from_dict(kw) if hasattr(cls, "from_dict") else cls(**kw)
-        if callable(getattr(obj, "check", None)):  # values, not only keys (ScoreConfig checks in check())
-            obj.check()
-    except NeedleworkError as e:
-        raise NeedleworkError(f"config section `{path}`: {e.problem}", e.fix) from None
-    except (TypeError, ValueError) as e:
-        raise _err(path, str(e), "fix the value(s)") from None
-
-
-# Value checks of the data sections, owned by the generator and the loader (one source of truth):
-# section -> (module, function). They raise `OptionError`, whose `key` names the bad field.
-DATA_CHECKS = {
-    "generate": ("needlework.data.generate", "check_config"),
-    "load": ("needlework.data.loaders", "check_options"),
-}
+_err = key_error
+# Data-set options the study fills in itself (per task, training set and model), with the fix.
+_DATA_FIX = "set the task's `length`, the set's `n`/`seed`; the tokenizer is each model's own"
+DATA_FILLED = {"generate": ("task", "n", "length", "tokenizer", "seed"), "load": ("length", "tokenizer", "limit", "seed")}
 # Fields of a data section that the study fills in from elsewhere: where the config sets them.
 _FILLED_FROM = {"task": "tasks.{task}", "length": "tasks.{task}.length"}
 
 
 def check_data_values(section: str, opts: dict[str, Any], path: str, task: str, length: int) -> None:
-    """Check every value of a set's `generate:`/`load:` options as the data stage will use them
-    (with the task, length and size the study fills in): types against the stage's dataclass, then
-    the generator's / loader's own value check, so a bad value fails on load with its key path
+    """Check every key and value of a set's `generate:`/`load:` options as the data stage will use
+    them (with the task and length the study fills in): keys and types by the stage's dataclass,
+    then the generator's / loader's own value check, so a bad value fails on load with its key path
     instead of when the data stage runs."""
-    cls = _foreign_class(section)
+    cls, check = (GenerateConfig, check_config) if section == "generate" else (LoadConfig, check_options)
+    refused = dict.fromkeys(DATA_FILLED[section], _DATA_FIX)
+    kw = {k: v for k, v in opts.items() if k not in ("format", "path")}
     try:
-        check = getattr(importlib.import_module(DATA_CHECKS[section][0]), DATA_CHECKS[section][1])
-    except (ImportError, AttributeError):
-        check = None
-    if cls is None or check is None:
-        return  # that stage is not installed: its options are checked when it runs
-    hints = typing.get_type_hints(cls)
-    kw = {}
-    for k, v in opts.items():
-        if k in ("format", "path"):
-            continue
-        _coerce(v, hints[k], f"{path}.{k}")
-        kw[k] = tuple(v) if section == "load" and k == "limited" and isinstance(v, list) else v
-    args: tuple = ()
+        build(cls, kw, path, refused=refused)  # keys and types
+    except NeedleworkError as e:
+        if section == "load" and "unknown key" in e.problem:  # format and path are keys there too
+            raise _with_valid_keys(e, ("format", "path")) from None
+        raise
+    # the values as the data stage passes them (study.stages.data_stage), for the value check
+    if isinstance(kw.get("limited"), list):
+        kw["limited"] = tuple(kw["limited"])
     if section == "generate":
-        args = (cls(**{**kw, "task": task, "n": 1, "length": length}),)
+        args: tuple = (cls(**{**kw, "task": task, "n": 1, "length": length}),)
     else:
         fmt = opts["format"]
         if not isinstance(fmt, str):
@@ -325,32 +228,26 @@ def check_data_values(section: str, opts: dict[str, Any], path: str, task: str, 
         check(*args)
     except NeedleworkError as e:
         key = getattr(e, "key", None)
-        where = _FILLED_FROM.get(key, "{path}.%s" % key if key else "{path}").format(task=task, path=path)
+        where = _FILLED_FROM.get(key, f"{path}.{key}" if key else path).format(task=task)
         fix = e.fix or "fix the value"
         if key == "task":
             fix += f" (a generated set's task is its task's name under `tasks:`, here {task!r})"
         raise _err(where, e.problem, fix) from None
-    if section == "load" and fmt in _loader_formats() and fmt != task:
-        raise _err(f"{path}.format", f"format {fmt!r} reads {fmt} examples, but this set belongs to task {task!r}",
-                   f"use format {task} (or move the set under `tasks.{fmt}`)")
+    if section == "load" and fmt in FORMATS and fmt != task:
+        raise _err(
+            f"{path}.format",
+            f"format {fmt!r} reads {fmt} examples, but this set belongs to task {task!r}",
+            f"use format {task} (or move the set under `tasks.{fmt}`)",
+        )
 
 
-def _loader_formats() -> tuple[str, ...]:
-    from needlework.data.loaders import FORMATS
-
-    return FORMATS
-
-
-_FILLED_FIX = {
-    "generate": "set the task's `length`, the set's `n`/`seed`; the tokenizer is each model's own",
-    "load": "set the task's `length`, the set's `n`/`seed`; the tokenizer is each model's own",
-    "knockout": "choose heads with the `heads:` section (rule, k, threshold)",
-    "patch": "choose heads with the `heads:` section; patching runs intersection, complement and random",
-}
+def _with_valid_keys(e: NeedleworkError, extra: tuple[str, ...]) -> NeedleworkError:
+    """An unknown-key error whose list of valid keys also names `extra` (keys outside the dataclass)."""
+    fix = (e.fix or "").replace("valid keys there: ", f"valid keys there: {', '.join(extra)}, ")
+    return NeedleworkError(e.problem, fix)
 
 
-def _check_set(s: SetSpec, path: str, eval_set: bool = False, task: str = "", length: int = 1024,
-               base_dir: Path | None = None) -> None:
+def _check_set(s: SetSpec, path: str, eval_set: bool = False, task: str = "", length: int = 1024, base_dir: Path | None = None) -> None:
     if s.kind not in KINDS:
         raise _err(f"{path}.kind", f"{s.kind!r} is not one of {', '.join(KINDS)}", "use real, limited or synthetic")
     sources = [k for k in ("generate", "load", "file") if getattr(s, k) is not None]
@@ -361,12 +258,14 @@ def _check_set(s: SetSpec, path: str, eval_set: bool = False, task: str = "", le
             raise _err(path, "kind `none` (the base model, no fine-tuning) takes no data", f"remove `{sources[0]}:`")
         return
     if len(sources) != 1:
-        raise _err(path, "needs exactly one data source" + (f" (got {', '.join(sources)})" if sources else ""),
-                   "give one of `generate:` (synthetic options), `load:` (format + path of an official file) or `file:` (JSONL)")
+        raise _err(
+            path,
+            "needs exactly one data source" + (f" (got {', '.join(sources)})" if sources else ""),
+            "give one of `generate:` (synthetic options), `load:` (format + path of an official file) or `file:` (JSONL)",
+        )
     if s.n is not None and s.n < 1:
         raise _err(f"{path}.n", f"must be at least 1 (got {s.n})", "set a positive number of examples")
     if s.generate is not None:
-        check_foreign("generate", s.generate, f"{path}.generate")
         hay = s.generate.get("haystack")
         if isinstance(hay, str) and base_dir and not Path(hay).is_absolute() and (base_dir / hay).exists():
             s.generate["haystack"] = str((base_dir / hay).resolve())  # relative to the config file, as file:/load.path
@@ -375,73 +274,110 @@ def _check_set(s: SetSpec, path: str, eval_set: bool = False, task: str = "", le
         for k in ("format", "path"):
             if k not in s.load:
                 raise _err(f"{path}.load.{k}", "is missing", "load: needs `format` (mdqa|musique|summhay|hf:NAME) and `path`")
-        check_foreign("load", s.load, f"{path}.load")
         check_data_values("load", s.load, f"{path}.load", task, length)
     if s.kind == "real" and s.generate is not None:
         raise _err(f"{path}.kind", "a `real` set cannot be generated", "use kind synthetic (or limited), or load: real data")
 
 
+def _resolve_paths(s: SetSpec, base_dir: Path | None) -> None:
+    """Data files named relative to the config file's folder (when they exist there)."""
+    if base_dir is None:
+        return
+    if s.file and not Path(s.file).is_absolute() and (base_dir / s.file).exists():
+        s.file = str((base_dir / s.file).resolve())
+    if s.load and not Path(str(s.load["path"])).is_absolute() and (base_dir / str(s.load["path"])).exists():
+        s.load["path"] = str((base_dir / str(s.load["path"])).resolve())
+
+
+def _check_task(cfg: StudyConfig, tname: str, t: TaskSpec, base_dir: Path | None) -> None:
+    p = f"tasks.{tname}"
+    if t.reference not in t.train_sets:
+        raise _err(f"{p}.reference", f"{t.reference!r} names no training set", f"use one of {', '.join(t.train_sets)}")
+    if t.train_sets[t.reference].kind == "none":
+        raise _err(f"{p}.reference", "the reference must be a fine-tuned training set, not kind none", "pick another set")
+    if t.length < 16:
+        raise _err(f"{p}.length", f"{t.length} tokens is too short", "use at least a few hundred tokens")
+    _check_set(t.eval_set, f"{p}.eval_set", eval_set=True, task=tname, length=t.length, base_dir=base_dir)
+    for sname, s in t.train_sets.items():
+        if not sname.replace("_", "").replace("-", "").isalnum():
+            raise _err(f"{p}.train_sets.{sname}", "set names may only hold letters, digits, - and _", "rename it")
+        _check_set(s, f"{p}.train_sets.{sname}", task=tname, length=t.length, base_dir=base_dir)
+    for s in [t.eval_set, *t.train_sets.values()]:
+        _resolve_paths(s, base_dir)
+    if t.score:  # the task's overrides, checked as the ScoreConfig they make
+        _check_score(build(ScoreConfig, {**dataclasses.asdict(cfg.score), **t.score}, f"{p}.score"), f"{p}.score")
+
+
+def _check_score(score: ScoreConfig, path: str) -> None:
+    try:
+        score.check()
+    except NeedleworkError as e:
+        raise NeedleworkError(f"config section `{path}`: {e.problem}", e.fix) from None
+
+
+def _check_selection(cfg: StudyConfig, name: str, key: str) -> None:
+    """`knockout.train_sets` / `patch.targets`: all, reference, none, or training set names."""
+    sets = getattr(getattr(cfg, name), key)
+    if isinstance(sets, list):
+        for tname, t in cfg.tasks.items():
+            missing = [s for s in sets if s not in t.train_sets and s != "reference"]
+            if missing:
+                raise _err(
+                    f"{name}.{key}",
+                    f"{', '.join(map(repr, missing))} name(s) no training set of task {tname}",
+                    f'use "all", "reference" or names from {", ".join(t.train_sets)}',
+                )
+    elif sets not in ("all", "reference", "none"):
+        raise _err(
+            f"{name}.{key}",
+            f"{sets!r} is not all, reference, none or a list",
+            "write all, reference, none, or a list of training set names",
+        )
+
+
 def validate(cfg: StudyConfig, base_dir: Path | None = None) -> StudyConfig:
-    """Cross-field checks; resolves data file paths against the config file's folder."""
+    """Cross-field and value checks; resolves data file paths against the config file's folder."""
     if cfg.heads.rule not in HEAD_RULES:
         raise _err("heads.rule", f"{cfg.heads.rule!r} is not one of {', '.join(HEAD_RULES)}", "use top_k or threshold")
-    if cfg.heads.k < 1:
-        raise _err("heads.k", f"must be at least 1 (got {cfg.heads.k})", "set the number of top heads")
+    if cfg.heads.top < 1:
+        raise _err("heads.top", f"must be at least 1 (got {cfg.heads.top})", "set the number of top heads")
     for sz in ("n_train", "n_eval"):
         if getattr(cfg.sizes, sz) < 1:
             raise _err(f"sizes.{sz}", f"must be at least 1 (got {getattr(cfg.sizes, sz)})", "set a positive size")
+    _check_score(cfg.score, "score")
     for tname, t in cfg.tasks.items():
-        p = f"tasks.{tname}"
-        if t.reference not in t.train_sets:
-            raise _err(f"{p}.reference", f"{t.reference!r} names no training set", f"use one of {', '.join(t.train_sets)}")
-        if t.train_sets[t.reference].kind == "none":
-            raise _err(f"{p}.reference", "the reference must be a fine-tuned training set, not kind none", "pick another set")
-        if t.length < 16:
-            raise _err(f"{p}.length", f"{t.length} tokens is too short", "use at least a few hundred tokens")
-        _check_set(t.eval_set, f"{p}.eval_set", eval_set=True, task=tname, length=t.length, base_dir=base_dir)
-        for sname, s in t.train_sets.items():
-            if not sname.replace("_", "").replace("-", "").isalnum():
-                raise _err(f"{p}.train_sets.{sname}", "set names may only hold letters, digits, - and _", "rename it")
-            _check_set(s, f"{p}.train_sets.{sname}", task=tname, length=t.length, base_dir=base_dir)
-        for s in [t.eval_set, *t.train_sets.values()]:
-            for src in ("file",):
-                if getattr(s, src) and base_dir and not Path(s.file).is_absolute():
-                    s.file = str((base_dir / s.file).resolve()) if (base_dir / s.file).exists() else s.file
-            if s.load and base_dir and not Path(str(s.load["path"])).is_absolute() and (base_dir / str(s.load["path"])).exists():
-                s.load["path"] = str((base_dir / str(s.load["path"])).resolve())
-    for name in ("train", "eval", "score"):
-        check_foreign(name, getattr(cfg, name), name)
-    for tname, t in cfg.tasks.items():
-        if t.score:
-            check_foreign("score", {**cfg.score, **t.score}, f"tasks.{tname}.score")
-    for name in ("knockout", "patch"):
-        sec = getattr(cfg, name)
-        check_foreign(name, sec, name, own=STUDY_OWN[name])
-        sets = sec.get("sets" if name == "knockout" else "targets", "all")
-        if isinstance(sets, list):
-            for tname, t in cfg.tasks.items():
-                missing = [s for s in sets if s not in t.train_sets and s != "reference"]
-                if missing:
-                    raise _err(f"{name}.{'sets' if name == 'knockout' else 'targets'}",
-                               f"{', '.join(map(repr, missing))} name(s) no training set of task {tname}",
-                               f"use \"all\", \"reference\" or names from {', '.join(t.train_sets)}")
-        elif sets not in ("all", "reference", "none"):
-            raise _err(f"{name}.{'sets' if name == 'knockout' else 'targets'}", f"{sets!r} is not all, reference, none or a list",
-                       "write all, reference, none, or a list of training set names")
+        _check_task(cfg, tname, t, base_dir)
+    _check_selection(cfg, "knockout", "train_sets")
+    _check_selection(cfg, "patch", "targets")
     n = cfg.scale_out.processes
     if (isinstance(n, str) and n != "auto") or (isinstance(n, int) and n < 1):
         raise _err("scale_out.processes", f"{n!r} is neither auto nor a positive number", "write auto (every visible GPU) or a count")
-    for i, kind in enumerate(cfg.patch.get("sets", [])):
-        if not isinstance(kind, str) or (kind not in PATCH_KINDS and "-" not in kind):
-            raise _err(f"patch.sets[{i}]", f"{kind!r} is not a head-set kind", f"use {', '.join(PATCH_KINDS)} or a list L-H,...")
+    for i, kind in enumerate(cfg.patch.kinds):
+        if kind not in PATCH_KINDS and "-" not in kind:
+            raise _err(f"patch.kinds[{i}]", f"{kind!r} is not a head-set kind", f"use {', '.join(PATCH_KINDS)} or a list L-H,...")
     return cfg
+
+
+def _check_renamed(data: dict[str, Any]) -> None:
+    """An old key name fails and names its new one."""
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise NeedleworkError(f"config key `{old}` was renamed to `{new}`", f"write `{new.split('.')[1]}:` under `{section}:`")
 
 
 def from_dict(data: Any, base_dir: Path | None = None) -> StudyConfig:
     """Build and validate a StudyConfig from a parsed YAML mapping."""
     if not isinstance(data, dict):
         raise NeedleworkError("the study config must be a mapping of keys", "start from configs/demo.yaml")
-    cfg = _build(StudyConfig, data, "")
+    _check_renamed(data)
+    refused = {"knockout": KnockoutSection.FILLED, "patch": PatchSection.FILLED}
+    for name, filled in refused.items():  # keys the study fills: refused before building the section
+        if isinstance(data.get(name), dict):
+            for k in data[name]:
+                if k in filled:
+                    raise _err(f"{name}.{k}", "is set by the study itself", filled[k])
+    cfg = build(StudyConfig, data, "")
     return validate(cfg, base_dir)
 
 

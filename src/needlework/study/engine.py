@@ -5,6 +5,7 @@ after its `done.json` is written, so a study killed at any moment (kill -9) resu
 stopped and ends with the same results; rerunning skips every node that is done.
 
 Stage functions come from a registry (`needlework.study.stages.REAL_STAGES`); tests pass their own.
+The engine imports the stages (and, through them, the launcher); none of them imports the engine.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from needlework.errors import NeedleworkError
-from needlework.io import hash_obj, write_json, write_text
-from needlework.study.config import StudyConfig, dump_config
+from needlework.io import hash_file, hash_obj, write_json, write_text
+from needlework.study.config import StudyConfig, dump_config, section_dict
+from needlework.study.nodes import Node, StageContext, StageFn
+from needlework.study.stages import REAL_STAGES
+
+__all__ = ["Node", "StageContext", "StageFn", "build_plan", "node_key", "output_hash", "run_study", "selected"]
 
 STAGE_ORDER = ("data", "train", "evaluate", "score", "compare", "knockout", "patch", "analysis")
 RESUMABLE = {"train"}  # stages whose work dir is kept after a crash (training resumes from checkpoints)
@@ -29,49 +34,14 @@ VERSION = 1  # bump to invalidate every cached stage when the layout of stage ou
 VOLATILE = ("elapsed", "per_s", "time", "date", "wall", "peak_mem", "tokens_per_s")
 
 
-@dataclass
-class Node:
-    """One stage of one (model, task, training set); `deps` maps an input name to its node."""
-
-    stage: str
-    label: str  # model/task/set, for status lines and the manifest
-    slice: dict[str, Any]  # the config that determines this node's output
-    deps: dict[str, "Node"] = field(default_factory=dict)
-    model: str = ""
-    task: str = ""
-    set: str = ""
-    key: str | None = None  # set once every dep is done
-    status: str = "pending"  # pending | cached | done | skipped | blocked | failed
-    output_hash: str | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class StageContext:
-    """What a stage function gets: its node, the study config, its work dir and its inputs' dirs."""
-
-    node: Node
-    cfg: StudyConfig
-    out: Path  # the work dir to write into
-    inputs: dict[str, Path]  # dep name -> that dep's done dir
-    study_dir: Path
-
-
-StageFn = Callable[[StageContext], None]
-
-
 # ----------------------------------------------------------------------------------- the plan
 
 
 def _model_slice(cfg: StudyConfig, m: str) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(cfg.models[m])
 
 
 def _set_slice(cfg: StudyConfig, task: str, sname: str | None, m: str) -> dict[str, Any]:
-    from dataclasses import asdict
-
     t = cfg.tasks[task]
     s = t.eval_set if sname is None else t.train_sets[sname]
     d = asdict(s)
@@ -79,23 +49,19 @@ def _set_slice(cfg: StudyConfig, task: str, sname: str | None, m: str) -> dict[s
     d["n"] = s.n or (cfg.sizes.n_eval if sname is None else cfg.sizes.n_train)
     d["seed"] = s.seed if s.seed is not None else (cfg.seed + 1000 if sname is None else cfg.seed)
     if s.file:
-        from needlework.io import hash_file
-
         d["file_hash"] = hash_file(s.file) if Path(s.file).exists() else "missing"
     if s.load and Path(str(s.load.get("path", ""))).is_file():
-        from needlework.io import hash_file
-
         d["load_hash"] = hash_file(s.load["path"])
     return {"task": task, "length": t.length, "tokenizer": cfg.models[m].name, "role": "eval" if sname is None else "train", **d}
 
 
 def selected(cfg: StudyConfig, section: str, task: str) -> list[str]:
-    """Training sets that knockout (`sets`) or patching (`targets`) runs on for a task."""
+    """Training sets that knockout (`knockout.train_sets`) or patching (`patch.targets`) runs on for a task."""
     sec = getattr(cfg, section)
     t = cfg.tasks[task]
-    if not sec.get("enabled", True):
+    if not sec.enabled:
         return []
-    choice = sec.get("sets" if section == "knockout" else "targets", "reference" if section == "knockout" else "all")
+    choice = sec.train_sets if section == "knockout" else sec.targets
     names = [n for n, s in t.train_sets.items() if s.kind != "none"]
     if choice == "all":
         out = names
@@ -113,7 +79,10 @@ def selected(cfg: StudyConfig, section: str, task: str) -> list[str]:
 def build_plan(cfg: StudyConfig) -> list[Node]:
     """Every node of the study in an order that respects dependencies."""
     nodes: list[Node] = []
-    heads = {"rule": cfg.heads.rule, "k": cfg.heads.k, "threshold": cfg.heads.threshold}
+    # every slice holds the resolved options (defaults included), so a changed default re-runs
+    heads, analysis = asdict(cfg.heads), asdict(cfg.analysis)
+    train_opts, eval_opts = cfg.train.to_dict(), asdict(cfg.eval)
+    knockout, patch = section_dict(cfg.knockout), section_dict(cfg.patch)
     for m in cfg.models:
         ms = _model_slice(cfg, m)
         for task, t in cfg.tasks.items():
@@ -128,32 +97,57 @@ def build_plan(cfg: StudyConfig) -> list[Node]:
                 up: dict[str, Node] = {}
                 if s.kind != "none":
                     data = Node("data", lab, _set_slice(cfg, task, sname, m), set=sname, **base)
-                    tr = Node("train", lab, {"model": ms, "train": cfg.train}, {"data": data}, set=sname, **base)
+                    tr = Node("train", lab, {"model": ms, "train": train_opts}, {"data": data}, set=sname, **base)
                     nodes += [data, tr]
                     train[sname] = up["train"] = tr
-                ev[sname] = Node("evaluate", lab, {"model": ms, "eval": cfg.eval}, {"eval_data": evalset, **up}, set=sname, **base)
-                score[sname] = Node("score", lab, {"model": ms, "score": {**cfg.score, **(t.score or {})}}, {"eval_data": evalset, **up},
-                                    set=sname, **base)
+                ev[sname] = Node("evaluate", lab, {"model": ms, "eval": eval_opts}, {"eval_data": evalset, **up}, set=sname, **base)
+                score[sname] = Node(
+                    "score", lab, {"model": ms, "score": asdict(cfg.task_score(task))}, {"eval_data": evalset, **up}, set=sname, **base
+                )
                 nodes += [ev[sname], score[sname]]
             ref = t.reference
             cmp: dict[str, Node] = {}
             for sname in t.train_sets:
-                cmp[sname] = Node("compare", f"{m}/{task}/{sname}", {"heads": heads, "analysis": vars(cfg.analysis)},
-                                  {"heads": score[sname], "ref_heads": score[ref]}, set=sname, **base)
+                cmp[sname] = Node(
+                    "compare",
+                    f"{m}/{task}/{sname}",
+                    {"heads": heads, "analysis": analysis},
+                    {"heads": score[sname], "ref_heads": score[ref]},
+                    set=sname,
+                    **base,
+                )
                 nodes.append(cmp[sname])
             for sname in selected(cfg, "knockout", task):
-                nodes.append(Node("knockout", f"{m}/{task}/{sname}",
-                                  {"model": ms, "knockout": cfg.knockout, "heads": heads, "eval": cfg.eval},
-                                  {"eval_data": evalset, "heads": score[sname], "train": train[sname]}, set=sname, **base))
+                nodes.append(
+                    Node(
+                        "knockout",
+                        f"{m}/{task}/{sname}",
+                        {"model": ms, "knockout": knockout, "heads": heads, "eval": eval_opts},
+                        {"eval_data": evalset, "heads": score[sname], "train": train[sname]},
+                        set=sname,
+                        **base,
+                    )
+                )
             for sname in selected(cfg, "patch", task):
-                nodes.append(Node("patch", f"{m}/{task}/{sname}",
-                                  {"model": ms, "patch": cfg.patch, "heads": heads, "eval": cfg.eval},
-                                  {"eval_data": evalset, "source_train": train[ref], "target_train": train[sname],
-                                   "source_heads": score[ref], "target_heads": score[sname]}, set=sname, **base))
+                nodes.append(
+                    Node(
+                        "patch",
+                        f"{m}/{task}/{sname}",
+                        {"model": ms, "patch": patch, "heads": heads, "eval": eval_opts},
+                        {
+                            "eval_data": evalset,
+                            "source_train": train[ref],
+                            "target_train": train[sname],
+                            "source_heads": score[ref],
+                            "target_heads": score[sname],
+                        },
+                        set=sname,
+                        **base,
+                    )
+                )
             sets = {n: {"kind": s.kind, "label": s.label or n} for n, s in t.train_sets.items()}
             deps = {f"evaluate:{n}": ev[n] for n in t.train_sets} | {f"compare:{n}": cmp[n] for n in t.train_sets}
-            nodes.append(Node("analysis", f"{m}/{task}", {"analysis": vars(cfg.analysis), "sets": sets, "reference": ref},
-                              deps, **base))
+            nodes.append(Node("analysis", f"{m}/{task}", {"analysis": analysis, "sets": sets, "reference": ref}, deps, **base))
     return nodes
 
 
@@ -181,8 +175,13 @@ def output_hash(d: Path, study_dir: Path | None = None) -> str:
     h = hashlib.sha256()
     for p in sorted(d.rglob("*")):
         rel = p.relative_to(d).as_posix()
-        if not p.is_file() or rel == "done.json" or p.suffix in (".log", ".png", ".tmp") or rel.endswith("log.jsonl") \
-                or "checkpoints/" in rel:
+        if (
+            not p.is_file()
+            or rel == "done.json"
+            or p.suffix in (".log", ".png", ".tmp")
+            or rel.endswith("log.jsonl")
+            or "checkpoints/" in rel
+        ):
             continue
         h.update(rel.encode() + b"\0")
         if p.suffix == ".json":
@@ -233,9 +232,18 @@ def stage_dir(out: Path, node: Node) -> Path:
     return out / "stages" / node.stage / str(node.key)
 
 
-_ICONS = {"cached": ("✓ cached", "green"), "done": ("✓ done", "bold green"), "run": ("▶ run", "yellow"),
-          "skipped": ("- skipped", "dim"), "blocked": ("… blocked", "dim"), "failed": ("✗ failed", "bold red"),
-          "busy": ("⧗ elsewhere", "cyan"), "plan-cached": ("cached", "green"), "plan-run": ("to run", "yellow"), "plan-pending": ("after inputs", "dim")}
+_ICONS = {
+    "cached": ("✓ cached", "green"),
+    "done": ("✓ done", "bold green"),
+    "run": ("▶ run", "yellow"),
+    "skipped": ("- skipped", "dim"),
+    "blocked": ("… blocked", "dim"),
+    "failed": ("✗ failed", "bold red"),
+    "busy": ("⧗ elsewhere", "cyan"),
+    "plan-cached": ("cached", "green"),
+    "plan-run": ("to run", "yellow"),
+    "plan-pending": ("after inputs", "dim"),
+}
 
 
 def _status_line(console, node: Node, note: str = "") -> None:
@@ -248,9 +256,20 @@ def _status_line(console, node: Node, note: str = "") -> None:
 
 def write_manifest(cfg: StudyConfig, out: Path, nodes: list[Node]) -> None:
     """`OUT/study.json`: every node with its stage dir, read by the report and by tests."""
-    rows = [{"stage": n.stage, "label": n.label, "model": n.model, "task": n.task, "set": n.set, "key": n.key,
-             "status": n.status, "dir": (f"stages/{n.stage}/{n.key}" if n.status in ("cached", "done") else None),
-             "seconds": round(n.seconds, 3)} for n in nodes]
+    rows = [
+        {
+            "stage": n.stage,
+            "label": n.label,
+            "model": n.model,
+            "task": n.task,
+            "set": n.set,
+            "key": n.key,
+            "status": n.status,
+            "dir": (f"stages/{n.stage}/{n.key}" if n.status in ("cached", "done") else None),
+            "seconds": round(n.seconds, 3),
+        }
+        for n in nodes
+    ]
     write_json(out / "study.json", {"name": cfg.name, "config": cfg.to_dict(), "nodes": rows})
 
 
@@ -261,8 +280,15 @@ def run_node(node: Node, cfg: StudyConfig, out: Path, fn: StageFn) -> None:
     if work.exists() and node.stage not in RESUMABLE:
         shutil.rmtree(work)  # left by a killed run
     work.mkdir(parents=True, exist_ok=True)
-    write_json(work / "stage.json", {"stage": node.stage, "label": node.label, "slice": node.slice,
-                                     "inputs": {k: f"stages/{d.stage}/{d.key}" for k, d in node.deps.items()}})
+    write_json(
+        work / "stage.json",
+        {
+            "stage": node.stage,
+            "label": node.label,
+            "slice": node.slice,
+            "inputs": {k: f"stages/{d.stage}/{d.key}" for k, d in node.deps.items()},
+        },
+    )
     ctx = StageContext(node=node, cfg=cfg, out=work, inputs={k: stage_dir(out, d) for k, d in node.deps.items()}, study_dir=out)
     t0 = time.perf_counter()
     fn(ctx)
@@ -275,8 +301,16 @@ def run_node(node: Node, cfg: StudyConfig, out: Path, fn: StageFn) -> None:
         os.rename(work, final)
 
 
-def run_study(cfg: StudyConfig, out: str | os.PathLike, stages: dict[str, StageFn] | None = None, dry_run: bool = False,
-              only: set[str] | None = None, console=None, report: bool = True, poll_s: float = 2.0) -> list[Node]:
+def run_study(
+    cfg: StudyConfig,
+    out: str | os.PathLike,
+    stages: dict[str, StageFn] | None = None,
+    dry_run: bool = False,
+    only: set[str] | None = None,
+    console=None,
+    report: bool = True,
+    poll_s: float = 2.0,
+) -> list[Node]:
     """Run (or, with `dry_run`, print) the whole study; returns the nodes with their status.
 
     Args:
@@ -301,10 +335,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, stages: dict[str, StageF
         unknown = sorted(set(only) - set(STAGE_ORDER) - {"report"})
         if unknown:
             raise NeedleworkError(f"unknown stage(s) in --only: {', '.join(unknown)}", f"use any of {', '.join(STAGE_ORDER)}, report")
-    if stages is None:
-        from needlework.study.stages import REAL_STAGES
-
-        stages = REAL_STAGES
+    stages = REAL_STAGES if stages is None else stages
     nodes = build_plan(cfg)
     if dry_run:
         return _dry_run(cfg, out, nodes, only, console)

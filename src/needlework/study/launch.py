@@ -4,12 +4,11 @@ stage's own code does the sharing: `train` through accelerate's Accelerator (DDP
 sharding examples and gathering the rows (see `needlework.evaluate.evaluate`).
 
 The parent process (the study engine) holds the stage's lock and publishes its work dir; the
-workers only write into it, so a killed launch resumes like any other stage.
+workers (`needlework.study.worker`) only write into it, so a killed launch resumes like any other stage.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,9 @@ from pathlib import Path
 
 from needlework.errors import NeedleworkError
 from needlework.io import write_json
+from needlework.study.nodes import StageContext
+
+__all__ = ["SCALABLE", "run_in_processes", "stage_processes", "visible_gpus"]
 
 SCALABLE = ("train", "evaluate")
 
@@ -30,7 +32,7 @@ def visible_gpus() -> int:
         return 0
 
 
-def stage_processes(stage: str, ctx) -> int:
+def stage_processes(stage: str, ctx: StageContext) -> int:
     """How many processes run this stage: 1 unless it trains or evaluates and several are available.
 
     `train` keeps the configured global batch (batch_size x grad_accum rows per step): its
@@ -75,21 +77,44 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_in_processes(stage: str, ctx, n: int) -> None:
+def run_in_processes(stage: str, ctx: StageContext, n: int) -> None:
     """Run `stage` on `ctx` in n processes and wait; raises NeedleworkError when a process fails."""
     import tempfile
 
     fd, name = tempfile.mkstemp(prefix="needlework-launch-", suffix=".json")  # outside the work dir: not a result
     os.close(fd)
     spec = Path(name)
-    write_json(spec, {"stage": stage, "processes": n, "out": str(ctx.out), "study_dir": str(ctx.study_dir),
-                      "inputs": {k: str(v) for k, v in ctx.inputs.items()},
-                      "node": {"stage": ctx.node.stage, "label": ctx.node.label, "slice": ctx.node.slice,
-                               "model": ctx.node.model, "task": ctx.node.task, "set": ctx.node.set},
-                      "config": ctx.cfg.to_dict()})
+    write_json(
+        spec,
+        {
+            "stage": stage,
+            "processes": n,
+            "out": str(ctx.out),
+            "study_dir": str(ctx.study_dir),
+            "inputs": {k: str(v) for k, v in ctx.inputs.items()},
+            "node": {
+                "stage": ctx.node.stage,
+                "label": ctx.node.label,
+                "slice": ctx.node.slice,
+                "model": ctx.node.model,
+                "task": ctx.node.task,
+                "set": ctx.node.set,
+            },
+            "config": ctx.cfg.to_dict(),
+        },
+    )
     _release_gpu_memory()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "-m", "needlework.study.worker", str(spec)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(n),
+        "-m",
+        "needlework.study.worker",
+        str(spec),
+    ]
     env = dict(os.environ)
     if visible_gpus() == 0:  # CPU processes share the cores instead of each taking all of them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
@@ -98,24 +123,7 @@ def run_in_processes(stage: str, ctx, n: int) -> None:
     finally:
         spec.unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise NeedleworkError(f"stage {stage} of {ctx.node.label} failed in its {n} processes (exit code {proc.returncode}; "
-                              "their output is above)",
-                              "fix the error shown above and rerun the study (finished stages are kept); "
-                              "scale_out.processes: 1 runs it in this process")
-
-
-def worker_main(spec_path: str) -> None:
-    """Entry point of one launched process: rebuild the stage context and run the stage function."""
-    from needlework.study.config import from_dict
-    from needlework.study.engine import Node, StageContext
-    from needlework.study.stages import IN_PROCESS
-
-    spec = json.loads(Path(spec_path).read_text())
-    node = Node(**spec["node"])
-    cfg = from_dict(spec["config"])
-    ctx = StageContext(node=node, cfg=cfg, out=Path(spec["out"]), inputs={k: Path(v) for k, v in spec["inputs"].items()},
-                       study_dir=Path(spec["study_dir"]))
-    IN_PROCESS[spec["stage"]](ctx)
-
-
-
+        raise NeedleworkError(
+            f"stage {stage} of {ctx.node.label} failed in its {n} processes (exit code {proc.returncode}; their output is above)",
+            "fix the error shown above and rerun the study (finished stages are kept); scale_out.processes: 1 runs it in this process",
+        )

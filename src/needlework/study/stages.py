@@ -18,8 +18,14 @@ import shutil
 from typing import Any
 
 from needlework.errors import NeedleworkError
+from needlework.evaluate.evaluate import EvalConfig
+from needlework.interventions.knockout import KnockoutConfig
+from needlework.interventions.patch import PatchConfig
 from needlework.io import write_json
-from needlework.study.engine import StageContext
+from needlework.schema import build
+from needlework.study.config import HeadsSpec, KnockoutSection, PatchSection, stage_config
+from needlework.study.launch import run_in_processes, stage_processes
+from needlework.study.nodes import StageContext
 
 
 def model_config(ctx: StageContext, train_dep: str | None = "train"):
@@ -54,8 +60,9 @@ def data_stage(ctx: StageContext) -> None:
     if s.get("generate") is not None:
         from needlework.data.generate import GenerateConfig, generate
 
-        gcfg = GenerateConfig(**{**s["generate"], "task": s["task"], "n": n, "length": s["length"],
-                                 "tokenizer": s["tokenizer"], "seed": seed})
+        gcfg = GenerateConfig(
+            **{**s["generate"], "task": s["task"], "n": n, "length": s["length"], "tokenizer": s["tokenizer"], "seed": seed}
+        )
         records = generate(gcfg)
     elif s.get("load") is not None:
         from needlework.data.loaders import LoadConfig, load_real
@@ -64,8 +71,7 @@ def data_stage(ctx: StageContext) -> None:
         fmt, path = opts.pop("format"), opts.pop("path")
         if "limited" in opts and isinstance(opts["limited"], list):
             opts["limited"] = tuple(opts["limited"])
-        records = load_real(fmt, path, LoadConfig(**{**opts, "length": s["length"], "tokenizer": s["tokenizer"],
-                                                     "limit": n, "seed": seed}))
+        records = load_real(fmt, path, LoadConfig(**{**opts, "length": s["length"], "tokenizer": s["tokenizer"], "limit": n, "seed": seed}))
     else:
         records = read_jsonl(s["file"])[:n]
     if not records:
@@ -92,7 +98,7 @@ def _train_here(ctx: StageContext) -> None:
 
 
 def _evaluate_here(ctx: StageContext) -> None:
-    from needlework.evaluate.evaluate import EvalConfig, evaluate
+    from needlework.evaluate.evaluate import evaluate
 
     evaluate(model_config(ctx), records_of(ctx), EvalConfig.from_dict(ctx.node.slice["eval"]), ctx.out)
 
@@ -102,8 +108,6 @@ IN_PROCESS = {"train": _train_here, "evaluate": _evaluate_here}  # what one laun
 
 def _scaled(stage: str, ctx: StageContext) -> None:
     """Run the stage here, or in one process per GPU when several are available (study.launch)."""
-    from needlework.study.launch import run_in_processes, stage_processes
-
     n = stage_processes(stage, ctx)
     if n > 1:
         run_in_processes(stage, ctx, n)
@@ -125,7 +129,7 @@ def score_stage(ctx: StageContext) -> None:
     from needlework.io import write_parquet
     from needlework.models.load import check_rendering, load_model, resolve_model_config
 
-    cfg = ScoreConfig(**ctx.node.slice["score"])
+    cfg = ScoreConfig.from_dict(ctx.node.slice["score"])
     mc = resolve_model_config(model_config(ctx))  # the adapter's saved RoPE settings applied (and recorded)
     model, tok = load_model(mc)
     used = cfg.resolved(tok)  # chat and match as score_heads resolves them
@@ -133,9 +137,17 @@ def score_stage(ctx: StageContext) -> None:
     res = score_heads(model, tok, records_of(ctx), cfg)
     write_parquet(ctx.out / "heads.parquet", res.heads)
     write_parquet(ctx.out / "per_example.parquet", res.per_example)
-    write_json(ctx.out / "meta.json", {"options": dataclasses.asdict(used), "model_config": dataclasses.asdict(mc),
-                                       "trained_chat": trained_chat, "n_examples": res.n_examples,
-                                       "skipped": res.skipped, "span_coverage": res.coverage})
+    write_json(
+        ctx.out / "meta.json",
+        {
+            "options": dataclasses.asdict(used),
+            "model_config": dataclasses.asdict(mc),
+            "trained_chat": trained_chat,
+            "n_examples": res.n_examples,
+            "skipped": res.skipped,
+            "span_coverage": res.coverage,
+        },
+    )
 
 
 def compare_stage(ctx: StageContext) -> None:
@@ -152,58 +164,54 @@ def compare_stage(ctx: StageContext) -> None:
         return pd.read_parquet(d / "heads.parquet"), per
 
     (ha, pa), (hr, pr) = load("heads"), load("ref_heads")
-    res = compare_heads(ha, hr, pa, pr, rule=h["rule"], k=h["k"], threshold=h["threshold"],
-                        n_boot=a["n_boot"], alpha=a["alpha"], seed=a["seed"])
+    res = compare_heads(
+        ha, hr, pa, pr, rule=h["rule"], k=h["top"], threshold=h["threshold"], n_boot=a["n_boot"], alpha=a["alpha"], seed=a["seed"]
+    )
     write_json(ctx.out / "compare.json", res)
 
 
 # ----------------------------------------------------------------------------------- interventions
 
 
-def _rule_kwargs(h: dict[str, Any]) -> dict[str, Any]:
-    return {"top": h["k"], "threshold": None} if h["rule"] == "top_k" else {"top": None, "threshold": h["threshold"]}
-
-
-def _eval_opts(ctx: StageContext, section: str) -> dict[str, Any]:
-    opts = {**ctx.node.slice["eval"], "logprob": False}
-    limit = ctx.node.slice[section].get("limit")
-    if limit is not None:
-        opts["limit"] = limit
-    return opts
+def _intervention_config(ctx: StageContext, name: str) -> KnockoutConfig | PatchConfig:
+    """The stage config of this node's `knockout`/`patch` slice: the section's own fields, the
+    head-set rule of `heads:`, and the study's `eval:` options (no log-probs; `limit` applied)."""
+    s = ctx.node.slice
+    sec = build(KnockoutSection if name == "knockout" else PatchSection, s[name], name)
+    ev = build(EvalConfig, s["eval"], "eval")
+    ev = dataclasses.replace(ev, logprob=False, limit=ev.limit if sec.limit is None else sec.limit)
+    heads = build(HeadsSpec, s["heads"], "heads").selection()
+    if isinstance(sec, PatchSection):
+        return stage_config(PatchConfig, sec, **heads, eval=ev, set=",".join(sec.kinds))
+    return stage_config(KnockoutConfig, sec, **heads, eval=ev, heads=None)
 
 
 def knockout_stage(ctx: StageContext) -> None:
-    from needlework.evaluate.evaluate import EvalConfig
-    from needlework.interventions.knockout import KnockoutConfig, run_knockout
+    from needlework.interventions.knockout import run_knockout
 
-    own = {"enabled", "sets", "limit"}
-    opts = {k: v for k, v in ctx.node.slice["knockout"].items() if k not in own}
-    cfg = KnockoutConfig.from_dict({**opts, **_rule_kwargs(ctx.node.slice["heads"])})
-    cfg = dataclasses.replace(cfg, eval=EvalConfig.from_dict({**dataclasses.asdict(cfg.eval), **_eval_opts(ctx, "knockout")}))
+    cfg = _intervention_config(ctx, "knockout")
     run_knockout(model_config(ctx), records_of(ctx), str(ctx.inputs["heads"] / "heads.parquet"), cfg, ctx.out)
 
 
 def patch_stage(ctx: StageContext) -> None:
     """Patch the reference (source) model's head outputs into this (target) model for every head
     set kind in one run (source and target are scored once); `patch.json` gathers the rows."""
-    from needlework.evaluate.evaluate import EvalConfig
-    from needlework.interventions.patch import PatchConfig, run_patch
+    from needlework.interventions.patch import run_patch
 
-    own = {"enabled", "targets", "limit", "sets"}
-    sec = ctx.node.slice["patch"]
-    opts = {k: v for k, v in sec.items() if k not in own}
-    cfg = PatchConfig.from_dict({**opts, **_rule_kwargs(ctx.node.slice["heads"])})
-    cfg = dataclasses.replace(cfg, eval=EvalConfig.from_dict({**dataclasses.asdict(cfg.eval), **_eval_opts(ctx, "patch")}),
-                              set=",".join(sec.get("sets", list(PATCH_KINDS))))
+    cfg = _intervention_config(ctx, "patch")
     records = records_of(ctx)
-    summ = run_patch(model_config(ctx, "source_train"), model_config(ctx, "target_train"), records,
-                     str(ctx.inputs["source_heads"] / "heads.parquet"), str(ctx.inputs["target_heads"] / "heads.parquet"),
-                     cfg, ctx.out)
+    summ = run_patch(
+        model_config(ctx, "source_train"),
+        model_config(ctx, "target_train"),
+        records,
+        str(ctx.inputs["source_heads"] / "heads.parquet"),
+        str(ctx.inputs["target_heads"] / "heads.parquet"),
+        cfg,
+        ctx.out,
+    )
     rows = [{**r, "kind": "random" if r["condition"].startswith("random_") else r["condition"]} for r in summ["table"]]
-    write_json(ctx.out / "patch.json", {"rows": rows, "sets": summ["sets"], "n": len(records[: cfg.eval.limit] if cfg.eval.limit else records)})
-
-
-PATCH_KINDS = ("intersection", "complement", "random")
+    n = len(records[: cfg.eval.limit] if cfg.eval.limit else records)
+    write_json(ctx.out / "patch.json", {"rows": rows, "sets": summ["sets"], "n": n})
 
 
 # ----------------------------------------------------------------------------------- analysis
@@ -224,8 +232,13 @@ def analysis_stage(ctx: StageContext) -> None:
     for name, info in s["sets"].items():
         summ = json.loads((ctx.inputs[f"evaluate:{name}"] / "summary.json").read_text())
         cmp = json.loads((ctx.inputs[f"compare:{name}"] / "compare.json").read_text())
-        row = {"set": name, "label": info["label"], "kind": info["kind"], "reference": name == s["reference"],
-               **primary_score(summ, ctx.node.task)}
+        row = {
+            "set": name,
+            "label": info["label"],
+            "kind": info["kind"],
+            "reference": name == s["reference"],
+            **primary_score(summ, ctx.node.task),
+        }
         for m in ("recall", "precision", "jaccard", "cosine", "spearman"):
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = cmp[m]["mean"], cmp[m]["lo"], cmp[m]["hi"]
         row["n_heads"] = cmp["n_heads"]
@@ -233,11 +246,18 @@ def analysis_stage(ctx: StageContext) -> None:
         rows.append(row)
     a = s["analysis"]
     res = analyze(rows, s["reference"], a["include_reference"], a["n_boot"], a["alpha"], a["seed"])
-    write_json(ctx.out / "analysis.json", {"model": ctx.node.model, "task": ctx.node.task, "reference": s["reference"],
-                                           "rows": rows, **res})
+    write_json(
+        ctx.out / "analysis.json", {"model": ctx.node.model, "task": ctx.node.task, "reference": s["reference"], "rows": rows, **res}
+    )
 
 
 REAL_STAGES = {
-    "data": data_stage, "train": train_stage, "evaluate": evaluate_stage, "score": score_stage,
-    "compare": compare_stage, "knockout": knockout_stage, "patch": patch_stage, "analysis": analysis_stage,
+    "data": data_stage,
+    "train": train_stage,
+    "evaluate": evaluate_stage,
+    "score": score_stage,
+    "compare": compare_stage,
+    "knockout": knockout_stage,
+    "patch": patch_stage,
+    "analysis": analysis_stage,
 }

@@ -86,8 +86,10 @@ def full_optimizer_state(model: torch.nn.Module, optimizer) -> dict:
     if not sd:
         return {}
     index = _param_index(model, optimizer)  # torch.distributed.checkpoint keys the state by parameter name
-    return {"state": {index[n]: st for n, st in sd["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
+    return {
+        "state": {index[n]: st for n, st in sd["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]],
+    }
 
 
 def rank_rng_states() -> dict[str, torch.Tensor]:
@@ -130,9 +132,18 @@ def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(ckpt_root: str | os.PathLike, step: int, weights: dict[str, torch.Tensor], optimizer,
-                    scheduler, config: dict[str, Any], extra: dict[str, Any] | None = None, keep: int = 2,
-                    optimizer_state: dict | None = None, rng_states: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    ckpt_root: str | os.PathLike,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+    optimizer_state: dict | None = None,
+    rng_states: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write `ckpt_root/step-<step>` atomically and prune all but the newest `keep` (0: keep all).
 
     Args:
@@ -155,8 +166,14 @@ def save_checkpoint(ckpt_root: str | os.PathLike, step: int, weights: dict[str, 
             rng[f"torch_cuda_{i}"] = s
     save_file({**rng, **(rng_states or {})}, tmp / "rng.safetensors")
     py_state = random.getstate()
-    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
-             "python_rng": [py_state[0], list(py_state[1]), py_state[2]], "config": config, **(extra or {})}
+    state = {
+        "step": step,
+        "optimizer": opt_meta,
+        "scheduler": scheduler.state_dict(),
+        "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+        "config": config,
+        **(extra or {}),
+    }
     (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -172,11 +189,10 @@ def list_checkpoints(ckpt_root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
-def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer, scheduler,
-                    sharded: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer, scheduler, sharded: bool = False) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG states in place; returns state.json's dict.
 
     Args:
@@ -204,7 +220,8 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer, 
         raise NeedleworkError(
             f"checkpoint {path} does not match the model being trained "
             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(bad_shape)} wrong-shape tensors, e.g. {detail})",
-            "resume with the same model and training method/LoRA settings, or start a fresh --out directory")
+            "resume with the same model and training method/LoRA settings, or start a fresh --out directory",
+        )
     weights = load_file(path / "weights.safetensors") if reader else {}
     optim = _optimizer_from_flat(load_file(path / "optimizer.safetensors"), state["optimizer"]) if reader else {}
     if sharded:
@@ -214,8 +231,10 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer, 
         set_model_state_dict(model, weights, options=_full_options(strict=False, broadcast_from_rank0=True))
         if reader:  # torch.distributed.checkpoint keys optimizer state by parameter name
             name = {i: n for n, i in _param_index(model, optimizer).items()}
-            optim = {"state": {name[i]: st for i, st in optim["state"].items()},
-                     "param_groups": [{**g, "params": [name[i] for i in g["params"]]} for g in optim["param_groups"]]}
+            optim = {
+                "state": {name[i]: st for i, st in optim["state"].items()},
+                "param_groups": [{**g, "params": [name[i] for i in g["params"]]} for g in optim["param_groups"]],
+            }
         set_optimizer_state_dict(model, optimizer, optim, options=_full_options(broadcast_from_rank0=True))
     else:
         with torch.no_grad():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from needlework.errors import NeedleworkError
+from needlework.schema import build
 
 METHODS = ("lora", "attn", "full")  # LoRA adapters | full fine-tuning of attention weights only | everything
 SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
@@ -25,41 +26,41 @@ class TrainConfig:
 
     # what to train
     method: str = "lora"  # lora | attn (full fine-tuning of `targets` only) | full
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: list(ATTN_TARGETS))  # module names for lora/attn
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (the update is scaled by alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    targets: list[str] = field(default_factory=lambda: list(ATTN_TARGETS))  # module names for lora/attn (comma-separated)
     # optimisation
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (YAML only)
     max_grad_norm: float = 1.0  # 0 disables clipping
-    schedule: str = "cosine"  # any of SCHEDULES (transformers.get_scheduler)
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0  # used when warmup_steps is 0
-    epochs: float = 1.0
+    schedule: str = "cosine"  # cosine | linear | constant | constant_with_warmup (transformers.get_scheduler)
+    warmup_steps: int = 0  # warm-up steps of the schedule
+    warmup_ratio: float = 0.0  # warm-up as a fraction of the steps, used when warmup_steps is 0
+    epochs: float = 1.0  # passes over the training records
     max_steps: int = 0  # > 0 overrides epochs
     batch_size: int = 1  # micro-batch rows per process
     grad_accum: int = 1  # micro-batches per optimizer step per process
-    seed: int = 0
+    seed: int = 0  # seeds the LoRA init, dropout and the order of the micro-batches
     # data
-    max_length: int = 0  # 0: the model's max_position_embeddings
+    max_length: int = 0  # longest example in tokens (0: the model's max_position_embeddings)
     truncate_haystack: bool = False  # drop non-gold documents of too-long examples (never the answer)
     packing: bool = False  # pack short examples into rows of `pack_length` tokens (position_ids reset)
-    pack_length: int = 0  # 0: max_length
+    pack_length: int = 0  # packed row length (0: max_length)
     chat: bool | None = None  # render with the tokenizer's chat template (None: when it has one, as every stage)
     # memory
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = True  # recompute layer activations in backward
     # with gradient checkpointing, keep each layer's attention-kernel outputs instead of recomputing
     # them in backward (train/checkpointing.py): 1.10x faster at 32K tokens for 2*T*hidden bytes a layer
-    save_attention: bool = True
+    save_attention: bool = True  # with checkpointing, keep attention outputs instead of recomputing them
     # bookkeeping
-    log_every: int = 1
-    eval_every: int = 0  # 0: evaluate only at the end (when eval records are given)
-    save_every: int = 0  # 0: no intermediate checkpoints
+    log_every: int = 1  # write a log.jsonl line every N steps
+    eval_every: int = 0  # evaluate every N steps (0: only at the end, when eval records are given)
+    save_every: int = 0  # checkpoint every N steps (0: no intermediate checkpoints)
     keep_checkpoints: int = 2  # newest checkpoints kept (0 keeps all)
     resume: str = "auto"  # auto (resume when out/checkpoints has one) | never | a checkpoint directory
-    progress: bool = True
+    progress: bool = True  # show progress bars (main process only)
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -85,16 +86,11 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Build from a dict (YAML section); unknown keys raise NeedleworkError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise NeedleworkError(
-                f"unknown training config key(s): {', '.join(unknown)}",
-                f"valid keys: {', '.join(sorted(known))}",
-            )
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (YAML section); unknown keys and wrong types raise NeedleworkError naming them."""
+        if isinstance(d.get("targets"), str):  # `q_proj,v_proj`, as the command line writes it
+            d = {**d, "targets": [t.strip() for t in d["targets"].split(",") if t.strip()]}
+        return build(cls, d, what="training config key")
 
 
 def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -61,7 +61,7 @@ class Batch:
         labels[self.rows, self.pos + 1] = self.targets
         return labels
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         move = lambda v: v.to(device) if v is not None else None  # noqa: E731
         return Batch(move(self.input_ids), move(self.position_ids), move(self.rows), move(self.pos), move(self.targets))
 
@@ -73,7 +73,7 @@ def _drop_haystack(record: Record, n_drop: int) -> Record | None:
     droppable = [i for i, d in enumerate(record.documents) if d.id not in keep_ids]
     if n_drop > len(droppable):
         return None
-    dropped = set(droppable[len(droppable) - n_drop:])  # drop from the end: keeps gold depth stable
+    dropped = set(droppable[len(droppable) - n_drop :])  # drop from the end: keeps gold depth stable
     new_index = {}
     docs = []
     for i, d in enumerate(record.documents):
@@ -96,15 +96,17 @@ def encode(record: Record, tokenizer, max_length: int, chat: bool = False, trunc
             `truncate_haystack` is off, or dropping every non-gold document is not enough).
     """
     if not record.answers or not answer_text(record).strip():
-        raise NeedleworkError(f"record {record.id} has no answer to train on",
-                              "every training record needs a non-empty first entry in 'answers' (SummHay: citations)")
+        raise NeedleworkError(
+            f"record {record.id} has no answer to train on",
+            "every training record needs a non-empty first entry in 'answers' (SummHay: citations)",
+        )
     r = render(record, tokenizer, chat=chat, with_answer=True)
     if max_length and r.n_tokens > max_length:
         if not truncate_haystack:
             raise NeedleworkError(
                 f"record {record.id} has {r.n_tokens} tokens, more than max_length {max_length}",
-                "raise --max-length (and --rope-theta to extend context), or pass --truncate-haystack "
-                "to drop non-gold documents")
+                "raise --max-length (and --rope-theta to extend context), or pass --truncate-haystack to drop non-gold documents",
+            )
         lo, hi = 1, len(record.documents)  # binary search for the fewest documents to drop
         best = None
         while lo <= hi:
@@ -118,22 +120,25 @@ def encode(record: Record, tokenizer, max_length: int, chat: bool = False, trunc
         if best is None:
             raise NeedleworkError(
                 f"record {record.id} is longer than max_length {max_length} even without its non-gold documents",
-                "raise --max-length; the gold documents and the answer are never truncated")
+                "raise --max-length; the gold documents and the answer are never truncated",
+            )
         r = best
     if r.n_tokens == r.prompt_len:
         raise NeedleworkError(f"record {record.id}: the answer renders to no tokens", "check its answers")
     return Example(id=record.id, input_ids=r.input_ids, prompt_len=r.prompt_len)
 
 
-def encode_all(records: list[Record], tokenizer, max_length: int, chat: bool = False,
-               truncate_haystack: bool = False, progress: bool = False) -> list[Example]:
+def encode_all(
+    records: list[Record], tokenizer, max_length: int, chat: bool = False, truncate_haystack: bool = False, progress: bool = False
+) -> list[Example]:
     """Encode every record (see `encode`); raises NeedleworkError on an empty list."""
     if not records:
         raise NeedleworkError("no training records", "check the --data file; it holds no examples")
     from tqdm.auto import tqdm
 
-    return [encode(r, tokenizer, max_length, chat, truncate_haystack)
-            for r in tqdm(records, desc="tokenize", disable=not progress, leave=False)]
+    return [
+        encode(r, tokenizer, max_length, chat, truncate_haystack) for r in tqdm(records, desc="tokenize", disable=not progress, leave=False)
+    ]
 
 
 def collate(rows_of_examples: list[list[Example]], pad_id: int, packed: bool = False) -> Batch:
@@ -153,11 +158,11 @@ def collate(rows_of_examples: list[list[Example]], pad_id: int, packed: bool = F
         off = 0
         for e in row:
             n = len(e.input_ids)
-            ids[i, off: off + n] = torch.tensor(e.input_ids)
-            position_ids[i, off: off + n] = torch.arange(n)
+            ids[i, off : off + n] = torch.tensor(e.input_ids)
+            position_ids[i, off : off + n] = torch.arange(n)
             rows += [i] * e.n_answer
             pos += range(off + e.prompt_len - 1, off + n - 1)  # hidden at t predicts token t+1
-            targets += e.input_ids[e.prompt_len:]
+            targets += e.input_ids[e.prompt_len :]
             off += n
         position_ids[i, off:] = torch.arange(t - off)  # the pad tail is a segment of its own
     return Batch(ids, position_ids if packed else None, torch.tensor(rows), torch.tensor(pos), torch.tensor(targets))
@@ -180,8 +185,9 @@ def pack(examples: list[Example], pack_length: int) -> list[list[Example]]:
     return groups
 
 
-def epoch_plan(examples: list[Example], epoch: int, seed: int, batch_size: int, packing: bool = False,
-               pack_length: int = 0) -> list[list[list[Example]]]:
+def epoch_plan(
+    examples: list[Example], epoch: int, seed: int, batch_size: int, packing: bool = False, pack_length: int = 0
+) -> list[list[list[Example]]]:
     """The micro-batches of one epoch (each a list of rows, each row a list of examples), in a fixed
     order given (seed, epoch): every process and every resumed run computes the same plan, so the
     data position is just the step number. Collate each entry with `collate` when it is used."""
@@ -189,4 +195,4 @@ def epoch_plan(examples: list[Example], epoch: int, seed: int, batch_size: int, 
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     shuffled = [examples[i] for i in order]
     rows = pack(shuffled, pack_length) if packing else [[e] for e in shuffled]
-    return [rows[i: i + batch_size] for i in range(0, len(rows), batch_size)]
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]

@@ -35,8 +35,9 @@ class AnswerOnlyLM(nn.Module):
         self.lm_head = base.get_output_embeddings()
         self.softcap = getattr(base.config, "final_logit_softcapping", None)  # Gemma 2/3
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, rows: torch.Tensor,
-                pos: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, rows: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (nll, pred): NLL of each target (n,) in at least fp32 (fp64 models keep fp64), and the
         argmax token at each (n,)."""
         hidden = self.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # b, t, d

@@ -15,8 +15,10 @@ so they resume or load anywhere (even with another number of processes). Keep `-
 (transformers' non-reentrant one) rather than accelerate's `fsdp_activation_checkpointing`, which does
 not restore the RNG for dropout. accelerate turns FSDP on for GPUs only: on CPU processes it runs DDP.
 
-`train` reads top to bottom: set up the processes, load the model, choose what trains, tokenize,
-optimizer and schedule, resume, then one loop (micro-steps, clip, step, log, evaluate, save).
+`train` reads as a table of contents (torchtune's recipe shape): `SFTRecipe.setup` composes the
+`_setup_*` steps (processes, model and what trains, data, optimizer and schedule, resume), then
+`SFTRecipe.train` runs one loop (micro-steps, clip, step, log, evaluate, save) and `save` writes
+the final weights.
 One optimizer step consumes `grad_accum × world_size` micro-batches of a fixed plan, so the global
 batch (and the loss) does not depend on how many processes share it.
 """
@@ -38,17 +40,34 @@ from typing import Any
 import torch
 
 from needlework.data.records import Record
+from needlework.data.render import resolve_chat
 from needlework.errors import NeedleworkError
 from needlework.io import write_json
-from needlework.data.render import resolve_chat
-from needlework.models.load import (MODEL_SETTINGS, ModelConfig, check_rendering, context_settings, load_model,
-                                    resolve_model_config)
-from needlework.train.checkpoint import (full_model_state, full_optimizer_state, full_trainable_state, list_checkpoints,
-                                         load_checkpoint, rank_rng_states, save_checkpoint, trainable_state)
+from needlework.models.load import (
+    MODEL_SETTINGS,
+    ModelConfig,
+    apply_adapter,
+    check_rendering,
+    context_settings,
+    load_model,
+    resolve_model_config,
+)
+from needlework.train.checkpoint import (
+    full_model_state,
+    full_optimizer_state,
+    full_trainable_state,
+    list_checkpoints,
+    load_checkpoint,
+    rank_rng_states,
+    save_checkpoint,
+    trainable_state,
+)
 from needlework.train.checkpointing import enable_checkpointing
 from needlework.train.config import TrainConfig
 from needlework.train.data import Example, collate, encode_all, epoch_plan
 from needlework.train.loss import AnswerOnlyLM, base_causal_lm
+
+__all__ = ["SFTRecipe", "TrainResult", "check_distributed", "evaluate_answers", "peak_mem_gb", "setup_trainable", "train"]
 
 
 @dataclass
@@ -76,34 +95,49 @@ def setup_trainable(model, cfg: TrainConfig, adapter: str | None = None):
     Raises NeedleworkError: targets that match no module, or an adapter that does not fit the model.
     """
     if cfg.method == "lora":
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, get_peft_model
 
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+        if adapter:  # continue training it: loaded as every stage loads adapters, but trainable
+            return apply_adapter(model, adapter, trainable=True)
         try:
-            if adapter:
-                if not (Path(adapter) / "adapter_config.json").exists():
-                    raise NeedleworkError(f"{adapter} holds no adapter_config.json", "point --adapter at a folder written by `needlework train`")
-                return PeftModel.from_pretrained(model, adapter, is_trainable=True)
-            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=list(cfg.targets), task_type="CAUSAL_LM")
+            lora = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.targets),
+                task_type="CAUSAL_LM",
+            )
             return get_peft_model(model, lora)
         except (RuntimeError, ValueError, KeyError) as e:
-            what = f"adapter {adapter}" if adapter else f"LoRA targets {cfg.targets}"
-            raise NeedleworkError(f"{what} do(es) not fit the model ({str(e).splitlines()[0][:300]})",
-                                  "use the base model the adapter was trained on, or targets that name its linear layers (e.g. q_proj)") from None
+            raise NeedleworkError(
+                f"LoRA targets {cfg.targets} do not fit the model ({str(e).splitlines()[0][:300]})",
+                "use targets that name its linear layers (e.g. q_proj)",
+            ) from None
     if adapter:
         raise NeedleworkError("an adapter was given for a non-LoRA training method", "use --method lora, or drop --adapter")
     for name, p in model.named_parameters():
         p.requires_grad_(cfg.method == "full" or name.split(".")[-2] in cfg.targets)
     if not any(p.requires_grad for p in model.parameters()):
-        raise NeedleworkError(f"targets {cfg.targets} match no parameter of the model", "name its attention projections, e.g. q_proj,k_proj,v_proj,o_proj")
+        raise NeedleworkError(
+            f"targets {cfg.targets} match no parameter of the model", "name its attention projections, e.g. q_proj,k_proj,v_proj,o_proj"
+        )
     return model
 
 
 @torch.no_grad()
-def evaluate_answers(lm: AnswerOnlyLM, examples: list[Example], batch_size: int, device, pad_id: int,
-                     rank: int = 0, world: int = 1, reduce=None, lockstep: bool = False) -> dict[str, float]:
+def evaluate_answers(
+    lm: AnswerOnlyLM,
+    examples: list[Example],
+    batch_size: int,
+    device,
+    pad_id: int,
+    rank: int = 0,
+    world: int = 1,
+    reduce=None,
+    lockstep: bool = False,
+) -> dict[str, float]:
     """Teacher-forced answer metrics: mean NLL per answer token, token accuracy, and exact match
     (every answer token is the argmax). Examples are sharded over processes and the sums reduced.
     `lockstep` (FSDP: every forward all-gathers weights, so all ranks must run the same number):
@@ -114,14 +148,15 @@ def evaluate_answers(lm: AnswerOnlyLM, examples: list[Example], batch_size: int,
     mine = examples[rank::world]
     n_batches = math.ceil((math.ceil(len(examples) / world) if lockstep else len(mine)) / batch_size)
     for i in range(n_batches):
-        chunk = mine[i * batch_size: (i + 1) * batch_size]
+        chunk = mine[i * batch_size : (i + 1) * batch_size]
         b = collate([[e] for e in chunk or examples[:1]], pad_id).to(device)
         nll, pred = lm(b.input_ids, b.position_ids, b.rows, b.pos, b.targets)
         if not chunk:
             continue  # a padding batch (lockstep)
         wrong = torch.zeros(b.input_ids.shape[0], device=device).index_add_(0, b.rows, (pred != b.targets).float())
-        sums += torch.tensor([nll.sum().item(), (pred == b.targets).sum().item(), b.n_answer, (wrong == 0).sum().item()],
-                             dtype=torch.float64, device=device)
+        sums += torch.tensor(
+            [nll.sum().item(), (pred == b.targets).sum().item(), b.n_answer, (wrong == 0).sum().item()], dtype=torch.float64, device=device
+        )
     if reduce is not None:
         sums = reduce(sums)
     lm.train(was_training)
@@ -141,21 +176,29 @@ def check_distributed(acc, cfg: TrainConfig) -> bool:
         # checkpoint gathers do not read, and DeepSpeed's own checkpoints are pickles it reloads with
         # torch.load(weights_only=False) (deepspeedai/DeepSpeed#8500), which needlework never does.
         # FSDP2 shards the same things (as ZeRO-3 does) with safetensors checkpoints.
-        raise NeedleworkError("training under DeepSpeed is not supported (ZeRO's partitioned state would give incomplete "
-                              "checkpoints, and its own checkpoints need unsafe pickle loading)",
-                              "launch with FSDP2 (accelerate launch --use_fsdp --fsdp_version 2 ...), which shards "
-                              "weights, gradients and optimizer state like ZeRO-3, or plain DDP (torchrun)")
+        raise NeedleworkError(
+            "training under DeepSpeed is not supported (ZeRO's partitioned state would give incomplete "
+            "checkpoints, and its own checkpoints need unsafe pickle loading)",
+            "launch with FSDP2 (accelerate launch --use_fsdp --fsdp_version 2 ...), which shards "
+            "weights, gradients and optimizer state like ZeRO-3, or plain DDP (torchrun)",
+        )
     if kind != "FSDP":
         if kind == "MULTI_CPU" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.is_main_process:
-            warnings.warn("accelerate enables FSDP on GPUs only: these CPU processes train with DDP (same results, unsharded)")
+            warnings.warn(
+                "accelerate enables FSDP on GPUs only: these CPU processes train with DDP (same results, unsharded)", stacklevel=2
+            )
         return False
     if not acc.is_fsdp2:
-        raise NeedleworkError("training under FSDP1 (fsdp_version 1) is not supported: LoRA needs FSDP2's per-parameter sharding",
-                              "use FSDP2: accelerate launch --use_fsdp --fsdp_version 2, or `fsdp_version: 2` in the accelerate config")
+        raise NeedleworkError(
+            "training under FSDP1 (fsdp_version 1) is not supported: LoRA needs FSDP2's per-parameter sharding",
+            "use FSDP2: accelerate launch --use_fsdp --fsdp_version 2, or `fsdp_version: 2` in the accelerate config",
+        )
     plugin = acc.state.fsdp_plugin
     if plugin.activation_checkpointing and cfg.lora_dropout > 0:
-        raise NeedleworkError("FSDP activation checkpointing recomputes dropout with a different mask (it does not keep the RNG state)",
-                              "turn off fsdp_activation_checkpointing and keep --gradient-checkpointing (the default)")
+        raise NeedleworkError(
+            "FSDP activation checkpointing recomputes dropout with a different mask (it does not keep the RNG state)",
+            "turn off fsdp_activation_checkpointing and keep --gradient-checkpointing (the default)",
+        )
     if plugin.auto_wrap_policy is None and "FSDP_AUTO_WRAP_POLICY" not in os.environ:
         from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
@@ -163,8 +206,290 @@ def check_distributed(acc, cfg: TrainConfig) -> bool:
     return True
 
 
-def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainConfig, out_dir,
-          eval_records: list[Record] | None = None) -> TrainResult:
+class SFTRecipe:
+    """One training run, read top to bottom: `setup` composes the `_setup_*` steps (processes,
+    model, data, optimizer, resume), `train` is the loop, `save` writes the final weights.
+    `train()` below calls them in order; the state they share lives on the instance."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | os.PathLike) -> None:
+        self.model_cfg = resolve_model_config(model_cfg)  # an adapter to continue: checked, its settings applied
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.log_path = self.out / "log.jsonl"
+
+    def setup(self, train_records: list[Record], eval_records: list[Record] | None) -> None:
+        """Everything before the first step; the order is the RNG order (seed, LoRA init, data)."""
+        self._setup_processes()
+        self._setup_model()
+        self._setup_data(train_records, eval_records)
+        self._setup_optimizer()
+        self._write_resolved_config()
+        self._setup_resume()
+
+    # --- setup steps ----------------------------------------------------------------------------
+
+    def _setup_processes(self) -> None:
+        """Processes, device, seed. Under several processes each uses its accelerate device."""
+        from accelerate import Accelerator
+        from transformers import set_seed
+
+        self.acc = Accelerator(cpu=self.model_cfg.device == "cpu")
+        self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
+        self.device = self.acc.device
+        self.sharded = check_distributed(self.acc, self.cfg)  # FSDP2: gather checkpoints collectively; eval in lockstep
+        set_seed(self.cfg.seed)
+
+    def _setup_model(self) -> None:
+        """The model, loaded per process on its device; train mode, no KV cache, what trains chosen."""
+        model, self.tok = load_model(dataclasses.replace(self.model_cfg, device=str(self.device), adapter=None))
+        self.context = context_settings(model.config)  # the RoPE settings in effect, saved with the weights
+        cfg = self.cfg = dataclasses.replace(self.cfg, chat=resolve_chat(self.cfg.chat, self.tok))  # auto: the template when there is one
+        if self.main:
+            check_rendering(self.model_cfg, cfg.chat, "trained further")  # continuing an adapter/fine-tune: same rendering?
+        model.config.use_cache = False
+        if cfg.gradient_checkpointing and not (self.sharded and self.acc.state.fsdp_plugin.activation_checkpointing):
+            enable_checkpointing(model, "save-attention" if cfg.save_attention else "full")
+        self.model = setup_trainable(model, cfg, adapter=self.model_cfg.adapter)
+        self.model.train()
+        self.n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.max_length = cfg.max_length or int(getattr(base_causal_lm(self.model).config, "max_position_embeddings", 0) or 0)
+        tok = self.tok
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    def _setup_data(self, train_records: list[Record], eval_records: list[Record] | None) -> None:
+        """Examples rendered once; the plan of micro-batches is a pure function of (seed, epoch)."""
+        cfg = self.cfg
+        self.examples = encode_all(
+            train_records, self.tok, self.max_length, cfg.chat, cfg.truncate_haystack, progress=self.main and cfg.progress
+        )
+        self.eval_examples = encode_all(eval_records, self.tok, self.max_length, cfg.chat, cfg.truncate_haystack) if eval_records else []
+        self.pack_length = cfg.pack_length or self.max_length
+        if cfg.packing and not self.pack_length:
+            raise NeedleworkError("packing needs a row length", "set --pack-length or --max-length")
+        self.plans: dict[int, list] = {}
+        self.per_step = cfg.grad_accum * self.world  # micro-batches per optimizer step, over all processes
+        micro_per_epoch = len(epoch_plan(self.examples, 0, cfg.seed, cfg.batch_size, cfg.packing, self.pack_length))
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * micro_per_epoch) // self.per_step)
+
+    def _setup_optimizer(self) -> None:
+        """Optimizer and schedule; accelerate wraps the model (DDP), or shards it and swaps the
+        optimizer's parameters for the shards (FSDP2 needs both at once)."""
+        from transformers import get_scheduler
+
+        cfg = self.cfg
+        lm = AnswerOnlyLM(self.model)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in lm.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        if self.sharded:
+            lm._no_split_modules = getattr(base_causal_lm(self.model), "_no_split_modules", None)  # decoder layers: FSDP units
+            lm = self.acc.prepare(lm, self.optimizer)[0]  # `optimizer` now holds the sharded parameters (DTensors)
+        else:
+            lm = self.acc.prepare_model(lm)
+        self.lm = lm
+        self.params = [p for p in lm.parameters() if p.requires_grad]
+        warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
+        self.scheduler = get_scheduler(cfg.schedule, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
+
+    def _write_resolved_config(self) -> None:
+        """out/train_config.json: the settings as resolved (also stored in every checkpoint)."""
+        self.resolved = {
+            "train": self.cfg.to_dict(),
+            "model": dataclasses.asdict(self.model_cfg),
+            "world_size": self.world,
+            "distributed": "FSDP2" if self.sharded else ("DDP" if self.world > 1 else "none"),
+            "n_train": len(self.examples),
+            "n_eval": len(self.eval_examples),
+            "total_steps": self.total_steps,
+            "n_trainable_params": self.n_trainable,
+            "max_length": self.max_length,
+        }
+        if self.main:
+            write_json(self.out / "train_config.json", self.resolved)
+
+    def _setup_resume(self) -> None:
+        """Resume from an explicit directory, or the newest checkpoint in out/checkpoints."""
+        cfg, ckpt = self.cfg, None
+        if cfg.resume not in ("auto", "never"):
+            ckpt = Path(cfg.resume)
+        elif cfg.resume == "auto" and list_checkpoints(self.ckpt_root):
+            ckpt = list_checkpoints(self.ckpt_root)[-1]
+        self.inner = self.acc.unwrap_model(self.lm).model  # the (peft) causal LM; checkpoint names are relative to it
+        self.start_step = 0
+        if ckpt is not None:
+            self.start_step = int(load_checkpoint(ckpt, self.inner, self.optimizer, self.scheduler, sharded=self.sharded)["step"])
+        if self.main:
+            lines = self.log_path.read_text().splitlines() if self.log_path.exists() and self.start_step else []
+            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.start_step]
+            self.log_path.write_text("".join(ln + "\n" for ln in kept))  # drop lines a crashed run wrote after its checkpoint
+
+    # --- helpers of the loop --------------------------------------------------------------------
+
+    def _micro_batch(self, i: int) -> list:
+        """The i-th micro-batch of the endless stream over epochs."""
+        cfg, epoch, j = self.cfg, 0, i
+        while True:
+            if epoch not in self.plans:
+                self.plans[epoch] = epoch_plan(self.examples, epoch, cfg.seed, cfg.batch_size, cfg.packing, self.pack_length)
+            if j < len(self.plans[epoch]):
+                return self.plans[epoch][j]
+            j -= len(self.plans[epoch])
+            epoch += 1
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.main:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.acc.reduce(t, reduction="sum") if self.world > 1 else t
+
+    def _evaluate(self) -> dict[str, float]:
+        return evaluate_answers(
+            self.acc.unwrap_model(self.lm),
+            self.eval_examples,
+            self.cfg.batch_size,
+            self.device,
+            self.pad_id,
+            self.rank,
+            self.world,
+            self._reduce_sum,
+            lockstep=self.sharded,
+        )
+
+    def _checkpoint(self, step: int) -> dict[str, torch.Tensor]:
+        """Write out/checkpoints/step-N; every rank calls it. Returns the trainable weights (rank 0)."""
+        acc, inner = self.acc, self.inner
+        acc.wait_for_everyone()
+        rng = rank_rng_states()  # collective when several processes run
+        # under FSDP the gathers are collective (rank 0 receives the full tensors); else rank 0 reads its copy
+        weights = full_trainable_state(inner) if self.sharded else (trainable_state(inner) if self.main else {})
+        optim = full_optimizer_state(inner, self.optimizer) if self.sharded else None
+        if self.main:
+            save_checkpoint(
+                self.ckpt_root,
+                step,
+                weights,
+                self.optimizer,
+                self.scheduler,
+                self.resolved,
+                keep=self.cfg.keep_checkpoints,
+                optimizer_state=optim,
+                rng_states=rng,
+            )
+        acc.wait_for_everyone()
+        return weights
+
+    def _accumulate(self, group: list, n_answer: int) -> tuple[float, int]:
+        """Forward and backward over this process's micro-batches of one step. Returns the step's
+        answer-token loss (reduced over processes) and the tokens this process read."""
+        acc, world, rank = self.acc, self.world, self.rank
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        tokens = 0
+        for a in range(self.cfg.grad_accum):
+            batch = collate(group[a * world + rank], self.pad_id, packed=self.cfg.packing).to(self.device)
+            sync = acc.no_sync(self.lm) if (a < self.cfg.grad_accum - 1 and world > 1) else contextlib.nullcontext()
+            with sync:
+                nll, _ = self.lm(batch.input_ids, batch.position_ids, batch.rows, batch.pos, batch.targets)
+                # DDP averages gradients over processes, so scale by world: the result is sum / n_answer
+                acc.backward(nll.sum() * (world / n_answer))
+            loss_sum += nll.detach().sum().double()
+            tokens += sum(len(e.input_ids) for row in group[a * world + rank] for e in row)
+        return float(self._reduce_sum(loss_sum)) / n_answer, tokens
+
+    def _stop_if_non_finite(self, loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            good = list_checkpoints(self.ckpt_root)
+            raise NeedleworkError(
+                f"the training loss became {loss} at step {step + 1}; training stopped"
+                + (f" (last good checkpoint: {good[-1]})" if good else " (no checkpoint was written yet)"),
+                "lower --lr, raise --warmup-steps, keep --max-grad-norm on, or use float32/bfloat16 instead of float16",
+            )
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Micro-steps, clip, step, log, evaluate, save; one step consumes `per_step` micro-batches."""
+        from tqdm.auto import tqdm
+
+        cfg, total = self.cfg, self.total_steps
+        bar = tqdm(total=total, initial=self.start_step, desc="train", disable=not (self.main and cfg.progress))
+        self.last_loss, self.last_eval = float("nan"), {}
+        t_last, tokens_since = time.perf_counter(), 0
+        for step in range(self.start_step, total):
+            group = [self._micro_batch(step * self.per_step + k) for k in range(self.per_step)]  # the same list everywhere
+            n_answer = sum(len(e.input_ids) - e.prompt_len for mb in group for row in mb for e in row)
+            loss, tokens = self._accumulate(group, n_answer)
+            tokens_since += tokens
+            self._stop_if_non_finite(loss, step)
+            if cfg.max_grad_norm > 0:
+                self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.last_loss = loss
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if done % cfg.log_every == 0 or done == total:
+                now = time.perf_counter()
+                tok_s = float(self._reduce_sum(torch.tensor(float(tokens_since), device=self.device))) / max(now - t_last, 1e-9)
+                self._log(
+                    {
+                        "step": done,
+                        "loss": loss,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "tokens_per_s": tok_s,
+                        "peak_mem_gb": peak_mem_gb(self.device),
+                        "answer_tokens": n_answer,
+                    }
+                )
+                t_last, tokens_since = now, 0
+            if self.eval_examples and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
+                self.last_eval = self._evaluate()
+                self._log({"step": done, **self.last_eval})
+            if cfg.save_every and done % cfg.save_every == 0 and done < total:
+                self._checkpoint(done)
+        bar.close()
+        if self.eval_examples and not self.last_eval:  # resumed at the end: still report the metrics
+            self.last_eval = self._evaluate()
+
+    # --- final weights --------------------------------------------------------------------------
+
+    def save(self) -> TrainResult:
+        """A peft adapter folder, or a full model folder, with the model settings beside it."""
+        cfg, inner, main = self.cfg, self.inner, self.main
+        saved = self.out / ("adapter" if cfg.method == "lora" else "model")
+        # checkpoint first: under FSDP its gather gives the adapter's full weights; the model gathers whole
+        weights = self._checkpoint(self.total_steps)
+        full = full_model_state(base_causal_lm(inner)) if self.sharded and cfg.method != "lora" else None  # collective
+        if main:
+            if cfg.method == "lora":
+                inner.save_pretrained(saved, safe_serialization=True, **({"state_dict": weights} if self.sharded else {}))
+            else:
+                base_causal_lm(inner).save_pretrained(saved, safe_serialization=True, **({"state_dict": full} if self.sharded else {}))
+                self.tok.save_pretrained(saved)
+            # the base model, its RoPE settings and the rendering travel with the weights: every command
+            # that loads them applies the same theta (models.load.resolve_model_config) and warns on
+            # another rendering (models.load.check_rendering)
+            write_json(
+                saved / MODEL_SETTINGS,
+                {**dataclasses.asdict(dataclasses.replace(self.model_cfg, adapter=None)), **self.context, "chat": cfg.chat},
+            )
+        self.acc.wait_for_everyone()
+        return TrainResult(
+            out_dir=self.out, steps=self.total_steps, final_loss=self.last_loss, saved=saved, log_path=self.log_path, eval=self.last_eval
+        )
+
+
+def train(
+    model_cfg: ModelConfig | str,
+    train_records: list[Record],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    eval_records: list[Record] | None = None,
+) -> TrainResult:
     """Fine-tune a causal LM on records, the loss on answer tokens only.
 
     Args:
@@ -178,185 +503,7 @@ def train(model_cfg: ModelConfig | str, train_records: list[Record], cfg: TrainC
         NeedleworkError: bad data (no answer, too long), a non-finite loss (the last good checkpoint is
             kept), a checkpoint or adapter that does not match the model.
     """
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler, set_seed
-
-    if isinstance(model_cfg, str):
-        model_cfg = ModelConfig(name=model_cfg)
-    model_cfg = resolve_model_config(model_cfg)  # an adapter to continue: checked, its settings applied
-    out = Path(out_dir)
-    ckpt_root = out / "checkpoints"
-
-    # --- processes, device, seed -------------------------------------------------------------
-    acc = Accelerator(cpu=model_cfg.device == "cpu")
-    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    device = acc.device
-    sharded = check_distributed(acc, cfg)  # FSDP2: gather checkpoints collectively; eval in lockstep
-    set_seed(cfg.seed)
-
-    # --- model: loaded per process on its device; train mode, no KV cache --------------------------
-    load_cfg = dataclasses.replace(model_cfg, device=str(device), adapter=None)
-    model, tok = load_model(load_cfg)
-    context = context_settings(model.config)  # the RoPE settings in effect, saved with the weights
-    cfg = dataclasses.replace(cfg, chat=resolve_chat(cfg.chat, tok))  # auto: the chat template when there is one
-    if main:
-        check_rendering(model_cfg, cfg.chat, "trained further")  # continuing an adapter/fine-tune: same rendering?
-    model.config.use_cache = False
-    if cfg.gradient_checkpointing and not (sharded and acc.state.fsdp_plugin.activation_checkpointing):
-        enable_checkpointing(model, "save-attention" if cfg.save_attention else "full")
-    model = setup_trainable(model, cfg, adapter=model_cfg.adapter)
-    model.train()
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    max_length = cfg.max_length or int(getattr(base_causal_lm(model).config, "max_position_embeddings", 0) or 0)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-
-    # --- data: rendered once; the plan of micro-batches is a pure function of (seed, epoch) --------
-    examples = encode_all(train_records, tok, max_length, cfg.chat, cfg.truncate_haystack, progress=main and cfg.progress)
-    eval_examples = encode_all(eval_records, tok, max_length, cfg.chat, cfg.truncate_haystack) if eval_records else []
-    pack_length = cfg.pack_length or max_length
-    if cfg.packing and not pack_length:
-        raise NeedleworkError("packing needs a row length", "set --pack-length or --max-length")
-    plans: dict[int, list] = {}
-
-    def micro_batch(i: int):  # the i-th micro-batch of the endless stream over epochs
-        epoch, j = 0, i
-        while True:
-            if epoch not in plans:
-                plans[epoch] = epoch_plan(examples, epoch, cfg.seed, cfg.batch_size, cfg.packing, pack_length)
-            if j < len(plans[epoch]):
-                return plans[epoch][j]
-            j -= len(plans[epoch])
-            epoch += 1
-
-    per_step = cfg.grad_accum * world  # micro-batches per optimizer step, over all processes
-    micro_per_epoch = len(epoch_plan(examples, 0, cfg.seed, cfg.batch_size, cfg.packing, pack_length))
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * micro_per_epoch) // per_step)
-
-    # --- optimizer and schedule; accelerate wraps the model (DDP), or shards it and swaps the
-    # optimizer's parameters for the shards (FSDP2 needs both at once) ------------------------------
-    lm = AnswerOnlyLM(model)
-    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
-                                  weight_decay=cfg.weight_decay)
-    if sharded:
-        lm._no_split_modules = getattr(base_causal_lm(model), "_no_split_modules", None)  # decoder layers: FSDP units
-        lm = acc.prepare(lm, optimizer)[0]  # `optimizer` now holds the sharded parameters (DTensors)
-    else:
-        lm = acc.prepare_model(lm)
-    params = [p for p in lm.parameters() if p.requires_grad]
-    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    resolved = {"train": cfg.to_dict(), "model": dataclasses.asdict(model_cfg), "world_size": world,
-                "distributed": "FSDP2" if sharded else ("DDP" if world > 1 else "none"),
-                "n_train": len(examples), "n_eval": len(eval_examples), "total_steps": total_steps,
-                "n_trainable_params": n_trainable, "max_length": max_length}
-    if main:
-        write_json(out / "train_config.json", resolved)
-
-    # --- resume: explicit directory, or the newest checkpoint in out/checkpoints -------------------
-    start_step = 0
-    ckpt = None
-    if cfg.resume not in ("auto", "never"):
-        ckpt = Path(cfg.resume)
-    elif cfg.resume == "auto" and list_checkpoints(ckpt_root):
-        ckpt = list_checkpoints(ckpt_root)[-1]
-    inner = acc.unwrap_model(lm).model  # the (peft) causal LM; checkpoint names are relative to it
-    if ckpt is not None:
-        start_step = int(load_checkpoint(ckpt, inner, optimizer, scheduler, sharded=sharded)["step"])
-    log_path = out / "log.jsonl"
-    if main:
-        kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln).get("step", 0) <= start_step] if log_path.exists() and start_step else []
-        log_path.write_text("".join(ln + "\n" for ln in kept))  # drop lines a crashed run wrote after its checkpoint
-
-    def log(row: dict[str, Any]) -> None:
-        if main:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def reduce_sum(t: torch.Tensor) -> torch.Tensor:
-        return acc.reduce(t, reduction="sum") if world > 1 else t
-
-    def run_eval() -> dict[str, float]:
-        return evaluate_answers(acc.unwrap_model(lm), eval_examples, cfg.batch_size, device, pad_id, rank, world, reduce_sum,
-                                lockstep=sharded)
-
-    def checkpoint(step: int) -> dict[str, torch.Tensor]:
-        """Write out/checkpoints/step-N; every rank calls it. Returns the trainable weights (rank 0)."""
-        acc.wait_for_everyone()
-        rng = rank_rng_states()  # collective when several processes run
-        # under FSDP the gathers are collective (rank 0 receives the full tensors); else rank 0 reads its copy
-        weights = full_trainable_state(inner) if sharded else (trainable_state(inner) if main else {})
-        optim = full_optimizer_state(inner, optimizer) if sharded else None
-        if main:
-            save_checkpoint(ckpt_root, step, weights, optimizer, scheduler, resolved, keep=cfg.keep_checkpoints,
-                            optimizer_state=optim, rng_states=rng)
-        acc.wait_for_everyone()
-        return weights
-
-    # --- the loop ---------------------------------------------------------------------------------
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not (main and cfg.progress))
-    last_loss, last_eval = float("nan"), {}
-    t_last, tokens_since = time.perf_counter(), 0
-    for step in range(start_step, total_steps):
-        group = [micro_batch(step * per_step + k) for k in range(per_step)]  # every process sees the same list
-        n_answer = sum(len(e.input_ids) - e.prompt_len for mb in group for row in mb for e in row)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for a in range(cfg.grad_accum):
-            batch = collate(group[a * world + rank], pad_id, packed=cfg.packing).to(device)
-            sync = acc.no_sync(lm) if (a < cfg.grad_accum - 1 and world > 1) else contextlib.nullcontext()
-            with sync:
-                nll, _ = lm(batch.input_ids, batch.position_ids, batch.rows, batch.pos, batch.targets)
-                # DDP averages gradients over processes, so scale by world: the result is sum / n_answer
-                acc.backward(nll.sum() * (world / n_answer))
-            loss_sum += nll.detach().sum().double()
-            tokens_since += sum(len(e.input_ids) for row in group[a * world + rank] for e in row)
-        loss = float(reduce_sum(loss_sum)) / n_answer
-        if not math.isfinite(loss):
-            good = list_checkpoints(ckpt_root)
-            raise NeedleworkError(
-                f"the training loss became {loss} at step {step + 1}; training stopped"
-                + (f" (last good checkpoint: {good[-1]})" if good else " (no checkpoint was written yet)"),
-                "lower --lr, raise --warmup-steps, keep --max-grad-norm on, or use float32/bfloat16 instead of float16")
-        if cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss = loss
-        done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if done % cfg.log_every == 0 or done == total_steps:
-            now = time.perf_counter()
-            tok_s = float(reduce_sum(torch.tensor(float(tokens_since), device=device))) / max(now - t_last, 1e-9)
-            log({"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
-                 "peak_mem_gb": peak_mem_gb(device), "answer_tokens": n_answer})
-            t_last, tokens_since = now, 0
-        if eval_examples and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total_steps):
-            last_eval = run_eval()
-            log({"step": done, **last_eval})
-        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            checkpoint(done)
-    bar.close()
-    if eval_examples and not last_eval:  # resumed at the end: still report the metrics
-        last_eval = run_eval()
-
-    # --- final weights: a peft adapter folder, or a full model folder ----------------------------
-    # (checkpoint first: under FSDP its gather gives the adapter's full weights; the model gathers whole)
-    saved = out / ("adapter" if cfg.method == "lora" else "model")
-    weights = checkpoint(total_steps)
-    full = full_model_state(base_causal_lm(inner)) if sharded and cfg.method != "lora" else None  # collective
-    if main:
-        if cfg.method == "lora":
-            inner.save_pretrained(saved, safe_serialization=True, **({"state_dict": weights} if sharded else {}))
-        else:
-            base_causal_lm(inner).save_pretrained(saved, safe_serialization=True, **({"state_dict": full} if sharded else {}))
-            tok.save_pretrained(saved)
-        # the base model, its RoPE settings and the rendering travel with the weights: every command
-        # that loads them applies the same theta (models.load.resolve_model_config) and warns on
-        # another rendering (models.load.check_rendering)
-        write_json(saved / MODEL_SETTINGS, {**dataclasses.asdict(dataclasses.replace(model_cfg, adapter=None)),
-                                            **context, "chat": cfg.chat})
-    acc.wait_for_everyone()
-    return TrainResult(out_dir=out, steps=total_steps, final_loss=last_loss, saved=saved, log_path=log_path, eval=last_eval)
-
+    recipe = SFTRecipe(ModelConfig(name=model_cfg) if isinstance(model_cfg, str) else model_cfg, cfg, out_dir)
+    recipe.setup(train_records, eval_records)
+    recipe.train()
+    return recipe.save()
