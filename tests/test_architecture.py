@@ -88,3 +88,11 @@ def test_ruff_is_clean(args):
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
     p = subprocess.run([ruff, *args, "src", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+
+
+def test_the_cli_starts_without_torch():
+    """Options come from the config dataclasses, which live apart from the code that needs torch,
+    so `needlework --help` stays fast (about a second instead of ten)."""
+    code = "import sys, needlework.cli; heavy = {'torch', 'transformers', 'scipy.stats'} & set(sys.modules); assert not heavy, heavy"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]

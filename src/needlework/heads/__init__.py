@@ -6,4 +6,4 @@ Public entry points (imported from their modules, so that `needlework --help` st
 `plot.heatmap`, `io.export_scores`, `io.import_scores`.
 """
 
-__all__ = ["compare", "io", "plot", "run", "score"]
+__all__ = ["compare", "config", "io", "plot", "run", "score"]

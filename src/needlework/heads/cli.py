@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from needlework.cli_options import MODEL, Options, with_options
-from needlework.heads.compare import CompareConfig
-from needlework.heads.score import ScoreConfig
+from needlework.heads.config import CompareConfig, ScoreConfig
 from needlework.models.load import ModelConfig
 
 heads_app = typer.Typer(help="Score attention heads (retrieval / insight / mass), compare, plot, export.", no_args_is_help=True)

@@ -26,26 +26,10 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from needlework.errors import NeedleworkError
+from needlework.heads.config import CompareConfig  # noqa: F401  (re-exported)
 from needlework.models.sites import HeadId, HeadSet, rank_mask, select_heads
 
 STATS = ("cosine", "spearman", "recall", "precision", "jaccard", "n_a", "n_b", "n_common")
-
-
-@dataclass
-class CompareConfig:
-    top: int | None = None  # head set = top-k heads; None: threshold
-    threshold: float = 0.1  # head set = mean score > threshold
-    view: str = "query"  # query | kv
-    kv_agg: str = "max"  # max | mean over the query heads of a kv group
-    n_boot: int = 1000
-    alpha: float = 0.05
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.view not in ("query", "kv") or self.kv_agg not in ("max", "mean"):
-            raise NeedleworkError(f"bad view {self.view!r} / kv_agg {self.kv_agg!r}", "use --view query|kv and --kv-agg max|mean")
-        if self.top is not None and self.top < 1:
-            raise NeedleworkError("--top must be >= 1", "pass a positive number of heads")
 
 
 @dataclass

@@ -5,4 +5,4 @@ installer `intervened` live in `needlework.models.instrument`; head sets and the
 `needlework.models.sites`. The submodules are imported on use: they load torch and transformers.
 """
 
-__all__ = ["heads", "knockout", "patch"]
+__all__ = ["config", "heads", "knockout", "patch"]

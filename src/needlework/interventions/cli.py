@@ -15,8 +15,7 @@ import typer
 from needlework.cli_options import MODEL, MODEL_SHARED, Options, with_options
 from needlework.errors import NeedleworkError
 from needlework.evaluate.config import EvalConfig
-from needlework.interventions.knockout import KnockoutConfig
-from needlework.interventions.patch import PatchConfig
+from needlework.interventions.config import KnockoutConfig, PatchConfig
 from needlework.models.load import ModelConfig
 
 # evaluation under an intervention: generation only (no teacher-forced log-probabilities)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ import torch
 
 from needlework.data.records import Record, read_jsonl
 from needlework.errors import NeedleworkError
-from needlework.evaluate.config import EvalConfig, config_with_eval
 from needlework.heads.compare import Scores, load_scores
+from needlework.interventions.config import KnockoutConfig
 from needlework.interventions.heads import check_scores, describe, random_layer_matched
 from needlework.io import hash_file, hash_obj, write_json, write_parquet
 from needlework.models.instrument import Intervention, Mean, SiteCall, Uniform, Zero, intervened
@@ -131,23 +131,6 @@ def cached_head_means(model, prompts, key: str, cache_root: str | os.PathLike | 
 
 
 # --- the knockout stage ---------------------------------------------------------------------------
-
-
-@dataclass
-class KnockoutConfig:
-    """Knockout options; the fields are the YAML keys of a study config's `knockout:` section."""
-
-    top: int | None = 10  # ablate the top-k heads by mean score ...
-    threshold: float | None = None  # ... or every head scoring above this (overrides top)
-    heads: str | None = None  # ... or an explicit list "L-H,..." (overrides both)
-    mode: str = "zero"  # zero | mean | uniform
-    random_seeds: int = 5  # layer-matched random control sets, seeds 0..N-1
-    mean_reference: str | None = None  # JSONL of reference records for `mean` (default: the eval records)
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(logprob=False))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> KnockoutConfig:
-        return config_with_eval(cls, d, "knockout")
 
 
 def choose_heads(scores: Scores | None, shape, cfg: KnockoutConfig) -> HeadSet:

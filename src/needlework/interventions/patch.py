@@ -20,8 +20,9 @@ import torch
 
 from needlework.data.records import Record, read_jsonl
 from needlework.errors import NeedleworkError
-from needlework.evaluate.config import EvalConfig, config_with_eval
+from needlework.evaluate.config import EvalConfig
 from needlework.heads.compare import load_scores
+from needlework.interventions.config import PatchConfig
 from needlework.interventions.heads import check_scores, describe, patch_sets
 from needlework.io import hash_obj, write_json, write_parquet, write_text
 from needlework.models.decode import Step, StopRules, decode_loop, greedy_answers, plan_answers
@@ -238,22 +239,6 @@ def patched_answers(
 
 
 # --- the patch stage ------------------------------------------------------------------------------
-
-
-@dataclass
-class PatchConfig:
-    """Patching options; the fields are the YAML keys of a study config's `patch:` section."""
-
-    set: str = "intersection"  # intersection | complement | random | all | "L-H,..."
-    top: int | None = 10  # retrieval heads of each model = its top-k ...
-    threshold: float | None = None  # ... or its heads above this score (overrides top)
-    random_seeds: int = 3  # random sets, seeds 0..N-1
-    random_like: str = "complement"  # the set random sets match in size and layers
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(logprob=False))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PatchConfig:
-        return config_with_eval(cls, d, "patch")
 
 
 def _scores(records, outputs, condition: str):

@@ -23,10 +23,9 @@ from typing import Any, ClassVar
 from needlework.data.generate import GenerateConfig, check_config
 from needlework.data.loaders import FORMATS, LoadConfig, check_options
 from needlework.errors import NeedleworkError
-from needlework.evaluate.evaluate import EvalConfig
-from needlework.heads.score import ScoreConfig
-from needlework.interventions.knockout import KnockoutConfig
-from needlework.interventions.patch import PatchConfig
+from needlework.evaluate.config import EvalConfig
+from needlework.heads.config import ScoreConfig
+from needlework.interventions.config import KnockoutConfig, PatchConfig
 from needlework.schema import build, key_error
 from needlework.train.config import TrainConfig
 

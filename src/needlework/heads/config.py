@@ -1,0 +1,112 @@
+"""The heads stage's options (`heads score`, `heads compare`), kept apart from the scoring code so
+that the CLI and the study config read them without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from needlework.errors import NeedleworkError
+from needlework.schema import build
+
+MODES = ("teacher", "generate")
+SCORES = ("retrieval", "insight", "mass")
+MATCHES = ("id", "loose")
+SPANS = ("auto", "answer", "evidence", "all")
+
+
+@dataclass
+class ScoreConfig:
+    """How to score heads. Fields are the YAML keys of the `heads:` section of study configs.
+
+    match: the token-identity test of the retrieval score. `id` (SPEC): the attended key's token id
+        equals the emitted token id. `loose`: equal after decoding, stripping whitespace and
+        lower-casing; use it with chat templates, where the answer's first token often lacks the
+        leading space its copy in the context has ("Paris" vs " Paris" are different ids).
+        None (default): what fits the rendering, `loose` with the chat template, `id` without
+        (`resolved` fills it in, with `chat`).
+    keep_failed: generate mode only; False (Wu et al.) excludes examples whose output has ROUGE-1
+        recall of the gold answer <= `success_threshold` from the per-head means (they stay in the
+        per-example table with `kept = False`). The recall is Wu et al.'s: `rouge_score`'s rouge1
+        with `use_stemmer=True` (lower-cased [a-z0-9] tokens, Porter-stemmed when longer than 3
+        characters, clipped unigram overlap over the answer's tokens; `evaluate.metrics.rouge1_recall`).
+    stop_on_newline: generate mode stops at a token containing a newline (not as the first token).
+    spans: which needle spans form the span set S, by role (SPEC §2: `answer` = where the answer
+        sits; `evidence` = other evidence, a MuSiQue bridge entity or a SummHay insight sentence).
+        `auto` (default) is, per score: retrieval -> `answer` (the only value it accepts: the
+        retrieval score never uses evidence); insight -> `evidence`, or a record's answer spans
+        when it has no evidence span (MDQA, KV, old files without roles); mass -> `all`. Set
+        `answer`, `evidence` or `all` to force one for insight and mass; a record without a span of
+        that role is skipped (with the reason). Every run also reports span coverage: per example
+        `n_citing_docs` (gold documents; SummHay: the cited ones) and `n_spans_located` (those of
+        them holding a span of the used role that rendered to tokens).
+    """
+
+    mode: str = "teacher"  # teacher | generate
+    score: str = "retrieval"  # retrieval | insight | mass
+    batch_size: int = 1
+    limit: int | None = None
+    chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    max_new_tokens: int = 32
+    keep_failed: bool = False
+    match: str | None = None  # id | loose | None: loose with the chat template, id without
+    stop_on_newline: bool = True
+    success_threshold: float = 0.5  # stemmed ROUGE-1 recall of the answer must exceed this (Wu et al.)
+    spans: str = "auto"  # auto | answer | evidence | all: the needle roles that form S (see above)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
+        """Build from a config mapping (YAML section); unknown keys and wrong types name themselves."""
+        return build(cls, d, what="score option")
+
+    def check(self) -> None:
+        for name, val, allowed in (
+            ("mode", self.mode, MODES),
+            ("score", self.score, SCORES),
+            ("match", self.match or "id", MATCHES),
+            ("spans", self.spans, SPANS),
+        ):
+            if val not in allowed:
+                raise NeedleworkError(f"unknown {name} {val!r}", f"use one of {', '.join(allowed)}")
+        if self.score == "retrieval" and self.spans not in ("auto", "answer"):
+            raise NeedleworkError(
+                f"spans={self.spans!r} with the retrieval score",
+                "the retrieval score uses answer spans only (SPEC §2); use spans=auto or answer, "
+                "or the insight/mass score for evidence spans",
+            )
+
+    def span_roles(self, has_evidence: bool) -> tuple[str, ...]:
+        """The needle roles forming S for one record (`has_evidence`: it has an evidence span)."""
+        s = self.spans
+        if s == "auto":
+            s = {"retrieval": "answer", "insight": "evidence" if has_evidence else "answer", "mass": "all"}[self.score]
+        return ("answer", "evidence") if s == "all" else (s,)
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise NeedleworkError("batch_size and max_new_tokens must be >= 1", "pass positive values")
+
+    def resolved(self, tokenizer) -> ScoreConfig:
+        """This config with `chat` (the template when the tokenizer has one) and `match` (loose
+        with the chat template, id without) decided for `tokenizer`."""
+        from dataclasses import replace
+
+        from needlework.data.render import resolve_chat
+
+        chat = resolve_chat(self.chat, tokenizer)
+        return replace(self, chat=chat, match=self.match or ("loose" if chat else "id"))
+
+
+@dataclass
+class CompareConfig:
+    top: int | None = None  # head set = top-k heads; None: threshold
+    threshold: float = 0.1  # head set = mean score > threshold
+    view: str = "query"  # query | kv
+    kv_agg: str = "max"  # max | mean over the query heads of a kv group
+    n_boot: int = 1000
+    alpha: float = 0.05
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.view not in ("query", "kv") or self.kv_agg not in ("max", "mean"):
+            raise NeedleworkError(f"bad view {self.view!r} / kv_agg {self.kv_agg!r}", "use --view query|kv and --kv-agg max|mean")
+        if self.top is not None and self.top < 1:
+            raise NeedleworkError("--top must be >= 1", "pass a positive number of heads")
