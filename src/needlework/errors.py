@@ -13,17 +13,6 @@ class NeedleworkError(Exception):
         super().__init__(problem if not fix else f"{problem}\n  fix: {fix}")
 
 
-def check_keys(cls, d: dict, what: str) -> None:
-    """Raise NeedleworkError when `d` has keys that are not fields of dataclass `cls`; the message
-    names the unknown keys and lists the valid ones (configs fail loudly, never silently)."""
-    from dataclasses import fields
-
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise NeedleworkError(f"unknown {what} option(s): {', '.join(unknown)}", f"use only {', '.join(sorted(known))}")
-
-
 class OptionError(NeedleworkError):
     """A bad value of one option of a stage config; `key` names the option (its dataclass field,
     which is also its YAML key), so a study config can report the full key path."""
