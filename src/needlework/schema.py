@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from needlework.errors import NeedleworkError
 
-__all__ = ["build", "coerce", "key_error", "type_name", "unknown_keys"]
+__all__ = ["AUTO", "build", "coerce", "int_or_auto", "key_error", "type_name", "unknown_keys"]
 
 T = TypeVar("T")
 
@@ -156,3 +156,20 @@ def build(cls: type[T], data: Mapping[str, Any] | None, path: str = "", what: st
         if not path:
             raise
         raise NeedleworkError(f"config section `{path}`: {e.problem}", e.fix) from None
+
+
+AUTO = "auto"
+
+
+def int_or_auto(value: Any, name: str, least: int = 1) -> int | str:
+    """A batch-size-like value: an integer >= `least`, or "auto" (sized to the GPU's memory).
+    The command line passes every value as text, so "8" becomes 8.
+
+    Raises:
+        NeedleworkError: anything else, naming the field.
+    """
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == AUTO or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+        return value
+    raise NeedleworkError(f"{name} must be {AUTO} or an integer >= {least}, not {value!r}", f"pass {name}: {AUTO} or a number")

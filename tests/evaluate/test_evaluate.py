@@ -5,6 +5,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from needlework.artifacts import EvalResult
 from needlework.data.records import write_jsonl
 from needlework.errors import NeedleworkError
 from needlework.evaluate.cli import register
@@ -37,9 +38,13 @@ def tiny_dir(tmp_path_factory, tiny_llama, smollm2_tokenizer):
 
 def test_evaluate_end_to_end_writes_documented_files(tiny_dir, tmp_path, mixed_records):
     cfg = EvalConfig(batch_size=2, max_new_tokens=4, n_boot=200)
-    df, summary = evaluate(ModelConfig(name=str(tiny_dir), device="cpu"), mixed_records, cfg, tmp_path / "out", progress=False)
-    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert on_disk == json.loads(json.dumps(summary, default=str))
+    res = evaluate(ModelConfig(name=str(tiny_dir), device="cpu"), mixed_records, cfg, tmp_path / "out", progress=False)
+    df, summary = res.predictions, res.summary
+    back = EvalResult.read(tmp_path / "out")  # the artifact round-trips
+    on_disk = back.summary
+    assert on_disk == json.loads(json.dumps(summary, default=str)) and res.path == tmp_path / "out"
+    assert on_disk["shape"] == {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16} == back.shape
+    assert back.model_config["name"] == str(tiny_dir)
     assert SUMMARY_KEYS <= set(on_disk)
     assert on_disk["n"] == 4 and on_disk["options"]["chat"] is True  # the tokenizer has a template
     assert set(on_disk["tasks"]) == {"mdqa", "musique", "kv", "summhay"}
@@ -48,7 +53,7 @@ def test_evaluate_end_to_end_writes_documented_files(tiny_dir, tmp_path, mixed_r
         assert set(METRICS[task]) | {"gold_logprob", "gold_logprob_per_token"} == set(t["metrics"])
         for v in t["metrics"].values():
             assert v["lo"] <= v["mean"] <= v["hi"]
-    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    lines = back.predictions.to_dict("records")
     assert [x["id"] for x in lines] == [r.id for r in mixed_records]
     for x in lines:
         assert {"id", "task", "output", "score", "gold_logprob", "n_prompt_tokens"} <= set(x)
@@ -61,7 +66,8 @@ def test_evaluate_reads_jsonl_and_limits(tiny_dir, tmp_path, mixed_records):
     data = tmp_path / "recs.jsonl"
     write_jsonl(data, mixed_records)
     cfg = EvalConfig(limit=2, logprob=False, chat=False, max_new_tokens=3, n_boot=50)
-    df, summary = evaluate(ModelConfig(name=str(tiny_dir), device="cpu"), data, cfg, tmp_path / "o", progress=False)
+    res = evaluate(ModelConfig(name=str(tiny_dir), device="cpu"), data, cfg, tmp_path / "o", progress=False)
+    df, summary = res.predictions, res.summary
     assert len(df) == 2 and summary["data"] == str(data) and len(summary["data_hash"]) == 64
     assert "gold_logprob" not in df and summary["options"]["chat"] is False
 
@@ -137,7 +143,7 @@ def test_cli_evaluate(tiny_dir, tmp_path, mixed_records):
         ],
     )
     assert res.exit_code == 0, res.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = EvalResult.read(out).summary
     assert summary["n"] == 3 and summary["options"]["chat"] is False
     assert "primary" in res.output and "examples/s" in res.output
     assert "needlework evaluate --model" in CliRunner().invoke(app, ["evaluate", "--help"]).output

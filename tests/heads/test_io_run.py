@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from needlework.artifacts import HeadScores
 from needlework.errors import NeedleworkError
 from needlework.heads.compare import compare_dirs
 from needlework.heads.io import export_scores, import_scores
-from needlework.heads.run import write_result
-from needlework.heads.score import ScoreResult, head_table
+from needlework.heads.score import head_table
 
 
 def _fake_result(tmp_path, name="a", seed=0, L=2, H=4, K=2, n=5):
@@ -35,7 +35,7 @@ def _fake_result(tmp_path, name="a", seed=0, L=2, H=4, K=2, n=5):
     ]
     per = pd.DataFrame(rows)
     out = tmp_path / name
-    write_result(out, ScoreResult(per, head_table(per)), {"shape": {"n_layers": L, "n_heads": H, "n_kv_heads": K}})
+    HeadScores(heads=head_table(per), per_example=per, meta={"shape": {"n_layers": L, "n_heads": H, "n_kv_heads": K}}).write(out)
     return out
 
 
@@ -45,7 +45,7 @@ def test_wu_round_trip(tmp_path):
     obj = json.loads(f.read_text())
     assert set(obj) == {f"{l}-{h}" for l in range(2) for h in range(4)} and len(obj["1-3"]) == 5
     back = import_scores(f, "wu", tmp_path / "back", n_kv_heads=2)
-    a, b = pd.read_parquet(d / "heads.parquet"), pd.read_parquet(back / "heads.parquet")
+    a, b = HeadScores.read(d).heads, HeadScores.read(back).heads
     np.testing.assert_allclose(a.sort_values(["layer", "head"])["mean"], b.sort_values(["layer", "head"])["mean"])
     t = compare_dirs(d, back)
     assert dict(zip(t.stat, t.value))["cosine"] == pytest.approx(1.0)
@@ -56,11 +56,11 @@ def test_duo_round_trip(tmp_path):
     f = export_scores(d, "duo", tmp_path / "duo.tsv", kv_agg="max")
     lines = f.read_text().strip().split("\n")
     assert len(lines) == 2 and all(len(x.split("\t")) == 2 for x in lines)
-    heads = pd.read_parquet(d / "heads.parquet")
+    heads = HeadScores.read(d).heads
     want = heads["mean"].to_numpy().reshape(2, 2, 2).max(-1)
     np.testing.assert_allclose(np.loadtxt(f, delimiter="\t"), want)
     back = import_scores(f, "duo", tmp_path / "back")
-    np.testing.assert_allclose(pd.read_parquet(back / "heads.parquet")["mean"].to_numpy().reshape(2, 2), want)
+    np.testing.assert_allclose(HeadScores.read(back).heads["mean"].to_numpy().reshape(2, 2), want)
     export_scores(back, "duo", tmp_path / "again.tsv")
     assert (tmp_path / "again.tsv").read_text() == f.read_text()
     t = compare_dirs(d, back)  # kv view forced: the imported table has kv heads only
@@ -159,18 +159,22 @@ def test_run_score_writes_result_and_reports_skips(tmp_path, tiny_dir, caplog):
 
     data = _records(tmp_path / "d.jsonl")
     mc = ModelConfig(name=str(tiny_dir), device="cpu")
-    out = run_score(mc, data, ScoreConfig(), tmp_path / "res")
-    meta = json.loads((out / "meta.json").read_text())
+    res = run_score(mc, data, ScoreConfig(), tmp_path / "res")
+    out, meta = res.path, HeadScores.read(res.path).meta
+    c = json.loads((tiny_dir / "config.json").read_text())
+    want = {"n_layers": c["num_hidden_layers"], "n_heads": c["num_attention_heads"], "n_kv_heads": c["num_key_value_heads"]}
+    assert meta["shape"] == {**want, "head_dim": c["hidden_size"] // c["num_attention_heads"]} == res.shape
+    assert meta["model_config"]["name"] == str(tiny_dir)
     assert meta["n_skipped"] == 1 and meta["skipped"] == {"absent": "answer tokens absent from the needle span"}
     assert "skipped 1 of 2" in caplog.text  # logged (the CLI shows it)
-    per = pd.read_parquet(out / "per_example.parquet")
+    per = res.per_example
     assert set(per.example_id) == {"ok"} and len(per) == 2 * 4
-    assert list(pd.read_parquet(out / "heads.parquet").columns) == ["layer", "head", "mean", "std", "n"]
-    assert run_score(mc, data, ScoreConfig(), tmp_path / "res") == out  # identical inputs: same result
-    other = run_score(mc, data, ScoreConfig(score="insight"), tmp_path / "res")
-    assert other != out and (out / "meta.json").exists()  # new inputs: a new directory, nothing merged
+    assert list(res.heads.columns) == ["layer", "head", "mean", "std", "n"]
+    assert run_score(mc, data, ScoreConfig(), tmp_path / "res").path == out  # identical inputs: same result
+    other = run_score(mc, data, ScoreConfig(score="insight"), tmp_path / "res").path
+    assert other != out and HeadScores.exists(out)  # new inputs: a new directory, nothing merged
     gen = run_score(mc, data, ScoreConfig(mode="generate", keep_failed=True, max_new_tokens=3), tmp_path / "res")
-    assert json.loads((gen / "meta.json").read_text())["n_failed_gate"] == 1  # a random model fails the gate
+    assert HeadScores.read(gen.path).meta["n_failed_gate"] == 1  # a random model fails the gate
 
 
 def test_cli_score(tmp_path, tiny_dir):
@@ -201,4 +205,4 @@ def test_cli_score(tmp_path, tiny_dir):
         ],
     )
     assert r.exit_code == 0, r.output
-    assert len(list((tmp_path / "o").glob("*/heads.parquet"))) == 1
+    assert len([d for d in (tmp_path / "o").iterdir() if HeadScores.exists(d)]) == 1

@@ -1,8 +1,6 @@
 """Which needle spans form S: the retrieval score uses answer spans only (a MuSiQue bridge entity
 never enlarges |S|), insight and mass choose by `spans`; span coverage of the insight score."""
 
-import json
-
 import pytest
 import torch
 
@@ -190,6 +188,6 @@ def test_run_score_writes_coverage(tmp_path, tiny, caplog):
         ScoreConfig(score="insight", chat=False),
         tmp_path / "res",
     )
-    meta = json.loads((out / "meta.json").read_text())
+    meta = out.meta
     assert meta["span_coverage"] == {"n_spans_located": 2, "n_citing_docs": 3, "fraction": 0.6667, "n_records_partial": 1}
     assert "insight spans located in 2 of 3 citing documents" in caplog.text

@@ -1,10 +1,9 @@
 """`needlework knockout` / `needlework patch` through the CLI on a tiny saved model."""
 
-import json
-
 import pytest
 from typer.testing import CliRunner
 
+from needlework.artifacts import KnockoutResult
 from needlework.cli import app
 from needlework.data.records import write_jsonl
 from needlework.errors import NeedleworkError
@@ -42,7 +41,7 @@ def test_knockout_cli_with_an_explicit_list(tiny_dir, data, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = KnockoutResult.read(out).summary
     assert sorted(summary["conditions"]) == ["baseline", "random_0", "top"]
     assert summary["config"]["mode"] == "uniform"
 

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from needlework.artifacts import HeadScores
 from needlework.errors import NeedleworkError
 from needlework.heads.compare import load_scores
 from needlework.interventions.heads import check_scores, patch_sets, random_layer_matched
@@ -60,8 +61,7 @@ def test_random_controls_fill_a_full_layer_from_its_neighbours():
 
 def test_load_scores_from_folder_and_wu_json(tmp_path):
     df = _table(hot=[(4, 1)])
-    (tmp_path / "run").mkdir()
-    df.to_parquet(tmp_path / "run" / "heads.parquet")
+    HeadScores(heads=df, meta={"shape": SHAPE.to_dict()}).write(tmp_path / "run")
     got = load_scores(tmp_path / "run")
     assert got.select(top=1) == {HeadId(4, 1)}
     assert load_scores(tmp_path).select(top=1) == {HeadId(4, 1)}  # `heads score --out` parent folder
@@ -111,11 +111,9 @@ def test_patch_sets():
 
 def test_shape_recorded_by_the_heads_stage_is_checked(tmp_path):
     d = tmp_path / "run"
-    d.mkdir()
-    _table().to_parquet(d / "heads.parquet")
-    (d / "meta.json").write_text(json.dumps({"shape": {"n_layers": 7, "n_heads": 8, "n_kv_heads": 2}, "view": "query"}))
+    HeadScores(heads=_table(), meta={"shape": {"n_layers": 7, "n_heads": 8, "n_kv_heads": 2}, "view": "query"}).write(d)
     with pytest.raises(NeedleworkError, match="7 layers x 8 heads"):
-        check_scores(load_scores(d / "heads.parquet"), SHAPE)
-    (d / "meta.json").write_text(json.dumps({"view": "kv"}))
+        check_scores(load_scores(d / HeadScores.FILES["heads"].name), SHAPE)  # a file of the folder names the folder
+    HeadScores(heads=_table(), meta={"shape": SHAPE.to_dict(), "view": "kv"}).write(d)
     with pytest.raises(NeedleworkError, match="key/value-head"):
         check_scores(load_scores(d), SHAPE)

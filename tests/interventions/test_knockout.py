@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from needlework.artifacts import KnockoutResult
 from needlework.errors import NeedleworkError
 from needlework.evaluate.generate import greedy_generate
 from needlework.interventions.knockout import cached_head_means, knocked_out
@@ -170,7 +171,6 @@ def _table(n_layers, n_heads, hot):
 
 
 def test_run_knockout_writes_conditions(tiny_dir, records, tmp_path):
-    import pandas as pd
 
     from needlework.evaluate.evaluate import EvalConfig
     from needlework.interventions.knockout import KnockoutConfig, run_knockout
@@ -178,7 +178,7 @@ def test_run_knockout_writes_conditions(tiny_dir, records, tmp_path):
 
     cfg = KnockoutConfig(top=2, random_seeds=2, eval=EvalConfig(max_new_tokens=4, logprob=False, n_boot=50))
     mcfg = ModelConfig(name=str(tiny_dir), device="cpu")
-    summary = run_knockout(mcfg, records, _table(2, 4, {(1, 0), (1, 3)}), cfg, tmp_path, progress=False)
+    summary = run_knockout(mcfg, records, _table(2, 4, {(1, 0), (1, 3)}), cfg, tmp_path, progress=False).summary
     assert list(summary["conditions"]) == ["baseline", "top", "random_0", "random_1"]
     assert summary["conditions"]["top"]["heads"] == ["1-0", "1-3"]
     for s in (0, 1):
@@ -186,8 +186,8 @@ def test_run_knockout_writes_conditions(tiny_dir, records, tmp_path):
         assert c["per_layer"] == {"1": 2} and not set(c["heads"]) & {"1-0", "1-3"}
     t = summary["conditions"]["top"]["tasks"]["mdqa"]["metrics"]["subspan_acc"]
     assert t["lo"] <= t["mean"] <= t["hi"]
-    df = pd.read_parquet(tmp_path / "per_example.parquet")
+    df = KnockoutResult.read(tmp_path).per_example
     assert len(df) == 4 * len(records) and set(df["condition"]) == set(summary["conditions"])
-    assert (tmp_path / "knockout.png").stat().st_size > 1000
+    assert (tmp_path / KnockoutResult.FIGURE).stat().st_size > 1000
     with pytest.raises(NeedleworkError, match="score table covers 30 layers"):
         run_knockout(mcfg, records, _table(30, 9, set()), cfg, tmp_path / "bad", progress=False)

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from needlework.artifacts import PatchResult
 from needlework.errors import NeedleworkError
 from needlework.evaluate.generate import greedy_generate
 from needlework.interventions.patch import Role, check_same_tokenizer, load_pair, lockstep_batch, patching, run_patch
@@ -99,13 +100,11 @@ def test_run_patch_with_two_adapters_of_one_base(tiny_dir, adapters, records, tm
     from needlework.interventions.patch import PatchConfig
 
     cfg = PatchConfig(set="all", eval=EvalConfig(max_new_tokens=5, logprob=False, n_boot=50))
-    summary = run_patch(src_cfg, tgt_cfg, records, None, None, cfg, tmp_path, progress=False)
-    import pandas as pd
-
-    df = pd.read_parquet(tmp_path / "per_example.parquet")
+    result = run_patch(src_cfg, tgt_cfg, records, None, None, cfg, tmp_path, progress=False)
+    summary, df = result.summary, PatchResult.read(tmp_path).per_example
     out = {c: g.set_index("id")["output"] for c, g in df.groupby("condition")}
     assert (out["all"] == out["source"]).all()  # the patched target answers as the source does
-    assert (tmp_path / "patch.md").exists() and (tmp_path / "patch.csv").exists()
+    assert result.file("markdown").exists() and result.file("csv").read_text().startswith("task,condition")
     assert [r["condition"] for r in summary["table"]] == ["source", "target", "all"]
     assert summary["sets"]["all"]["n_heads"] == 8
 

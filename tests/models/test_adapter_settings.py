@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from needlework.artifacts import EvalResult, HeadScores, KnockoutResult, PatchResult
 from needlework.cli import app
 from needlework.data.records import Document, Needle, Record, write_jsonl
 from needlework.errors import NeedleworkError
@@ -192,7 +193,7 @@ def test_evaluate_cli_applies_and_records_the_saved_settings(trained, base, data
         ]
     )
     assert r.exit_code == 0, r.output
-    s = json.loads((out / "summary.json").read_text())
+    s = EvalResult.read(out).summary
     assert s["model_config"]["rope_theta"] == THETA and s["model_config"]["max_position_embeddings"] == 512
     assert s["adapter"] == str(trained[0] / "adapter") and s["model"] == base
     assert s["options"]["chat"] is True and s["trained_chat"] is True
@@ -217,8 +218,8 @@ def test_heads_score_cli_applies_and_records_the_saved_settings(trained, base, d
     )
     assert r.exit_code == 0, r.output
     (res,) = list((tmp_path / "hs").iterdir())
-    meta = json.loads((res / "meta.json").read_text())
-    assert meta["model"]["rope_theta"] == THETA and meta["rope_theta"] == THETA
+    meta = HeadScores.read(res).meta
+    assert meta["model_config"]["rope_theta"] == THETA and meta["rope_theta"] == THETA
     assert meta["adapter"] == str(trained[0] / "adapter") and meta["adapter_hash"]
     assert meta["options"]["chat"] is True and meta["options"]["match"] == "loose"  # auto: loose with the template
 
@@ -247,7 +248,7 @@ def test_knockout_cli_applies_and_records_the_saved_settings(trained, base, data
         ]
     )
     assert r.exit_code == 0, r.output
-    s = json.loads((out / "summary.json").read_text())
+    s = KnockoutResult.read(out).summary
     assert s["model_config"]["rope_theta"] == THETA and s["adapter"] == str(trained[0] / "adapter")
     assert s["chat"] is True and s["trained_chat"] is True
 
@@ -278,7 +279,8 @@ def test_patch_cli_applies_and_records_the_saved_settings(trained, base, data, t
         ]
     )
     assert r.exit_code == 0, r.output
-    s = json.loads((out / "summary.json").read_text())
+    s = PatchResult.read(out).summary
+    assert s["model_config"] == s["target"]
     assert s["source"]["rope_theta"] == THETA and s["target"]["rope_theta"] == THETA
     assert s["source"]["adapter"] == str(trained[0] / "adapter") and s["target"]["adapter"] == str(trained[1] / "adapter")
     assert s["trained_chat"] == {"source": True, "target": True}
@@ -379,7 +381,7 @@ def test_a_rendering_mismatch_warns(trained, base, data, tmp_path):
 
     cfg = EvalConfig(chat=False, max_new_tokens=2, logprob=False, n_boot=10)
     with pytest.warns(UserWarning, match="trained with the chat template but is evaluated without"):
-        _, s = evaluate(ModelConfig(name=base, adapter=str(trained[0]), device="cpu"), data, cfg, tmp_path / "e", progress=False)
+        s = evaluate(ModelConfig(name=base, adapter=str(trained[0]), device="cpu"), data, cfg, tmp_path / "e", progress=False).summary
     assert s["options"]["chat"] is False and s["trained_chat"] is True
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same rendering: no warning

@@ -63,8 +63,11 @@ def tiny_config(model_dir: str, sets: tuple[str, ...] = ("hh", "ll")) -> dict:
 
 
 # ----------------------------------------------------------------------------------- fake stages
-# Tiny stand-ins that write the real stages' file formats from a deterministic function of their
+# Tiny stand-ins that write the real stages' artifacts from a deterministic function of their
 # inputs, so engine and report tests run in seconds. `CALLS` records every stage that really ran.
+
+MODEL = {"name": "fake", "adapter": None}
+SHAPE = {"n_layers": 4, "n_heads": 3, "n_kv_heads": 3, "head_dim": 8}
 
 CALLS: list[tuple[str, str]] = []
 
@@ -76,26 +79,36 @@ def _seed_of(ctx) -> int:
 
 
 def fake_data(ctx):
+    from needlework.artifacts import DataSet
+
     CALLS.append(("data", ctx.node.label))
-    (ctx.out / "records.jsonl").write_text("".join(f'{{"i": {i}}}\n' for i in range(ctx.node.slice["n"])))
+    s = ctx.node.slice
+    info = {"n": s["n"], "kind": s["kind"], "task": s["task"], "length": s["length"]}
+    DataSet(records=[{"i": i} for i in range(s["n"])], info=info).write(ctx.out)
 
 
 def fake_train(ctx):
+    from needlework.artifacts import DataSet, TrainRun
+
     CALLS.append(("train", ctx.node.label))
-    (ctx.out / "adapter").mkdir()
-    data = (ctx.inputs["data"] / "records.jsonl").read_bytes()
-    (ctx.out / "adapter" / "weights.bin").write_bytes(str(_seed_of(ctx)).encode() + data)
+    (ctx.out / TrainRun.ADAPTER).mkdir()
+    data = (ctx.inputs["data"] / DataSet.FILES["records"].name).read_bytes()
+    (ctx.out / TrainRun.ADAPTER / "weights.bin").write_bytes(str(_seed_of(ctx)).encode() + data)
 
 
 def fake_evaluate(ctx):
-    import json
+    import pandas as pd
+
+    from needlework.artifacts import EvalResult
 
     CALLS.append(("evaluate", ctx.node.label))
     order = {"hh": 0.8, "hl": 0.6, "lh": 0.5, "ll": 0.3, "sym": 0.1, "base": 0.2}
     s = order.get(ctx.node.set, 0.4)
     m = {"mean": s, "lo": s - 0.1, "hi": s + 0.1}
-    summ = {"n": 4, "elapsed_s": 0.1, "tasks": {ctx.node.task: {"n": 4, "primary": "subspan_acc", "metrics": {"subspan_acc": m, "f1": m}}}}
-    (ctx.out / "summary.json").write_text(json.dumps(summ))
+    tasks = {ctx.node.task: {"n": 4, "primary": "subspan_acc", "metrics": {"subspan_acc": m, "f1": m}}}
+    summ = {"n": 4, "elapsed_s": 0.1, "model_config": MODEL, "shape": SHAPE, "options": {}, "tasks": tasks}
+    preds = pd.DataFrame({"id": [f"e{i}" for i in range(4)], "task": ctx.node.task, "output": "x", "score": s})
+    EvalResult(predictions=preds, summary=summ).write(ctx.out)
 
 
 def _heads(set_name: str, n_layers: int = 4, n_heads: int = 3):
@@ -127,14 +140,17 @@ def _heads(set_name: str, n_layers: int = 4, n_heads: int = 3):
 
 
 def fake_score(ctx):
+    from needlework.artifacts import HeadScores
+
     CALLS.append(("score", ctx.node.label))
-    heads, per = _heads(ctx.node.set)
-    heads.to_parquet(ctx.out / "heads.parquet", index=False)
-    per.to_parquet(ctx.out / "per_example.parquet", index=False)
+    heads, per = _heads(ctx.node.set, SHAPE["n_layers"], SHAPE["n_heads"])
+    HeadScores(heads=heads, per_example=per, meta={"model_config": MODEL, "shape": SHAPE}).write(ctx.out)
 
 
 def fake_knockout(ctx):
-    import json
+    import pandas as pd
+
+    from needlework.artifacts import KnockoutResult
 
     CALLS.append(("knockout", ctx.node.label))
     t = ctx.node.task
@@ -147,25 +163,22 @@ def fake_knockout(ctx):
 
     seeds = ctx.node.slice["knockout"].get("random_seeds", 2)
     conds = {"baseline": cond(0.8, 0), "top": cond(0.2, 3), **{f"random_{i}": cond(0.75 - 0.01 * i, 3) for i in range(seeds)}}
-    (ctx.out / "summary.json").write_text(json.dumps({"conditions": conds}))
+    summ = {"model_config": MODEL, "shape": SHAPE, "n": 4, "conditions": conds, "random_mean": {t: 0.75}}
+    KnockoutResult(per_example=pd.DataFrame({"condition": list(conds)}), summary=summ).write(ctx.out)
 
 
 def fake_patch(ctx):
-    import json
+    import pandas as pd
+
+    from needlework.artifacts import PatchResult
 
     CALLS.append(("patch", ctx.node.label))
     rows = []
-    for cond, kind, v, rec in (
-        ("source", "source", 0.8, None),
-        ("target", "target", 0.3, None),
-        ("intersection", "intersection", 0.5, 0.4),
-        ("random_0", "random", 0.32, 0.04),
-    ):
+    for cond, v, rec in (("source", 0.8, None), ("target", 0.3, None), ("intersection", 0.5, 0.4), ("random_0", 0.32, 0.04)):
         rows.append(
             {
                 "task": ctx.node.task,
                 "condition": cond,
-                "kind": kind,
                 "n_heads": None if rec is None else 3,
                 "score": v,
                 "lo": v - 0.1,
@@ -176,7 +189,8 @@ def fake_patch(ctx):
                 "recovered": rec,
             }
         )
-    (ctx.out / "patch.json").write_text(json.dumps({"rows": rows}))
+    summ = {"model_config": MODEL, "source": MODEL, "target": MODEL, "shape": SHAPE, "n": 4, "sets": {}, "table": rows}
+    PatchResult(per_example=pd.DataFrame({"condition": [r["condition"] for r in rows]}), summary=summ).write(ctx.out)
 
 
 def fake_stages() -> dict:
@@ -201,3 +215,21 @@ def fake_config(sets=("hh", "hl", "lh", "ll", "sym")) -> dict:
     cfg["patch"] = {"targets": ["ll", "sym"], "kinds": ["intersection", "random"]}
     cfg["analysis"] = {"n_boot": 200}
     return cfg
+
+
+def slow_train(ctx):
+    import time
+
+    time.sleep(0.4)  # long enough that a second worker process takes other stages meanwhile
+    fake_train(ctx)
+
+
+def slow_evaluate(ctx):
+    import time
+
+    time.sleep(0.4)
+    fake_evaluate(ctx)
+
+
+def slow_stages() -> dict:
+    return {**fake_stages(), "train": slow_train, "evaluate": slow_evaluate}

@@ -7,13 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from needlework.artifacts import HeadScores
+from needlework.errors import NeedleworkError
 from needlework.study.analysis import analyze, compare_heads, correlate, leave_one_out
 
 
-def _heads(means: list[float], n_heads: int = 2) -> pd.DataFrame:
-    return pd.DataFrame(
+def _heads(means: list[float], per: pd.DataFrame | None = None, n_heads: int = 2) -> HeadScores:
+    table = pd.DataFrame(
         {"layer": [i // n_heads for i in range(len(means))], "head": [i % n_heads for i in range(len(means))], "mean": means}
     )
+    shape = {"n_layers": len(means) // n_heads, "n_heads": n_heads, "n_kv_heads": n_heads}
+    return HeadScores(heads=table, per_example=per, meta={"shape": shape})
 
 
 def _per(scores: np.ndarray, n_heads: int = 2) -> pd.DataFrame:
@@ -37,10 +41,15 @@ def test_compare_heads_counts_the_shared_heads():
     assert t["recall"]["mean"] == pytest.approx(0.5) and t["n_above_threshold"] == 2
 
 
+def test_compare_heads_refuses_two_shapes():
+    with pytest.raises(NeedleworkError, match="two model shapes"):
+        compare_heads(_heads([0.1] * 6), _heads([0.1] * 6, n_heads=3))
+
+
 def test_compare_heads_bootstrap_over_shared_examples():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, size=(12, 6))
-    r = compare_heads(_heads(list(x.mean(0))), _heads(list(x.mean(0))), _per(x), _per(x), k=2, n_boot=200)
+    r = compare_heads(_heads(list(x.mean(0)), _per(x)), _heads(list(x.mean(0)), _per(x)), k=2, n_boot=200)
     assert r["n_examples"] == 12
     for m in ("recall", "precision", "cosine"):  # the same scores on both sides: identical in every resample
         assert r[m]["mean"] == pytest.approx(1.0) and r[m]["lo"] == pytest.approx(1.0) and r[m]["hi"] == pytest.approx(1.0)

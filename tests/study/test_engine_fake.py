@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 import study_helpers as H
+from needlework.artifacts import Analysis
 from needlework.errors import NeedleworkError
 from needlework.study.config import from_dict
 from needlework.study.engine import build_plan, run_study
@@ -158,10 +159,23 @@ def test_two_processes_share_one_study_folder(tmp_path):
 def test_analysis_correlates_recall_with_score(tmp_path):
     nodes, _ = _run(H.fake_config(), tmp_path)
     an = next(n for n in nodes if n.stage == "analysis")
-    res = json.loads((tmp_path / "stages" / "analysis" / an.key / "analysis.json").read_text())
+    res = Analysis.read(tmp_path / "stages" / "analysis" / an.key).result
     assert res["n"] == 4 and res["sets"] == ["hl", "lh", "ll", "sym"]  # reference and base left out
     rows = {r["set"]: r for r in res["rows"]}
     assert rows["hh"]["recall"] == 1.0 and rows["hh"]["reference"]
     assert res["loo"]["rows"][0]["set"] == "hl" and len(res["loo"]["rows"]) == 4
     assert res["recall_vs_score"]["n"] == 4
     assert "spearman" in res["recall_vs_score"] and "pearson" in res["cosine_vs_score"]
+
+
+def test_worker_processes_share_a_study_with_the_same_results(tmp_path):
+    one, _ = _run(H.fake_config(), tmp_path / "one")
+    buf = io.StringIO()
+    cfg = from_dict(H.fake_config())
+    two = run_study(cfg, tmp_path / "two", stages=H.slow_stages(), console=Console(file=buf, width=200), report=False, workers=2, poll_s=0.05)
+    assert {(n.stage, n.label): n.output_hash for n in two} == {(n.stage, n.label): n.output_hash for n in one}
+    log = (tmp_path / "two" / "logs" / "worker-1.log").read_text()
+    by_worker = [n for n in two if n.status == "cached"]  # finished by the other process while this one ran
+    assert by_worker and "done" in log and "2 more" not in buf.getvalue() and "1 more worker" in buf.getvalue()
+    with pytest.raises(NeedleworkError, match="workers must be >= 1"):
+        run_study(cfg, tmp_path / "three", stages=H.fake_stages(), console=Console(file=io.StringIO()), workers=0)

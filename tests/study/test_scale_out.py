@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 from safetensors.torch import load_file
 
+from needlework.artifacts import EvalResult, TrainRun
 from needlework.errors import NeedleworkError
 from needlework.study.config import from_dict
 from needlework.study.engine import run_study
@@ -51,20 +52,12 @@ def test_bad_processes_names_the_key(tiny_cfg, value):
 def _train_eval(cfg: dict, out):
     nodes = run_study(from_dict(cfg), out, only={"data", "train", "evaluate"}, report=False, console=Console(file=io.StringIO(), width=200))
     by = {(n.stage, n.set): out / "stages" / n.stage / n.key for n in nodes if n.status == "done"}
-    losses = {
-        s: [json.loads(ln)["loss"] for ln in (d / "log.jsonl").read_text().splitlines() if "loss" in ln]
-        for (stage, s), d in by.items()
-        if stage == "train"
-    }
-    preds = {
-        s: [json.loads(ln)["output"] for ln in (d / "predictions.jsonl").read_text().splitlines()]
-        for (stage, s), d in by.items()
-        if stage == "evaluate"
-    }
-    summ = {s: json.loads((d / "summary.json").read_text()) for (stage, s), d in by.items() if stage == "evaluate"}
-    world = {s: json.loads((d / "train_config.json").read_text())["world_size"] for (stage, s), d in by.items() if stage == "train"}
+    losses = {s: [row["loss"] for row in TrainRun(d).log() if "loss" in row] for (stage, s), d in by.items() if stage == "train"}
+    preds = {s: list(EvalResult.read(d).predictions["output"]) for (stage, s), d in by.items() if stage == "evaluate"}
+    summ = {s: EvalResult.read(d).summary for (stage, s), d in by.items() if stage == "evaluate"}
+    world = {s: json.loads((d / TrainRun.CONFIG).read_text())["world_size"] for (stage, s), d in by.items() if stage == "train"}
     n_params = {
-        s: sum(t.numel() for t in load_file(d / "adapter" / "adapter_model.safetensors").values())
+        s: sum(t.numel() for t in load_file(TrainRun(d).adapter / "adapter_model.safetensors").values())
         for (stage, s), d in by.items()
         if stage == "train"
     }

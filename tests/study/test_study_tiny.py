@@ -17,6 +17,7 @@ import pytest
 import yaml
 from rich.console import Console
 
+from needlework.artifacts import Analysis, EvalResult, HeadScores, KnockoutResult, PatchResult, TrainRun
 from needlework.study.config import from_dict
 from needlework.study.engine import run_study
 
@@ -53,26 +54,26 @@ def test_two_variant_study_runs_end_to_end(baseline):
     assert all(n.status == "done" for n in nodes)
     assert {n.stage for n in nodes} == {"data", "train", "evaluate", "score", "compare", "knockout", "patch", "analysis"}
     d = {(n.stage, n.set): out / "stages" / n.stage / n.key for n in nodes}
-    assert (d[("train", "hh")] / "adapter" / "adapter_config.json").exists()
-    assert not (d[("train", "hh")] / "checkpoints").exists()
-    summ = json.loads((d[("evaluate", "ll")] / "summary.json").read_text())
+    assert (TrainRun(d[("train", "hh")]).adapter / "adapter_config.json").exists()
+    assert not (d[("train", "hh")] / TrainRun.CHECKPOINTS).exists()
+    summ = EvalResult.read(d[("evaluate", "ll")]).summary
     assert summ["n"] == 3 and summ["adapter"].endswith("adapter")
     # the adapter's saved settings and rendering are applied and recorded; train and evaluate render alike
     saved_settings = json.loads((d[("train", "ll")] / "adapter" / "needlework_model_config.json").read_text())
     assert saved_settings["rope_theta"] is not None and saved_settings["chat"] is True
     assert summ["model_config"]["rope_theta"] == saved_settings["rope_theta"]
     assert summ["options"]["chat"] is True and summ["trained_chat"] is True
-    meta = json.loads((d[("score", "hh")] / "meta.json").read_text())
+    scores = HeadScores.read(d[("score", "hh")])
+    meta = scores.meta
     assert meta["model_config"]["rope_theta"] is not None and meta["options"]["match"] == "loose"
-    import pandas as pd
-
-    heads = pd.read_parquet(d[("score", "hh")] / "heads.parquet")
+    assert scores.shape == summ["shape"] == {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}  # recorded by every stage
+    heads = scores.heads
     assert len(heads) == 2 * 4 and {"layer", "head", "mean", "std", "n"} <= set(heads.columns)
-    ko = json.loads((d[("knockout", "hh")] / "summary.json").read_text())
+    ko = KnockoutResult.read(d[("knockout", "hh")]).summary
     assert set(ko["conditions"]) == {"baseline", "top", "random_0"} and ko["conditions"]["top"]["n_heads"] == 3
-    patch = json.loads((d[("patch", "ll")] / "patch.json").read_text())
-    assert [r["condition"] for r in patch["rows"]] == ["source", "target", "intersection"]
-    an = json.loads((d[("analysis", "")] / "analysis.json").read_text())
+    patch = PatchResult.read(d[("patch", "ll")])
+    assert [r["condition"] for r in patch.rows()] == ["source", "target", "intersection"] and patch.shape == scores.shape
+    an = Analysis.read(d[("analysis", "")]).result
     assert [r["set"] for r in an["rows"]] == ["hh", "ll"] and an["rows"][0]["recall"] == 1.0
     assert (out / "report" / "index.html").exists() and (out / "config.yaml").exists()
     saved = yaml.safe_load((out / "config.yaml").read_text())

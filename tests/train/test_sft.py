@@ -12,7 +12,7 @@ from needlework.errors import NeedleworkError
 from needlework.models.load import ModelConfig, load_model
 from needlework.train.config import TrainConfig
 from needlework.train.sft import train
-from numerics import loss_atol
+from numerics import adam_weight_atol, loss_atol
 
 QUIET = dict(progress=False, gradient_checkpointing=False)
 
@@ -128,3 +128,21 @@ def test_packed_training_equals_unpacked(tiny_llama, tmp_path):
     n_params = sum(t.numel() for t in load_file(tmp_path / "plain" / "model" / "model.safetensors").values())
     assert _losses(packed.log_path) == pytest.approx(_losses(plain.log_path), rel=0, abs=loss_atol(1e-2, 3, n_params))
     assert len(set(_losses(plain.log_path))) == 3  # the model did change between steps
+
+
+def test_rows_regrouped_into_passes_equal_one_example_at_a_time(tiny_llama, tmp_path):
+    """A step of 1 row x 4 micro-batches, run 4 rows at a time or 2 at a time (rows_per_pass), gives
+    the losses and the weights (so the gradients) of running one example at a time."""
+    data = copy_records(16, seed=9)
+    common = dict(method="full", lr=1e-2, max_steps=3, batch_size=1, grad_accum=4, **QUIET)
+    model = ModelConfig(name=tiny_llama, dtype="float64")  # the passes sum in different orders (tests/numerics.py)
+    runs = {n: train(model, data, TrainConfig(rows_per_pass=n, **common), tmp_path / f"r{n}") for n in (0, 2, 4)}
+    weights = {n: load_file(tmp_path / f"r{n}" / "model" / "model.safetensors") for n in runs}
+    n_params = sum(t.numel() for t in weights[0].values())
+    for n in (2, 4):
+        assert _losses(runs[n].log_path) == pytest.approx(_losses(runs[0].log_path), rel=0, abs=loss_atol(1e-2, 3, n_params))
+        for k, w in weights[0].items():
+            torch.testing.assert_close(weights[n][k], w, rtol=0, atol=adam_weight_atol(1e-2, 3))
+    assert len(set(_losses(runs[0].log_path))) == 3  # the model did change between steps
+    with pytest.raises(NeedleworkError, match="rows_per_pass"):
+        TrainConfig(rows_per_pass=-1)

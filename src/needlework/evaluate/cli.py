@@ -13,14 +13,16 @@ from needlework.evaluate.config import EvalConfig
 from needlework.models.load import ModelConfig
 
 EVAL = Options(
-    EvalConfig, minimum={"batch_size": 1, "max_new_tokens": 1, "limit": 1, "n_boot": 1}, help={"batch_size": "examples per forward pass"}
+    EvalConfig,
+    minimum={"max_new_tokens": 1, "limit": 1, "n_boot": 1},
+    help={"batch_size": "examples per forward pass, or auto (as many as fit on the GPU)"},
 )
 
 
 @with_options(model=MODEL, cfg=EVAL)
 def evaluate_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Records to evaluate (JSONL)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for predictions.jsonl and summary.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: predictions (one row per example) and a summary with intervals."),
     model: ModelConfig = MODEL,
     cfg: EvalConfig = EVAL,
 ) -> None:
@@ -36,11 +38,12 @@ def evaluate_cmd(
     """
     from needlework.evaluate.evaluate import evaluate
 
-    _, summary = evaluate(model, data, cfg, out)
+    result = evaluate(model, data, cfg, out)
+    summary = result.summary
     for task, t in summary["tasks"].items():
         parts = [f"{m} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for m, v in t["metrics"].items()]
         typer.echo(f"{task} (n={t['n']}, primary {t['primary']}): " + "; ".join(parts))
-    typer.echo(f"wrote {out / 'predictions.jsonl'} and {out / 'summary.json'} ({summary['examples_per_s']:.2f} examples/s)")
+    typer.echo(f"wrote {result.path} ({summary['examples_per_s']:.2f} examples/s)")
 
 
 def register(app: typer.Typer) -> None:

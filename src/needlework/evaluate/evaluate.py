@@ -1,17 +1,19 @@
 """The evaluate stage: greedy answers, task metrics, gold-answer log-probability and bootstrap
-intervals, written as `predictions.jsonl` (one row per example) and `summary.json`.
+intervals, returned and written as a `needlework.artifacts.EvalResult` (`predictions`, one row
+per example, and `summary`).
 
 `evaluate_loaded` works on a model that is already loaded, and calls it as is, so knockout and
 patching can run it with their hooks installed; `evaluate` loads the model, runs it and writes.
 Launched as several processes (`accelerate launch` / `torchrun`), `evaluate` gives each process every
-N-th example on its own device and rank 0 writes all rows in order (`summary.json` adds `processes`).
+N-th example on its own device and rank 0 writes all rows in order (the summary adds `processes`).
 
 Columns of the per-example table: `id, task, output, score` (the task's primary metric), every
 metric of the example's task (other tasks' metrics are NaN), `n_prompt_tokens`, and with
 `logprob=True` `gold_logprob` (sum over answer tokens) and `gold_logprob_per_token`.
 
-`summary.json` keys: `model` (name), `adapter` (the adapter folder), `model_config` (as loaded:
-the adapter's saved `rope_theta` / `max_position_embeddings` applied), `data` (path or null),
+Summary keys: `model` (name), `adapter` (the adapter folder), `model_config` (as loaded:
+the adapter's saved `rope_theta` / `max_position_embeddings` applied), `shape` (layers, heads,
+kv heads, head dim), `data` (path or null),
 `data_hash`, `trained_chat` (the rendering the adapter was trained with, or null), `n`, `options`
 (the EvalConfig, with `chat` resolved; a warning is raised when it differs from `trained_chat`), `elapsed_s`,
 `examples_per_s`, and `tasks` -> task -> {`n`, `primary`, `metrics` -> metric -> {`mean`, `lo`,
@@ -21,16 +23,15 @@ are undefined (NaN) are written as null.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from needlework.artifacts import EvalResult
 from needlework.data.records import Record, read_jsonl
 from needlework.errors import NeedleworkError
 from needlework.evaluate.bootstrap import bootstrap_ci
@@ -38,7 +39,7 @@ from needlework.evaluate.config import EvalConfig, config_with_eval
 from needlework.evaluate.generate import generate_answers
 from needlework.evaluate.logprob import gold_logprobs
 from needlework.evaluate.metrics import METRICS, PRIMARY, score_example
-from needlework.io import atomic_path, hash_file, hash_obj, write_json
+from needlework.io import hash_file, hash_obj
 from needlework.models.decode import DEFAULT_MAX_NEW_TOKENS, render_prompts, resolve_chat
 
 __all__ = ["EvalConfig", "check_records", "config_with_eval", "evaluate", "evaluate_loaded"]
@@ -151,44 +152,30 @@ def _evaluate_sharded(state, model_cfg, records: list[Record], cfg: EvalConfig, 
     every = sorted(gather_object(rows), key=lambda r: r["_index"])
     df = pd.DataFrame(every).drop(columns="_index")
     run_cfg = EvalConfig(**{**asdict(cfg), "chat": resolve_chat(cfg.chat, tokenizer)})
-    return df, {**_summary(df, cfg, run_cfg, time.perf_counter() - t0), "processes": world}
+    from needlework.models.sites import model_shape
 
-
-def _finite_or_none(obj):
-    """NaN/inf become null, so summary.json is strict JSON (readable outside Python)."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_predictions(path: Path, df) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for row in df.to_dict(orient="records"):
-            clean = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-            f.write(json.dumps(clean, ensure_ascii=False) + "\n")
+    return df, {**_summary(df, cfg, run_cfg, time.perf_counter() - t0), "processes": world, "shape": model_shape(model).to_dict()}
 
 
 def evaluate(
     model_cfg, records: Sequence[Record] | str | os.PathLike, cfg: EvalConfig | None, out_dir: str | os.PathLike, progress: bool = True
 ):
-    """Load a model, evaluate it on records, and write `predictions.jsonl` and `summary.json`.
+    """Load a model, evaluate it on records, and write the EvalResult to `out_dir`.
 
     Args:
         model_cfg: a `needlework.models.load.ModelConfig` (name, adapter, device, dtype, ...).
         records: Record objects or a JSONL path.
         cfg: evaluation options (defaults: EvalConfig()).
-        out_dir: created if needed; both files are written atomically.
+        out_dir: created if needed; the artifact is written atomically.
     Returns:
-        (per-example DataFrame, summary dict); the summary adds `model`, `adapter`,
-        `model_config`, `data`, `data_hash` to `evaluate_loaded`'s.
+        the EvalResult (`predictions` DataFrame, `summary` dict); the summary adds `model`,
+        `adapter`, `model_config`, `shape`, `data`, `data_hash` to `evaluate_loaded`'s. Every
+        launched process returns it; rank 0 alone writes it.
     Raises:
         NeedleworkError: bad data, unknown model, adapter mismatch, prompts too long.
     """
     from needlework.models.load import check_rendering, load_model, resolve_model_config
+    from needlework.models.sites import model_shape
 
     cfg = cfg or EvalConfig()
     model_cfg = resolve_model_config(model_cfg)  # the adapter checked and its saved settings applied, before loading
@@ -205,25 +192,22 @@ def evaluate(
     if state is not None:
         df, summary = _evaluate_sharded(state, model_cfg, records[: cfg.limit] if cfg.limit is not None else records, cfg, progress)
         if not state.is_main_process:
-            return df, summary  # rank 0 writes
+            return EvalResult(predictions=df, summary=summary)  # rank 0 writes
         trained_chat = check_rendering(model_cfg, summary["options"]["chat"])
     else:
         model, tokenizer = load_model(model_cfg)
         trained_chat = check_rendering(model_cfg, resolve_chat(cfg.chat, tokenizer))
         df, summary = evaluate_loaded(model, tokenizer, records, cfg, progress=progress)
-    summary = _finite_or_none(
-        {
-            "model": model_cfg.name,
-            "adapter": model_cfg.adapter,
-            "model_config": asdict(model_cfg),
-            "data": data_path,
-            "data_hash": data_hash,
-            "trained_chat": trained_chat,
-            **summary,
-        }
-    )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out_dir / "predictions.jsonl", df)
-    write_json(out_dir / "summary.json", summary)
-    return df, summary
+        summary["shape"] = model_shape(model).to_dict()
+    summary = {
+        "model": model_cfg.name,
+        "adapter": model_cfg.adapter,
+        "model_config": asdict(model_cfg),
+        "data": data_path,
+        "data_hash": data_hash,
+        "trained_chat": trained_chat,
+        **summary,
+    }
+    result = EvalResult(predictions=df, summary=summary)
+    result.write(out_dir)
+    return result

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from needlework.data.records import Record
 from needlework.data.render import render
+from needlework.models.batching import for_batches
 from needlework.models.decode import left_pad
 from needlework.models.sites import model_device
 
@@ -39,7 +40,7 @@ def answer_logprobs_ids(
     n_answer: Sequence[int],
     *,
     pad_id: int = 0,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     progress: bool = True,
 ) -> list[AnswerLogprob]:
     """Log-probability of the last `n_answer[i]` tokens of each sequence given what precedes them.
@@ -65,24 +66,25 @@ def answer_logprobs_ids(
     out: list[AnswerLogprob | None] = [None] * n
     device = model_device(model)
     bar = tqdm(total=n, desc="logprob", unit="ex", disable=not progress or n == 0, leave=False)
+
+    def run(idx: list[int]) -> None:
+        ids, mask, pos = left_pad([sequences[i] for i in idx], pad_id, device)
+        L = ids.shape[1]
+        m_max = max(n_answer[i] for i in idx)
+        # Logits at the last m_max + 1 columns; column c predicts token c + 1, so the first
+        # m_max of them predict the last m_max tokens.
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=m_max + 1).logits[
+            :, :-1
+        ]  # b, m_max, vocab
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        targets = ids[:, L - m_max :]  # b, m_max
+        tok_lp = logp.gather(-1, targets[..., None])[..., 0]  # b, m_max
+        for r, i in enumerate(idx):
+            m = n_answer[i]
+            out[i] = AnswerLogprob(float(tok_lp[r, m_max - m :].sum()), m)
+
     with torch.inference_mode():
-        for s in range(0, n, max(1, batch_size)):
-            idx = order[s : s + max(1, batch_size)]
-            ids, mask, pos = left_pad([sequences[i] for i in idx], pad_id, device)
-            L = ids.shape[1]
-            m_max = max(n_answer[i] for i in idx)
-            # Logits at the last m_max + 1 columns; column c predicts token c + 1, so the first
-            # m_max of them predict the last m_max tokens.
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=m_max + 1).logits[
-                :, :-1
-            ]  # b, m_max, vocab
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            targets = ids[:, L - m_max :]  # b, m_max
-            tok_lp = logp.gather(-1, targets[..., None])[..., 0]  # b, m_max
-            for r, i in enumerate(idx):
-                m = n_answer[i]
-                out[i] = AnswerLogprob(float(tok_lp[r, m_max - m :].sum()), m)
-            bar.update(len(idx))
+        for_batches(order, batch_size, run, device, bar)
     bar.close()
     return out  # type: ignore[return-value]
 
@@ -92,7 +94,7 @@ def gold_logprobs(
     tokenizer,
     records: Sequence[Record],
     chat: bool,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     include_eos: bool = False,
     progress: bool = True,
 ) -> list[AnswerLogprob]:

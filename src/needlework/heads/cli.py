@@ -15,10 +15,10 @@ heads_app = typer.Typer(help="Score attention heads (retrieval / insight / mass)
 
 SCORE = Options(
     ScoreConfig,
-    minimum={"batch_size": 1, "limit": 1, "max_new_tokens": 1},
+    minimum={"limit": 1, "max_new_tokens": 1},
     help={
         "mode": "teacher (one forward over prompt + gold answer) | generate (greedy)",
-        "batch_size": "examples per forward (padded)",
+        "batch_size": "examples per forward (padded), or auto (as many as fit on the GPU)",
         "limit": "score only the first N records",
         "max_new_tokens": "generate: answer tokens at most",
         "keep_failed": "generate: keep examples whose answer fails the ROUGE-1 gate",
@@ -47,7 +47,8 @@ def score_cmd(
     """
     from needlework.heads.run import run_score
 
-    run_score(model, data, cfg, out, force=force)
+    res = run_score(model, data, cfg, out, force=force)
+    typer.echo(f"wrote {res.path}")
 
 
 COMPARE = Options(

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from needlework.artifacts import HeadScores
 from needlework.errors import NeedleworkError
 from needlework.heads.config import CompareConfig  # noqa: F401  (re-exported)
 from needlework.models.sites import HeadId, HeadSet, rank_mask, select_heads
@@ -108,19 +109,20 @@ def _wu_table(path: Path) -> pd.DataFrame:
 
 
 def _result_path(src: str | os.PathLike) -> Path:
-    """The score file a path names: a result folder's heads.parquet, or the single result under a
-    `heads score --out OUT` folder, or the file itself."""
+    """The score source a path names: a HeadScores folder (given directly, through one of its
+    files, or as the `heads score --out OUT` folder holding a single one), or a file."""
     p = Path(src)
-    if p.is_dir() and not (p / "heads.parquet").exists():
-        found = sorted(p.glob("*/heads.parquet"))
+    if p.is_file() and HeadScores.exists(p.parent):
+        return p.parent
+    if p.is_dir() and not HeadScores.exists(p):
+        found = sorted(d for d in p.iterdir() if d.is_dir() and HeadScores.exists(d))
         if len(found) > 1:
             raise NeedleworkError(
-                f"{p} holds {len(found)} head-score results ({', '.join(f.parent.name for f in found[:4])})",
-                "pass the result folder itself, e.g. " + str(found[0].parent),
+                f"{p} holds {len(found)} head-score results ({', '.join(f.name for f in found[:4])})",
+                "pass the result folder itself, e.g. " + str(found[0]),
             )
-        p = found[0] if found else p / "heads.parquet"
-    elif p.is_dir():
-        p = p / "heads.parquet"
+        if found:
+            return found[0]
     if not p.exists():
         raise NeedleworkError(f"score file {p} not found", "pass the output folder of `needlework heads score` or a Wu et al. JSON")
     return p
@@ -138,11 +140,11 @@ def _clean_table(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype({"layer": int, "head": int}).sort_values(["layer", "head"]).reset_index(drop=True)
 
 
-def load_scores(src: Scores | pd.DataFrame | str | os.PathLike) -> Scores:
+def load_scores(src: Scores | HeadScores | pd.DataFrame | str | os.PathLike) -> Scores:
     """The one reader of head scores, for comparison, plots and interventions alike.
 
     Args:
-        src: Scores (returned as is), a heads table (DataFrame: layer, head, mean; `attrs["shape"]`
+        src: Scores (returned as is), a HeadScores artifact, a heads table (DataFrame: layer, head, mean; `attrs["shape"]`
             when known), a `heads score`/`heads import` result folder or the folder above a single
             one, a heads.parquet, or a Wu et al. JSON file ({"L-H": [scores]}).
     Raises:
@@ -150,17 +152,20 @@ def load_scores(src: Scores | pd.DataFrame | str | os.PathLike) -> Scores:
     """
     if isinstance(src, Scores):
         return src
+    if isinstance(src, HeadScores):
+        return scores_from_tables(src.per_example, _clean_table(src.heads), src.meta)
     if isinstance(src, pd.DataFrame):
         return scores_from_tables(None, _clean_table(src), {"shape": src.attrs.get("shape")})
     p = _result_path(src)
+    if p.is_dir():
+        return load_scores(HeadScores.read(p))
     if p.suffix == ".json":
         return scores_from_tables(None, _wu_table(p), {})
     if p.suffix != ".parquet":
-        raise NeedleworkError(f"unknown score file format {p.suffix!r} ({p})", "use heads.parquet or a Wu et al. .json")
-    from needlework.heads.run import load_result
-
-    per, heads, meta = load_result(p)
-    return scores_from_tables(per, _clean_table(heads), meta)
+        raise NeedleworkError(
+            f"unknown score file format {p.suffix!r} ({p})", "use a heads-score folder, a table (.parquet) or a Wu et al. .json"
+        )
+    return scores_from_tables(None, _clean_table(pd.read_parquet(p)), {})  # a bare table: shape from its extent
 
 
 def to_view(x: np.ndarray, s: Scores, view: str, agg: str) -> np.ndarray:

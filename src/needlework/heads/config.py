@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from needlework.errors import NeedleworkError
-from needlework.schema import build
+from needlework.schema import build, int_or_auto
 
 MODES = ("teacher", "generate")
 SCORES = ("retrieval", "insight", "mass")
@@ -44,7 +44,7 @@ class ScoreConfig:
 
     mode: str = "teacher"  # teacher | generate
     score: str = "retrieval"  # retrieval | insight | mass
-    batch_size: int = 1
+    batch_size: int | str = 1  # examples per forward pass, or auto: as many as fit on the GPU
     limit: int | None = None
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
     max_new_tokens: int = 32
@@ -81,8 +81,9 @@ class ScoreConfig:
         if s == "auto":
             s = {"retrieval": "answer", "insight": "evidence" if has_evidence else "answer", "mass": "all"}[self.score]
         return ("answer", "evidence") if s == "all" else (s,)
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise NeedleworkError("batch_size and max_new_tokens must be >= 1", "pass positive values")
+        self.batch_size = int_or_auto(self.batch_size, "batch_size")
+        if self.max_new_tokens < 1:
+            raise NeedleworkError("max_new_tokens must be >= 1", "pass a positive value")
 
     def resolved(self, tokenizer) -> ScoreConfig:
         """This config with `chat` (the template when the tokenizer has one) and `match` (loose

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from needlework.artifacts import HeadScores
 from needlework.errors import NeedleworkError
-from needlework.heads.run import HEADS, META, PER_EXAMPLE, load_result
-from needlework.io import write_json, write_parquet, write_text
+from needlework.io import write_text
 from needlework.models.sites import HeadId
 
 FORMATS = ("wu", "duo")
@@ -34,7 +34,8 @@ def export_scores(result_dir: str | os.PathLike, fmt: str, out: str | os.PathLik
     from needlework.heads.compare import scores_from_tables, to_view
 
     _check_format(fmt)
-    per, heads, meta = load_result(result_dir)
+    res = HeadScores.read(result_dir)
+    per, heads, meta = res.per_example, res.heads, res.meta
     out = Path(out)
     if fmt == "wu":
         if per is None:  # only means known: one "example"
@@ -53,8 +54,8 @@ def export_scores(result_dir: str | os.PathLike, fmt: str, out: str | os.PathLik
 
 
 def import_scores(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike, n_kv_heads: int | None = None) -> Path:
-    """Read `path` in `fmt` and write a result directory (heads.parquet, meta.json, and for `wu`
-    per_example.parquet) that `heads compare` and `heads plot` read.
+    """Read `path` in `fmt` and write a HeadScores result directory (for `wu` with per-example
+    scores) that `heads compare` and `heads plot` read.
 
     Args:
         n_kv_heads: wu only: the model's kv heads (the JSON does not say; default = query heads).
@@ -83,7 +84,6 @@ def import_scores(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
         means = per.groupby(["layer", "head"])["score"].agg(["mean", "std", "size"]).reset_index()
         heads = means.rename(columns={"size": "n"})
         heads["std"] = per.groupby(["layer", "head"])["score"].std(ddof=0).to_numpy()
-        write_parquet(out / PER_EXAMPLE, per)
         shape = {"n_layers": L, "n_heads": H, "n_kv_heads": n_kv_heads or H}
         meta = {"imported_from": str(path), "format": "wu", "shape": shape, "view": "query", "n_examples": n}
     else:
@@ -98,7 +98,7 @@ def import_scores(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
             {"layer": np.repeat(np.arange(L), K), "head": np.tile(np.arange(K), L), "mean": grid.ravel(), "std": np.nan, "n": 0}
         )
         shape = {"n_layers": L, "n_heads": K, "n_kv_heads": K}
+        per = None
         meta = {"imported_from": str(path), "format": "duo", "shape": shape, "view": "kv"}
-    write_parquet(out / HEADS, heads.astype({"layer": int, "head": int}))
-    write_json(out / META, meta)
+    HeadScores(heads=heads.astype({"layer": int, "head": int}), per_example=per, meta=meta).write(out)
     return out

@@ -11,7 +11,7 @@ from needlework.io import atomic_path
 
 
 def heatmap(result_dir: str | os.PathLike, out: str | os.PathLike | None = None, title: str | None = None) -> Path:
-    """Draw `heads.parquet` of a result directory as a layer (rows) x head (columns) heatmap.
+    """Draw the per-head means of a HeadScores result directory as a layer (rows) x head (columns) heatmap.
 
     Args:
         result_dir: a directory written by `heads score` or `heads import`.
@@ -24,11 +24,12 @@ def heatmap(result_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from needlework.artifacts import HeadScores
     from needlework.heads.compare import scores_from_tables
-    from needlework.heads.run import load_result
 
-    per, heads, meta = load_result(result_dir)
-    s = scores_from_tables(None, heads, meta)
+    res = HeadScores.read(result_dir)
+    meta = res.meta
+    s = scores_from_tables(None, res.heads, meta)
     grid = s.means.reshape(s.n_layers, s.n_heads)
     out = Path(out) if out else Path(result_dir) / "heads.png"
     fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * s.n_heads + 2), max(3.0, 0.22 * s.n_layers + 1.5)))

@@ -4,30 +4,27 @@ A result directory is named by a hash of its inputs (model config and adapter fi
 hash, score config), so a re-run with other inputs writes a NEW directory and one with identical
 inputs finds the finished one (or overwrites it with `force`): results are never merged.
 
-Files: per_example.parquet (example_id, layer, head, hits, n_steps, span_tokens, score, success,
-kept, answer, n_spans_located, n_citing_docs), heads.parquet (layer, head, mean, std, n),
-meta.json (`span_coverage`: located/total citing documents and their fraction; model config as loaded, with
-the adapter's saved RoPE settings applied; shape, data hash, mode, `options` with `chat` and
-`match` resolved, `trained_chat` (the adapter's training rendering, or null), counts, skipped ids
-with reasons).
+The result is a `needlework.artifacts.HeadScores`: per_example (example_id, layer, head, hits,
+n_steps, span_tokens, score, success, kept, answer, n_spans_located, n_citing_docs), heads (layer,
+head, mean, std, n), meta (`model_config` as loaded, with the adapter's saved RoPE settings
+applied; `shape`; data hash, `options` with `chat` and `match` resolved, `trained_chat` (the
+adapter's training rendering, or null), counts, skipped ids with reasons, `span_coverage`).
+`score_result` builds it from a model config and records; `run_score` (the CLI) and the study's
+score stage both write what it returns, so every score folder has the same contents.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
+from needlework.artifacts import HeadScores
 from needlework.errors import NeedleworkError
-from needlework.heads.score import ScoreConfig, ScoreResult, score_heads
-from needlework.io import hash_file, hash_obj, write_json, write_parquet
-
-PER_EXAMPLE, HEADS, META = "per_example.parquet", "heads.parquet", "meta.json"
+from needlework.heads.config import ScoreConfig
+from needlework.io import hash_file, hash_obj
 
 log = logging.getLogger(__name__)  # the library logs; the CLI shows needlework's log on stderr
 
@@ -39,29 +36,10 @@ def _adapter_hash(adapter: str | None) -> str | None:
     return hash_obj({p.name: hash_file(p) for p in files})
 
 
-def inputs_key(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig) -> dict:
+def inputs_key(model_cfg, data_hash: str, cfg: ScoreConfig) -> dict:
     """Everything the scores depend on (the directory name hashes it)."""
     mc = asdict(model_cfg)
-    return {"model": mc, "adapter_hash": _adapter_hash(mc.get("adapter")), "data_hash": hash_file(data_path), "score": asdict(cfg)}
-
-
-def write_result(out: Path, res: ScoreResult, meta: dict) -> None:
-    write_parquet(out / PER_EXAMPLE, res.per_example)
-    write_parquet(out / HEADS, res.heads)
-    write_json(out / META, meta)  # written last: its presence marks a finished result
-
-
-def load_result(path: str | os.PathLike) -> tuple[pd.DataFrame | None, pd.DataFrame, dict]:
-    """(per_example or None, heads, meta) of a result directory (or of the directory holding a
-    heads.parquet given directly)."""
-    p = Path(path)
-    if p.is_file():
-        p = p.parent
-    if not (p / HEADS).exists():
-        raise NeedleworkError(f"{p} holds no {HEADS}", "point at a directory written by `needlework heads score` or `heads import`")
-    meta = json.loads((p / META).read_text()) if (p / META).exists() else {}
-    per = pd.read_parquet(p / PER_EXAMPLE) if (p / PER_EXAMPLE).exists() else None
-    return per, pd.read_parquet(p / HEADS), meta
+    return {"model_config": mc, "adapter_hash": _adapter_hash(mc.get("adapter")), "data_hash": data_hash, "score": asdict(cfg)}
 
 
 def _log_score_summary(res, cfg: ScoreConfig, reasons: dict[str, int], n_failed: int, n_scored: int) -> None:
@@ -84,8 +62,54 @@ def _log_score_summary(res, cfg: ScoreConfig, reasons: dict[str, int], n_failed:
         )
 
 
-def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir: str | os.PathLike, force: bool = False) -> Path:
-    """Score heads of `model_cfg` on the records in `data_path`; returns the result directory.
+def score_result(model_cfg, records, cfg: ScoreConfig, data_hash: str | None = None) -> HeadScores:
+    """Load the model (the adapter checked and its saved settings applied), score heads on
+    `records`, and return the HeadScores with the meta every score folder carries."""
+    from needlework.heads.score import score_heads
+    from needlework.models.load import check_rendering, load_model, resolve_model_config
+    from needlework.models.sites import model_shape
+
+    cfg.check()
+    model_cfg = resolve_model_config(model_cfg)
+    data_hash = data_hash or hash_obj([r.to_dict() for r in records])
+    model, tok = load_model(model_cfg)
+    used = cfg.resolved(tok)  # chat and match as scored (score_heads resolves them the same way)
+    trained_chat = check_rendering(model_cfg, used.chat, "scored")
+    t0 = time.perf_counter()
+    res = score_heads(model, tok, records, cfg)
+    seconds = time.perf_counter() - t0
+    per = res.per_example
+    ex = per.drop_duplicates("example_id") if len(per) else per
+    n_failed = int((~ex["success"].fillna(True).astype(bool)).sum()) if len(ex) else 0
+    reasons: dict[str, int] = {}
+    for why in res.skipped.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    meta = {
+        **inputs_key(model_cfg, data_hash, cfg),
+        "model_name": model_cfg.name,
+        "adapter": model_cfg.adapter,
+        "rope_theta": model_cfg.rope_theta,
+        "max_position_embeddings": model_cfg.max_position_embeddings,
+        "options": asdict(used),
+        "trained_chat": trained_chat,
+        "shape": model_shape(model).to_dict(),
+        "n_records": res.n_examples,
+        "n_scored": len(ex),
+        "n_kept": int(ex["kept"].sum()) if len(ex) else 0,
+        "n_failed_gate": n_failed,
+        "n_skipped": len(res.skipped),
+        "skip_reasons": reasons,
+        "skipped": res.skipped,
+        "seconds": round(seconds, 2),
+        "span_coverage": res.coverage,
+    }
+    _log_score_summary(res, cfg, reasons, n_failed, len(ex))
+    return HeadScores(heads=res.heads, per_example=per, meta=meta)
+
+
+def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir: str | os.PathLike, force: bool = False) -> HeadScores:
+    """Score heads of `model_cfg` on the records in `data_path`; returns the written HeadScores
+    (its `path` is the result directory).
 
     Args:
         model_cfg: a `needlework.models.load.ModelConfig`.
@@ -97,57 +121,23 @@ def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir
         NeedleworkError: missing data, bad options, model that cannot be instrumented, no example left.
     """
     from needlework.data.records import read_jsonl
-    from needlework.models.load import check_rendering, load_model, resolve_model_config
-    from needlework.models.sites import model_shape
+    from needlework.models.load import resolve_model_config
 
     cfg.check()
     model_cfg = resolve_model_config(model_cfg)  # the adapter checked and its saved settings applied, before loading
     data_path = Path(data_path)
     records = read_jsonl(data_path)
-    key = inputs_key(model_cfg, data_path, cfg)
-    out = Path(out_dir) / hash_obj(key)[:12]
-    if (out / META).exists() and not force:
+    data_hash = hash_file(data_path)
+    out = Path(out_dir) / hash_obj(inputs_key(model_cfg, data_hash, cfg))[:12]
+    if HeadScores.exists(out) and not force:
         log.info("heads: identical inputs already scored in %s (use --force to recompute)", out)
-        return out
-    model, tok = load_model(model_cfg)
-    used = cfg.resolved(tok)  # chat and match as scored (score_heads resolves them the same way)
-    trained_chat = check_rendering(model_cfg, used.chat, "scored")
-    t0 = time.perf_counter()
-    res = score_heads(model, tok, records, cfg)
-    seconds = time.perf_counter() - t0
-    per = res.per_example
-    ex = per.drop_duplicates("example_id") if len(per) else per
-    n_failed = int((~ex["success"].fillna(True).astype(bool)).sum()) if len(ex) else 0
-    n_kept = int(ex["kept"].sum()) if len(ex) else 0
-    reasons: dict[str, int] = {}
-    for why in res.skipped.values():
-        reasons[why] = reasons.get(why, 0) + 1
-    meta = {
-        **key,
-        "data_path": str(data_path),
-        "model_name": model_cfg.name,
-        "adapter": model_cfg.adapter,
-        "rope_theta": model_cfg.rope_theta,
-        "max_position_embeddings": model_cfg.max_position_embeddings,
-        "options": asdict(used),
-        "trained_chat": trained_chat,
-        "shape": model_shape(model).to_dict(),
-        "n_records": res.n_examples,
-        "n_scored": len(ex),
-        "n_kept": n_kept,
-        "n_failed_gate": n_failed,
-        "n_skipped": len(res.skipped),
-        "skip_reasons": reasons,
-        "skipped": res.skipped,
-        "seconds": round(seconds, 2),
-        "span_coverage": res.coverage,
-    }
-    _log_score_summary(res, cfg, reasons, n_failed, len(ex))
-    if n_kept == 0:
+        return HeadScores.read(out)
+    res = score_result(model_cfg, records, cfg, data_hash)
+    res.meta["data_path"] = str(data_path)
+    if res.meta["n_kept"] == 0:
         raise NeedleworkError(
-            f"no example of {data_path} could be scored ({len(res.skipped)} skipped, {n_failed} failed the gate)",
+            f"no example of {data_path} could be scored ({res.meta['n_skipped']} skipped, {res.meta['n_failed_gate']} failed the gate)",
             "check the records' needle spans and answers (`needlework validate`), or pass --keep-failed",
         )
-    write_result(out, res, meta)
-    log.info("heads: wrote %s", out)
-    return out
+    res.write(out)
+    return res

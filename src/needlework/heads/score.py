@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from needlework.errors import NeedleworkError
 from needlework.evaluate.metrics import rouge1_recall  # the generate-mode success gate (Wu et al.'s ROUGE-1)
 from needlework.heads.config import MATCHES, MODES, SCORES, SPANS, ScoreConfig  # noqa: F401  (re-exported)
+from needlework.models.batching import for_batches
 from needlework.models.decode import StopWhen, decode_loop, eos_token_ids
 from needlework.models.instrument import RowProbe, instrumented, set_probe
 from needlework.models.sites import attention_modules, cache_of, model_device, model_shape, with_cache
@@ -321,7 +322,8 @@ def score_examples(
 ) -> pd.DataFrame:
     """Score token-level examples; the per-example long table (see ScoreResult).
 
-    Examples are batched in order of length (less padding), `cfg.batch_size` at a time.
+    Examples are batched in order of length (less padding), `cfg.batch_size` at a time (`auto`:
+    sized to the GPU's memory, models.batching).
     """
     cfg.check()
     attention_modules(model)  # a clear error when attention cannot be instrumented
@@ -332,15 +334,19 @@ def score_examples(
     results: dict[int, dict] = {}
     was_training = model.training
     model.eval()
+
+    def run(idx: list[int]) -> None:
+        batch = [examples[i] for i in idx]
+        if cfg.mode == "teacher":
+            res = _teacher_batch(model, batch, cfg, canon, pad_id)
+        else:
+            res = _generate_batch(model, batch, cfg, canon, pad_id, is_stop, decode)
+        results.update(zip(idx, res))
+
+    bar = tqdm(total=len(order), desc=f"heads {cfg.mode}", unit="ex", leave=False)
     with instrumented(model):
-        for s in tqdm(range(0, len(order), cfg.batch_size), desc=f"heads {cfg.mode}", unit="batch", leave=False):
-            idx = order[s : s + cfg.batch_size]
-            batch = [examples[i] for i in idx]
-            if cfg.mode == "teacher":
-                res = _teacher_batch(model, batch, cfg, canon, pad_id)
-            else:
-                res = _generate_batch(model, batch, cfg, canon, pad_id, is_stop, decode)
-            results.update(zip(idx, res))
+        for_batches(order, cfg.batch_size, run, model_device(model), bar)
+    bar.close()
     model.train(was_training)
     L, H = shape.n_layers, shape.n_heads
     layer, head = np.repeat(np.arange(L), H), np.tile(np.arange(H), L)

@@ -22,8 +22,8 @@ from needlework.models.load import ModelConfig
 EVAL = Options(
     EvalConfig,
     fields=("batch_size", "limit", "max_new_tokens", "chat"),
-    minimum={"batch_size": 1, "limit": 1, "max_new_tokens": 1},
-    help={"batch_size": "examples per forward pass", "limit": "use only the first N records"},
+    minimum={"limit": 1, "max_new_tokens": 1},
+    help={"batch_size": "examples per forward pass, or auto (as many as fit on the GPU)", "limit": "use only the first N records"},
 )
 KNOCKOUT = Options(
     KnockoutConfig,
@@ -59,10 +59,8 @@ def _one_of(given: dict[str, Any], flags: dict[str, str]) -> None:
 @with_options(model=MODEL, given=KNOCKOUT, ev=EVAL)
 def knockout_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Records to evaluate (JSONL)."),
-    heads: Path | None = typer.Option(
-        None, "--heads", help="Head scores: a `heads score` output folder (heads.parquet) or a Wu et al. JSON."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (summary.json, per_example.parquet, knockout.png)."),
+    heads: Path | None = typer.Option(None, "--heads", help="Head scores: a `heads score` output folder or a Wu et al. JSON."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: per-example scores, a summary per condition and a bar chart."),
     model: ModelConfig = MODEL,
     given: dict[str, Any] = KNOCKOUT,
     ev: EvalConfig = EVAL,
@@ -87,14 +85,14 @@ def knockout_cmd(
     if heads is None and "heads" not in given:
         raise NeedleworkError("no heads given", "pass --heads SCORES with --top/--threshold, or --list L-H,...")
     cfg = KnockoutConfig(**given, eval=dataclasses.replace(ev, logprob=False))
-    summary = run_knockout(model, data, heads if cfg.heads is None else None, cfg, out)
-    for name, c in summary["conditions"].items():
+    result = run_knockout(model, data, heads if cfg.heads is None else None, cfg, out)
+    for name, c in result.summary["conditions"].items():
         parts = []
         for task, t in c["tasks"].items():
             m = t["metrics"][t["primary"]]
             parts.append(f"{task} {t['primary']} {m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]")
         typer.echo(f"{name:>10} ({c['n_heads']} heads): " + "; ".join(parts))
-    typer.echo(f"wrote {out / 'summary.json'}, {out / 'per_example.parquet'}, {out / 'knockout.png'}")
+    typer.echo(f"wrote {result.path}")
 
 
 @with_options(shared=MODEL_SHARED, given=PATCH, ev=EVAL)
@@ -110,7 +108,7 @@ def patch_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Records to evaluate (JSONL)."),
     heads_source: Path | None = typer.Option(None, "--heads-source", help="Source head scores (folder or Wu et al. JSON)."),
     heads_target: Path | None = typer.Option(None, "--heads-target", help="Target head scores (folder or Wu et al. JSON)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (summary.json, per_example.parquet, patch.csv, patch.md)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: per-example scores, a summary, and the table as CSV and Markdown."),
     shared: ModelConfig = MODEL_SHARED,
     given: dict[str, Any] = PATCH,
     ev: EvalConfig = EVAL,
@@ -126,7 +124,7 @@ def patch_cmd(
 
     _one_of(given, {"top": "--top", "threshold": "--threshold"})
     cfg = PatchConfig(**given, eval=dataclasses.replace(ev, logprob=False))
-    summary = run_patch(
+    result = run_patch(
         dataclasses.replace(shared, name=source, adapter=source_adapter),
         dataclasses.replace(shared, name=target, adapter=target_adapter),
         data,
@@ -135,9 +133,9 @@ def patch_cmd(
         cfg,
         out,
     )
-    for r in summary["table"]:
+    for r in result.summary["table"]:
         typer.echo(f"{r['task']} {r['condition']:>13}: {r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]  delta {r['delta']:+.3f}")
-    typer.echo(f"wrote {out / 'patch.md'}, {out / 'patch.csv'}, {out / 'summary.json'}, {out / 'per_example.parquet'}")
+    typer.echo(f"wrote {result.path}")
 
 
 def register(app: typer.Typer) -> None:

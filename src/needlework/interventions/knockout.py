@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from needlework.artifacts import KnockoutResult
 from needlework.data.records import Record, read_jsonl
 from needlework.errors import NeedleworkError
 from needlework.heads.compare import Scores, load_scores
 from needlework.interventions.config import KnockoutConfig
 from needlework.interventions.heads import check_scores, describe, random_layer_matched
-from needlework.io import hash_file, hash_obj, write_json, write_parquet
+from needlework.io import hash_file, hash_obj
 from needlework.models.instrument import Intervention, Mean, SiteCall, Uniform, Zero, intervened
 from needlework.models.sites import HeadSet, model_device, model_shape, select_heads
 
@@ -70,25 +71,31 @@ def knocked_out(model, heads, mode: str = "zero", means: torch.Tensor | None = N
 # --- mean head outputs over a reference set, cached on disk ---------------------------------------
 
 
-def head_means(model, prompts: Sequence[Sequence[int]], batch_size: int = 4, progress: bool = True) -> torch.Tensor:
+def head_means(model, prompts: Sequence[Sequence[int]], batch_size: int | str = 4, progress: bool = True) -> torch.Tensor:
     """Mean head output (before the output projection) of every head over all prompt positions of
     the reference prompts, (n_layers, n_heads, head_dim) float32. Padding is excluded."""
     from tqdm.auto import tqdm
 
-    shape = model_shape(model)
-    acc = _SumHeads(torch.zeros(shape.n_layers, shape.n_heads, shape.head_dim, dtype=torch.float64))
-    count = 0
-
+    from needlework.models.batching import for_batches
     from needlework.models.decode import left_pad
 
+    shape = model_shape(model)
+    zeros = lambda: torch.zeros(shape.n_layers, shape.n_heads, shape.head_dim, dtype=torch.float64)  # noqa: E731
+    total, acc, count = zeros(), _SumHeads(zeros()), 0
     device = model_device(model)
+
+    def run(idx: list[int]) -> None:
+        nonlocal total, count
+        ids, mask, pos = left_pad([prompts[i] for i in idx], 0, device)  # left padding, as in generation
+        acc.sums, acc.mask = zeros(), mask.to(torch.float64)
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
+        total, count = total + acc.sums, count + int(mask.sum())  # only a finished batch counts
+
+    bar = tqdm(total=len(prompts), desc="head means", disable=not progress, leave=False)
     with torch.inference_mode(), intervened(model, acc, shape.all_heads()):
-        for s in tqdm(range(0, len(prompts), batch_size), desc="head means", disable=not progress, leave=False):
-            ids, mask, pos = left_pad(prompts[s : s + batch_size], 0, device)  # left padding, as in generation
-            acc.mask = mask.to(torch.float64)
-            model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
-            count += int(mask.sum())
-    return (acc.sums / max(count, 1)).float()
+        for_batches(range(len(prompts)), batch_size, run, device, bar)
+    bar.close()
+    return (total / max(count, 1)).float()
 
 
 @dataclass
@@ -233,7 +240,7 @@ def run_knockout(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a model unablated, with the chosen head set knocked out, and with layer-matched
-    random sets (one per seed); write `summary.json`, `per_example.parquet`, `knockout.png`.
+    random sets (one per seed); write the KnockoutResult and its bar chart to `out_dir`.
 
     Args:
         model_cfg: `needlework.models.load.ModelConfig` (adapter included).
@@ -243,7 +250,7 @@ def run_knockout(
         cfg: options (KnockoutConfig()).
         out_dir: output folder (created).
     Returns:
-        the summary dict: `conditions` -> name (`baseline`, `top`, `random_<seed>`) -> {`heads`,
+        the KnockoutResult; its summary: `conditions` -> name (`baseline`, `top`, `random_<seed>`) -> {`heads`,
         `tasks` (metrics with bootstrap intervals, as `evaluate`), `delta_vs_baseline` (paired
         primary-metric difference with interval), `elapsed_s`}; and `random_mean` per task;
         `model_config` as loaded (the adapter's saved RoPE settings applied), `chat` (the rendering
@@ -293,9 +300,7 @@ def run_knockout(
         "conditions": conditions,
         "random_mean": random_mean,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(out / "per_example.parquet", per_example)
-    write_json(out / "summary.json", summary)
-    _bar_plot(out / "knockout.png", conditions)
-    return summary
+    result = KnockoutResult(per_example=per_example, summary=summary)
+    out = result.write(out_dir)
+    _bar_plot(out / KnockoutResult.FIGURE, conditions)
+    return result

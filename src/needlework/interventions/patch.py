@@ -13,18 +13,18 @@ import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from needlework.artifacts import PatchResult
 from needlework.data.records import Record, read_jsonl
 from needlework.errors import NeedleworkError
 from needlework.evaluate.config import EvalConfig
 from needlework.heads.compare import load_scores
 from needlework.interventions.config import PatchConfig
 from needlework.interventions.heads import check_scores, describe, patch_sets
-from needlework.io import hash_obj, write_json, write_parquet, write_text
+from needlework.io import hash_obj
 from needlework.models.decode import Step, StopRules, decode_loop, greedy_answers, plan_answers
 from needlework.models.instrument import Collect, Patch, SiteCall, intervened
 from needlework.models.sites import HeadSet, cache_of, heads_by_layer, model_device, model_shape, with_cache
@@ -325,7 +325,7 @@ def run_patch(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score the source, the target, and the target patched with the source's head outputs per head
-    set; write `summary.json`, `per_example.parquet`, `patch.csv` and `patch.md`.
+    set; write the PatchResult (with its table as CSV and Markdown) to `out_dir`.
 
     Args:
         source_cfg, target_cfg: ModelConfigs (same base + different adapters loads the base once).
@@ -335,9 +335,9 @@ def run_patch(
         cfg: options (PatchConfig()).
         out_dir: output folder (created).
     Returns:
-        summary dict: `source`/`target` (the ModelConfigs as loaded: adapters' saved RoPE settings
-        applied), `chat` (the rendering used) and `trained_chat` (each adapter's, or null),
-        `sets` -> name -> head description, `table` rows (task, condition, score with
+        the PatchResult; its summary: `model_config` (the target's), `source`/`target` (the
+        ModelConfigs as loaded: adapters' saved RoPE settings applied), `chat` (the rendering
+        used) and `trained_chat` (each adapter's, or null), `sets` -> name -> head description, `table` rows (task, condition, score with
         interval, paired delta vs the unpatched target, fraction of the source-target gap recovered).
     Raises:
         NeedleworkError: different tokenizers or shapes, score tables of another shape, bad heads.
@@ -367,6 +367,7 @@ def run_patch(
     per_example = pd.DataFrame(_score_conditions(source, target, tok, records, sets, ecfg, progress))
     table, md = _table(per_example, sets, ecfg)
     summary = {
+        "model_config": asdict(target_cfg),
         "source": asdict(source_cfg),
         "target": asdict(target_cfg),
         "chat": chat,
@@ -381,10 +382,6 @@ def run_patch(
         "sets": {k: describe(v) for k, v in sets.items()},
         "table": table,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(out / "per_example.parquet", per_example)
-    write_text(out / "patch.csv", pd.DataFrame(table).to_csv(index=False))
-    write_text(out / "patch.md", md)
-    write_json(out / "summary.json", summary)
-    return summary
+    result = PatchResult(per_example=per_example, summary=summary, csv=pd.DataFrame(table).to_csv(index=False), markdown=md)
+    result.write(out_dir)
+    return result

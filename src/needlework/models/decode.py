@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from needlework.data.records import Record
 from needlework.data.render import render, resolve_chat
 from needlework.errors import NeedleworkError
+from needlework.models.batching import for_batches
 from needlework.models.sites import cache_of, model_device, with_cache
 
 __all__ = [
@@ -240,29 +241,32 @@ def cached_step(model) -> Step:
 
 def decode_batched(
     prompts: Sequence[Sequence[int]],
-    batch_size: int,
+    batch_size: int | str,
     decode_batch: Callable[[list[int]], list[list[int]]],
     desc: str = "generate",
     progress: bool = True,
+    device="cpu",
 ) -> list[list[int]]:
     """Run `decode_batch(indices)` over batches of prompt indices, longest prompts first (memory
     trouble shows in the first batch, and similar lengths pad less); results in input order.
+    `batch_size` may be `auto` (models.batching: sized to `device`'s memory).
 
     Raises:
         NeedleworkError: an empty prompt (it would decode from padding alone).
     """
     if any(len(p) == 0 for p in prompts):
         raise NeedleworkError("an empty prompt was given to generation", "render records with at least one token")
-    n, bs = len(prompts), max(1, batch_size)
+    n = len(prompts)
     order = sorted(range(n), key=lambda i: -len(prompts[i]))
     results: list[list[int]] = [[] for _ in range(n)]
     bar = tqdm(total=n, desc=desc, unit="ex", disable=not progress or n == 0, leave=False)
+
+    def run(idx: list[int]) -> None:
+        for i, g in zip(idx, decode_batch(idx)):
+            results[i] = g
+
     with torch.inference_mode():
-        for s in range(0, n, bs):
-            idx = order[s : s + bs]
-            for i, g in zip(idx, decode_batch(idx)):
-                results[i] = g
-            bar.update(len(idx))
+        for_batches(order, batch_size, run, device, bar)
     bar.close()
     return results
 
@@ -388,7 +392,7 @@ def plan_answers(model, tokenizer, records: Sequence[Record], chat: bool | None,
 
 
 def greedy_answers(
-    plan: AnswerPlan, make_step: Callable[[], Step], device, batch_size: int, progress: bool = True, desc: str = "generate"
+    plan: AnswerPlan, make_step: Callable[[], Step], device, batch_size: int | str, progress: bool = True, desc: str = "generate"
 ) -> list[list[int]]:
     """Generated ids per row of `plan`, each batch decoded by a fresh `make_step()` (its own KV
     caches): `cached_step(model)` for plain evaluation, a lockstep pair for patching."""
@@ -396,4 +400,4 @@ def greedy_answers(
     def decode_batch(idx: list[int]) -> list[list[int]]:
         return decode_loop(make_step(), [plan.prompts[i] for i in idx], plan.pad_id, device, plan.rules(idx))
 
-    return decode_batched(plan.prompts, batch_size, decode_batch, desc, progress)
+    return decode_batched(plan.prompts, batch_size, decode_batch, desc, progress, device)

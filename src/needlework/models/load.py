@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from needlework.artifacts import TrainRun
 from needlework.errors import NeedleworkError
 
 DEFAULT_MODEL = "smollm2"
@@ -219,12 +220,12 @@ def resolve_adapter(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if not p.is_dir():
         raise NeedleworkError(f"adapter folder {p} " + ("is a file" if p.exists() else "does not exist"), _fix_adapter_hint(p))
     if not (p / "adapter_config.json").exists():
-        if (p / "adapter" / "adapter_config.json").exists():
-            p = p / "adapter"  # a `needlework train` output folder
-        elif (p / "model" / "config.json").exists():
+        if (p / TrainRun.ADAPTER / "adapter_config.json").exists():
+            p = p / TrainRun.ADAPTER  # a `needlework train` output folder
+        elif (p / TrainRun.MODEL / "config.json").exists():
             raise NeedleworkError(
-                f"{p} holds a fully fine-tuned model ({p / 'model'}), not a LoRA adapter",
-                f"load it as the model: --model {p / 'model'} (and no --adapter)",
+                f"{p} holds a fully fine-tuned model ({p / TrainRun.MODEL}), not a LoRA adapter",
+                f"load it as the model: --model {p / TrainRun.MODEL} (and no --adapter)",
             )
         else:
             raise NeedleworkError(

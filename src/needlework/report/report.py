@@ -1,5 +1,5 @@
 """The study report: one self-contained HTML page with PNG figures beside it, built only by READING
-a study folder (its `study.json` and the stage outputs it points to).
+a study folder: its index and the artifacts (`needlework.artifacts`) of the stages it points to.
 
 It shows what the paper's tables and figures show: the score of each training set per task and
 model, the number of retrieval heads, recall/precision/cosine/Spearman against the reference
@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from needlework.artifacts import STAGE_DONE, STUDY_INDEX, Analysis, Artifact, HeadScores, KnockoutResult, PatchResult
 from needlework.errors import NeedleworkError
 from needlework.io import atomic_path, write_text
 
@@ -43,19 +44,24 @@ def _ci(m: Any, lo: Any, hi: Any) -> str:
 
 
 def load_study(study_dir: Path) -> dict[str, Any]:
-    p = study_dir / "study.json"
+    p = study_dir / STUDY_INDEX
     if not p.exists():
-        raise NeedleworkError(f"{study_dir} holds no study.json", "point at a folder written by `needlework study`")
+        raise NeedleworkError(f"{study_dir} holds no {STUDY_INDEX}", "point at a folder written by `needlework study`")
     return json.loads(p.read_text())
 
 
 def _done(study_dir: Path, manifest: dict, stage: str) -> list[dict]:
-    return [n for n in manifest["nodes"] if n["stage"] == stage and n.get("dir") and (study_dir / n["dir"] / "done.json").exists()]
+    return [n for n in manifest["nodes"] if n["stage"] == stage and n.get("dir") and (study_dir / n["dir"] / STAGE_DONE).exists()]
 
 
-def _json(study_dir: Path, node: dict, name: str) -> dict | None:
-    p = study_dir / node["dir"] / name
-    return json.loads(p.read_text()) if p.exists() else None
+def _read(study_dir: Path, node: dict, kind: type[Artifact]):
+    """The artifact a finished node left, or None when its folder holds none (yet)."""
+    d = study_dir / node["dir"]
+    return kind.read(d) if kind.exists(d) else None
+
+
+def _analyses(study_dir: Path, manifest: dict) -> list[dict]:
+    return [a.result for a in (_read(study_dir, n, Analysis) for n in _done(study_dir, manifest, "analysis")) if a]
 
 
 # ----------------------------------------------------------------------------------- figures
@@ -285,7 +291,6 @@ def main_table_rows(analyses: list[dict]) -> tuple[list[list[str]], set[int]]:
 
 def _analysis_parts(study_dir: Path, an: dict, score_nodes: dict, out: Path, k) -> list[str]:
     """The section of one (model, task) analysis: score and scatter figures, leave-one-out table, heatmaps."""
-    import pandas as pd
 
     parts = []
     m, task = an["model"], an["task"]
@@ -316,8 +321,9 @@ def _analysis_parts(study_dir: Path, an: dict, score_nodes: dict, out: Path, k) 
     tables = {}
     for r in an["rows"]:
         node = score_nodes.get((m, task, r["set"]))
-        if node and (study_dir / node["dir"] / "heads.parquet").exists():
-            tables[r["label"]] = pd.read_parquet(study_dir / node["dir"] / "heads.parquet")
+        scores = _read(study_dir, node, HeadScores) if node else None
+        if scores is not None:
+            tables[r["label"]] = scores.heads
     if tables:
         src = fig_heatmaps(tables, f"{m} / {task}: retrieval score per layer x head", out / f"heatmap_{tag}.png")
         parts.append(_figure(src, "heatmaps", reading_heads(tables, k)))
@@ -330,9 +336,10 @@ def _knockout_parts(study_dir: Path, ko: list[dict], out: Path) -> list[str]:
     if ko:
         parts.append("<h2>Knockout: are the heads necessary?</h2>")
         for n in ko:
-            summ = _json(study_dir, n, "summary.json")
-            if not summ:
+            res = _read(study_dir, n, KnockoutResult)
+            if res is None:
                 continue
+            summ = res.summary
             src = fig_knockout(summ, n["task"], f"knockout: {n['label']}", out / f"knockout_{n['label'].replace('/', '_')}.png")
             parts.append(_figure(src, "knockout", f"{n['label']}: " + reading_knockout(summ, n["task"])))
     return parts
@@ -345,8 +352,8 @@ def _patch_parts(study_dir: Path, pa: list[dict]) -> list[str]:
         parts.append("<h2>Patching reference heads into each model: are the heads sufficient?</h2>")
         prow = []
         for n in pa:
-            p = _json(study_dir, n, "patch.json")
-            for r in (p or {}).get("rows", []):
+            p = _read(study_dir, n, PatchResult)
+            for r in p.rows() if p else []:
                 prow.append(
                     [
                         n["label"],
@@ -385,7 +392,7 @@ def write_report(study_dir: str | os.PathLike) -> Path:
         "intervals over examples (scores, head comparisons) or over training sets (correlations).</p>",
     ]
 
-    analyses = [a for a in (_json(study_dir, n, "analysis.json") for n in _done(study_dir, manifest, "analysis")) if a]
+    analyses = _analyses(study_dir, manifest)
     rows, refs = main_table_rows(analyses)
     parts.append("<h2>Scores and head overlap with the reference model</h2>")
     parts.append(_table(MAIN_HEADERS, rows, refs) if rows else "<p>No analysis yet (run the study to the end).</p>")
@@ -409,8 +416,8 @@ def write_report(study_dir: str | os.PathLike) -> Path:
 def reading_patch(nodes: list[dict], study_dir: Path) -> str:
     rec = {}
     for n in nodes:
-        p = _json(study_dir, n, "patch.json") or {}
-        for r in p.get("rows", []):
+        p = _read(study_dir, n, PatchResult)
+        for r in p.rows() if p else []:
             if _finite(r.get("recovered")):
                 rec.setdefault(r["kind"], []).append(r["recovered"])
     if not rec:
@@ -427,7 +434,7 @@ def summary_lines(study_dir: str | os.PathLike) -> list[str]:
     correlation, for the end of `needlework study` and `make demo`."""
     study_dir = Path(study_dir)
     manifest = load_study(study_dir)
-    analyses = [a for a in (_json(study_dir, n, "analysis.json") for n in _done(study_dir, manifest, "analysis")) if a]
+    analyses = _analyses(study_dir, manifest)
     rows, _ = main_table_rows(analyses)
     if not rows:
         return ["(no results yet)"]

@@ -37,10 +37,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_heads(
-    heads_a,
-    heads_ref,
-    per_a=None,
-    per_ref=None,
+    a,
+    ref,
     rule: str = "top_k",
     k: int = 10,
     threshold: float = 0.1,
@@ -52,23 +50,23 @@ def compare_heads(
     through `needlework.heads.compare` (the statistics and bootstrap `needlework heads compare` uses).
 
     Args:
-        heads_a, heads_ref: per-head tables (layer, head, mean, ...).
-        per_a, per_ref: per-example tables (example_id, layer, head, score, kept); with both,
-            intervals resample examples (paired when both kept the same examples).
+        a, ref: the two models' `HeadScores` (their meta's shapes must agree); with per-example
+            scores in both, intervals resample examples (paired when both kept the same examples).
         rule, k, threshold: the head-set rule (SPEC §2).
     Returns:
         {metric: {mean, lo, hi}} for recall, precision, jaccard, cosine, spearman, plus `n_heads`
         (the set size of the model) and `n_heads_ref`, `n_above_threshold` and `n_examples`.
     """
-    from needlework.heads.compare import CompareConfig, compare, scores_from_tables
+    from needlework.errors import NeedleworkError
+    from needlework.heads.compare import CompareConfig, compare, load_scores
     from needlework.models.sites import rank_mask
 
-    shape = {
-        "n_layers": int(max(heads_a["layer"].max(), heads_ref["layer"].max())) + 1,
-        "n_heads": int(max(heads_a["head"].max(), heads_ref["head"].max())) + 1,
-    }
-    a = scores_from_tables(per_a, heads_a, {"shape": shape})
-    b = scores_from_tables(per_ref, heads_ref, {"shape": shape})
+    if a.shape != ref.shape:
+        raise NeedleworkError(
+            f"head scores of two model shapes compared: {a.shape} vs the reference's {ref.shape}",
+            "compare models of one architecture (adapters of the same base)",
+        )
+    a, b = load_scores(a), load_scores(ref)
     cfg = CompareConfig(top=k if rule == "top_k" else None, threshold=threshold, n_boot=n_boot, alpha=alpha, seed=seed)
     df = compare(a, b, cfg).set_index("stat")
     out: dict[str, Any] = {m: {"mean": float(df.at[m, "value"]), "lo": float(df.at[m, "lo"]), "hi": float(df.at[m, "hi"])} for m in METRICS}

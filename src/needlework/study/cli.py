@@ -17,6 +17,14 @@ def study_cmd(
         help="Comma-separated stages to run (data, train, evaluate, score, "
         "compare, knockout, patch, analysis, report); others come from the cache.",
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        "-w",
+        min=1,
+        help="Stage processes side by side (they share one GPU, each held to 1/N of its memory); "
+        "independent stages of a small model overlap. Results do not change.",
+    ),
 ) -> None:
     """Run the whole study of a config: data, training, evaluation, head scores, comparison with the
     reference model, knockout, patching, correlations, and the HTML report. Resumable: every stage
@@ -30,6 +38,8 @@ def study_cmd(
         needlework study configs/demo.yaml --out runs/demo --dry-run
 
         needlework study configs/demo.yaml --out runs/demo --only knockout,analysis,report
+
+        needlework study configs/gpu-mdqa.yaml --out runs/mdqa --workers 4   # one GPU, 4 stages at a time
     """
     from needlework.study.config import load_config
     from needlework.study.engine import run_study
@@ -37,8 +47,10 @@ def study_cmd(
     cfg = load_config(config)
     out = out or Path("runs") / config.stem
     stages = {s.strip() for s in only.split(",") if s.strip()} if only else None
-    run_study(cfg, out, dry_run=dry_run, only=stages)
-    if not dry_run and (out / "study.json").exists():
+    run_study(cfg, out, dry_run=dry_run, only=stages, workers=workers)
+    from needlework.artifacts import STUDY_INDEX
+
+    if not dry_run and (out / STUDY_INDEX).exists():
         from needlework.report.report import summary_lines
 
         typer.echo("\n".join(summary_lines(out)))

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from needlework.artifacts import STAGE_DONE, STAGE_INFO, STUDY_INDEX, TrainRun
 from needlework.errors import NeedleworkError
 from needlework.io import hash_file, hash_obj, write_json, write_text
 from needlework.study.config import StudyConfig, dump_config, section_dict
@@ -177,10 +178,10 @@ def output_hash(d: Path, study_dir: Path | None = None) -> str:
         rel = p.relative_to(d).as_posix()
         if (
             not p.is_file()
-            or rel == "done.json"
+            or rel == STAGE_DONE
             or p.suffix in (".log", ".png", ".tmp")
-            or rel.endswith("log.jsonl")
-            or "checkpoints/" in rel
+            or rel.endswith(TrainRun.LOG)
+            or f"{TrainRun.CHECKPOINTS}/" in rel
         ):
             continue
         h.update(rel.encode() + b"\0")
@@ -270,7 +271,7 @@ def write_manifest(cfg: StudyConfig, out: Path, nodes: list[Node]) -> None:
         }
         for n in nodes
     ]
-    write_json(out / "study.json", {"name": cfg.name, "config": cfg.to_dict(), "nodes": rows})
+    write_json(out / STUDY_INDEX, {"name": cfg.name, "config": cfg.to_dict(), "nodes": rows})
 
 
 def run_node(node: Node, cfg: StudyConfig, out: Path, fn: StageFn) -> None:
@@ -281,7 +282,7 @@ def run_node(node: Node, cfg: StudyConfig, out: Path, fn: StageFn) -> None:
         shutil.rmtree(work)  # left by a killed run
     work.mkdir(parents=True, exist_ok=True)
     write_json(
-        work / "stage.json",
+        work / STAGE_INFO,
         {
             "stage": node.stage,
             "label": node.label,
@@ -294,7 +295,7 @@ def run_node(node: Node, cfg: StudyConfig, out: Path, fn: StageFn) -> None:
     fn(ctx)
     node.seconds = time.perf_counter() - t0
     node.output_hash = output_hash(work, out)
-    write_json(work / "done.json", {"output_hash": node.output_hash, "seconds": node.seconds})
+    write_json(work / STAGE_DONE, {"output_hash": node.output_hash, "seconds": node.seconds})
     if final.exists():  # cannot happen under the node lock; keep the published one
         shutil.rmtree(work)
     else:
@@ -310,6 +311,7 @@ def run_study(
     console=None,
     report: bool = True,
     poll_s: float = 2.0,
+    workers: int = 1,
 ) -> list[Node]:
     """Run (or, with `dry_run`, print) the whole study; returns the nodes with their status.
 
@@ -321,9 +323,12 @@ def run_study(
         only: run only these stages (others are taken from the cache when done, else skipped).
         report: write the HTML report at the end.
         poll_s: seconds between checks while the only stages left are run by other processes.
+        workers: run this many stage processes side by side (this one and workers - 1 started
+            here; their logs in OUT/logs/). On one GPU they share it, each held to 1/workers of
+            its memory, so independent stages of a small model overlap instead of queueing.
     Several processes may run the same study in the same folder at once (one per GPU, or per
     machine on a shared file system): each takes the stages no one else holds, and waits for the
-    rest.
+    rest. `workers` starts such processes itself.
     Raises:
         NeedleworkError: an unknown stage in `only`, or a stage's error.
     """
@@ -342,6 +347,7 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", dump_config(cfg))
     console.print(f"[bold]study {cfg.name}[/]: {len(nodes)} stages -> {out}", highlight=False)
+    pool = _start_workers(cfg, out, stages, only, poll_s, workers, console)
     try:
         while True:
             progressed = False
@@ -361,14 +367,68 @@ def run_study(
                 break
             if not progressed:  # everything left runs in other processes (or waits on it)
                 time.sleep(poll_s)
+    except BaseException:
+        for p in pool:  # this process failed: stop the others too
+            p.terminate()
+        _join_workers(pool, out, check=False)
+        raise
     finally:
         write_manifest(cfg, out, nodes)
+    _join_workers(pool, out)
     if report and (only is None or "report" in only):
         from needlework.report.report import write_report
 
         path = write_report(out)
         console.print(f"report: {path}", highlight=False)
     return nodes
+
+
+def share_gpu(workers: int) -> None:
+    """Hold this process to 1/workers of the GPU's memory (so `auto` batch sizes leave room for
+    the other workers); nothing without CUDA."""
+    if workers > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(1.0 / workers)
+
+
+def _worker_main(cfg: StudyConfig, out: Path, stages: dict[str, StageFn], only, poll_s: float, workers: int, i: int) -> None:
+    """One extra worker process: the same study, its console in OUT/logs/worker-<i>.log, no report."""
+    from rich.console import Console
+
+    share_gpu(workers)
+    with open(out / "logs" / f"worker-{i}.log", "w") as f:
+        run_study(cfg, out, stages, only=only, console=Console(file=f, highlight=False, width=160), report=False, poll_s=poll_s)
+
+
+def _start_workers(cfg, out: Path, stages, only, poll_s: float, workers: int, console) -> list:
+    if workers < 1:
+        raise NeedleworkError(f"workers must be >= 1, not {workers}", "pass --workers 1 or more")
+    if workers == 1:
+        return []
+    import multiprocessing
+
+    share_gpu(workers)
+    (out / "logs").mkdir(exist_ok=True)
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    pool = [ctx.Process(target=_worker_main, args=(cfg, out, stages, only, poll_s, workers, i), daemon=False) for i in range(1, workers)]
+    for p in pool:
+        p.start()
+    console.print(f"{workers - 1} more worker process(es) share the stages (logs in {out / 'logs'})", highlight=False)
+    return pool
+
+
+def _join_workers(pool: list, out: Path, check: bool = True) -> None:
+    for p in pool:
+        p.join()
+    if not check:
+        return
+    failed = [i for i, p in enumerate(pool, 1) if p.exitcode != 0]
+    if failed:
+        raise NeedleworkError(
+            f"worker process(es) {failed} failed", "see " + ", ".join(str(out / "logs" / f"worker-{i}.log") for i in failed)
+        )
 
 
 def _step(node: Node, cfg: StudyConfig, out: Path, stages: dict[str, StageFn], only, console) -> None:
@@ -382,7 +442,7 @@ def _step(node: Node, cfg: StudyConfig, out: Path, stages: dict[str, StageFn], o
         node.status = "blocked"
         _status_line(console, node)
         return
-    done = stage_dir(out, node) / "done.json"
+    done = stage_dir(out, node) / STAGE_DONE
     if done.exists():
         _cached(node, done, console)
         return
@@ -424,9 +484,9 @@ def _dry_run(cfg: StudyConfig, out: Path, nodes: list[Node], only, console) -> l
     console.print(f"[bold]plan of study {cfg.name}[/] ({len(nodes)} stages) in {out}; nothing runs (--dry-run)", highlight=False)
     for node in nodes:
         node.key = node_key(node)
-        done = node.key is not None and (stage_dir(out, node) / "done.json").exists()
+        done = node.key is not None and (stage_dir(out, node) / STAGE_DONE).exists()
         if done:
-            node.output_hash = json.loads((stage_dir(out, node) / "done.json").read_text())["output_hash"]
+            node.output_hash = json.loads((stage_dir(out, node) / STAGE_DONE).read_text())["output_hash"]
             node.status = "cached"
             note = "plan-cached"
         elif only is not None and node.stage not in only:

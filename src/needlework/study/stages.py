@@ -1,27 +1,21 @@
 """The study's stage functions: thin adapters from a `StageContext` to each package's one public
-function (generate / load_real, train, evaluate, score_heads, run_knockout, run_patch), plus the
-study's own `compare` and `analysis` stages. Each writes only into `ctx.out`.
-
-Files each stage leaves (read by later stages and by the report):
-  data: records.jsonl, data.json            train: adapter/ (LoRA) or model/, log.jsonl
-  evaluate: summary.json, predictions.jsonl  score: heads.parquet, per_example.parquet, meta.json
-  compare: compare.json                      knockout: summary.json (+ per_example.parquet, knockout.png)
-  patch: summary.json                        analysis: analysis.json
+function (generate / load_real, train, evaluate, score_result, run_knockout, run_patch), plus the
+study's own `compare` and `analysis` stages. Each writes only into `ctx.out`, and only artifacts
+(`needlework.artifacts`): data DataSet, train a TrainRun folder, evaluate EvalResult, score
+HeadScores, compare Comparison, knockout KnockoutResult, patch PatchResult, analysis Analysis.
+Later stages and the report read them back through the same classes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
-from typing import Any
 
+from needlework.artifacts import Analysis, Comparison, DataSet, EvalResult, HeadScores, TrainRun
 from needlework.errors import NeedleworkError
-from needlework.evaluate.evaluate import EvalConfig
-from needlework.interventions.knockout import KnockoutConfig
-from needlework.interventions.patch import PatchConfig
-from needlework.io import write_json
+from needlework.evaluate.config import EvalConfig
+from needlework.interventions.config import KnockoutConfig, PatchConfig
 from needlework.schema import build
 from needlework.study.config import HeadsSpec, KnockoutSection, PatchSection, stage_config
 from needlework.study.launch import run_in_processes, stage_processes
@@ -35,17 +29,16 @@ def model_config(ctx: StageContext, train_dep: str | None = "train"):
     mc = ModelConfig(**ctx.node.slice["model"])
     d = ctx.inputs.get(train_dep) if train_dep else None
     if d is not None:
-        if (d / "adapter").exists():
-            mc = dataclasses.replace(mc, adapter=str(d / "adapter"))
-        elif (d / "model").exists():
-            mc = dataclasses.replace(mc, name=str(d / "model"))
+        run = TrainRun(d)
+        if run.adapter is not None:
+            mc = dataclasses.replace(mc, adapter=str(run.adapter))
+        elif run.model is not None:
+            mc = dataclasses.replace(mc, name=str(run.model))
     return mc
 
 
 def records_of(ctx: StageContext, dep: str = "eval_data"):
-    from needlework.data.records import read_jsonl
-
-    return read_jsonl(ctx.inputs[dep] / "records.jsonl")
+    return DataSet.read(ctx.inputs[dep]).records
 
 
 # ----------------------------------------------------------------------------------- data
@@ -53,7 +46,7 @@ def records_of(ctx: StageContext, dep: str = "eval_data"):
 
 def data_stage(ctx: StageContext) -> None:
     """Generate, load or copy a data set at the task's length for the model's tokenizer."""
-    from needlework.data.records import read_jsonl, write_jsonl
+    from needlework.data.records import read_jsonl
 
     s = ctx.node.slice
     n, seed = s["n"], s["seed"]
@@ -79,8 +72,7 @@ def data_stage(ctx: StageContext) -> None:
     wrong = sorted({r.task for r in records} - {s["task"]})
     if wrong:
         raise NeedleworkError(f"data set {ctx.node.label} holds task(s) {wrong}, not {s['task']}", "use data of the task")
-    write_jsonl(ctx.out / "records.jsonl", records)
-    write_json(ctx.out / "data.json", {"n": len(records), "kind": s["kind"], "task": s["task"], "length": s["length"]})
+    DataSet(records=records, info={"n": len(records), "kind": s["kind"], "task": s["task"], "length": s["length"]}).write(ctx.out)
 
 
 # ----------------------------------------------------------------------------------- train / evaluate / score
@@ -117,7 +109,7 @@ def _scaled(stage: str, ctx: StageContext) -> None:
 
 def train_stage(ctx: StageContext) -> None:
     _scaled("train", ctx)
-    shutil.rmtree(ctx.out / "checkpoints", ignore_errors=True)  # only needed to resume a killed run
+    shutil.rmtree(ctx.out / TrainRun.CHECKPOINTS, ignore_errors=True)  # only needed to resume a killed run
 
 
 def evaluate_stage(ctx: StageContext) -> None:
@@ -125,49 +117,29 @@ def evaluate_stage(ctx: StageContext) -> None:
 
 
 def score_stage(ctx: StageContext) -> None:
-    from needlework.heads.score import ScoreConfig, score_heads
-    from needlework.io import write_parquet
-    from needlework.models.load import check_rendering, load_model, resolve_model_config
+    """The HeadScores `heads score` writes (heads.run.score_result), for this node's model."""
+    from needlework.heads.config import ScoreConfig
+    from needlework.heads.run import score_result
 
-    cfg = ScoreConfig.from_dict(ctx.node.slice["score"])
-    mc = resolve_model_config(model_config(ctx))  # the adapter's saved RoPE settings applied (and recorded)
-    model, tok = load_model(mc)
-    used = cfg.resolved(tok)  # chat and match as score_heads resolves them
-    trained_chat = check_rendering(mc, used.chat, "scored")
-    res = score_heads(model, tok, records_of(ctx), cfg)
-    write_parquet(ctx.out / "heads.parquet", res.heads)
-    write_parquet(ctx.out / "per_example.parquet", res.per_example)
-    write_json(
-        ctx.out / "meta.json",
-        {
-            "options": dataclasses.asdict(used),
-            "model_config": dataclasses.asdict(mc),
-            "trained_chat": trained_chat,
-            "n_examples": res.n_examples,
-            "skipped": res.skipped,
-            "span_coverage": res.coverage,
-        },
-    )
+    score_result(model_config(ctx), records_of(ctx), ScoreConfig.from_dict(ctx.node.slice["score"])).write(ctx.out)
 
 
 def compare_stage(ctx: StageContext) -> None:
     """Head-set comparison of this model with the reference model (both scored on the eval set)."""
-    import pandas as pd
-
     from needlework.study.analysis import compare_heads
 
     h, a = ctx.node.slice["heads"], ctx.node.slice["analysis"]
-
-    def load(dep):
-        d = ctx.inputs[dep]
-        per = pd.read_parquet(d / "per_example.parquet") if (d / "per_example.parquet").exists() else None
-        return pd.read_parquet(d / "heads.parquet"), per
-
-    (ha, pa), (hr, pr) = load("heads"), load("ref_heads")
     res = compare_heads(
-        ha, hr, pa, pr, rule=h["rule"], k=h["top"], threshold=h["threshold"], n_boot=a["n_boot"], alpha=a["alpha"], seed=a["seed"]
+        HeadScores.read(ctx.inputs["heads"]),
+        HeadScores.read(ctx.inputs["ref_heads"]),
+        rule=h["rule"],
+        k=h["top"],
+        threshold=h["threshold"],
+        n_boot=a["n_boot"],
+        alpha=a["alpha"],
+        seed=a["seed"],
     )
-    write_json(ctx.out / "compare.json", res)
+    Comparison(result=res).write(ctx.out)
 
 
 # ----------------------------------------------------------------------------------- interventions
@@ -190,37 +162,26 @@ def knockout_stage(ctx: StageContext) -> None:
     from needlework.interventions.knockout import run_knockout
 
     cfg = _intervention_config(ctx, "knockout")
-    run_knockout(model_config(ctx), records_of(ctx), str(ctx.inputs["heads"] / "heads.parquet"), cfg, ctx.out)
+    run_knockout(model_config(ctx), records_of(ctx), HeadScores.read(ctx.inputs["heads"]), cfg, ctx.out)
 
 
 def patch_stage(ctx: StageContext) -> None:
     """Patch the reference (source) model's head outputs into this (target) model for every head
-    set kind in one run (source and target are scored once); `patch.json` gathers the rows."""
+    set kind in one run (source and target are scored once)."""
     from needlework.interventions.patch import run_patch
 
-    cfg = _intervention_config(ctx, "patch")
-    records = records_of(ctx)
-    summ = run_patch(
+    run_patch(
         model_config(ctx, "source_train"),
         model_config(ctx, "target_train"),
-        records,
-        str(ctx.inputs["source_heads"] / "heads.parquet"),
-        str(ctx.inputs["target_heads"] / "heads.parquet"),
-        cfg,
+        records_of(ctx),
+        HeadScores.read(ctx.inputs["source_heads"]),
+        HeadScores.read(ctx.inputs["target_heads"]),
+        _intervention_config(ctx, "patch"),
         ctx.out,
     )
-    rows = [{**r, "kind": "random" if r["condition"].startswith("random_") else r["condition"]} for r in summ["table"]]
-    n = len(records[: cfg.eval.limit] if cfg.eval.limit else records)
-    write_json(ctx.out / "patch.json", {"rows": rows, "sets": summ["sets"], "n": n})
 
 
 # ----------------------------------------------------------------------------------- analysis
-
-
-def primary_score(summary: dict[str, Any], task: str) -> dict[str, Any]:
-    t = summary["tasks"][task]
-    m = t["metrics"][t["primary"]]
-    return {"metric": t["primary"], "score": m["mean"], "score_lo": m["lo"], "score_hi": m["hi"], "n_eval": t["n"]}
 
 
 def analysis_stage(ctx: StageContext) -> None:
@@ -230,14 +191,13 @@ def analysis_stage(ctx: StageContext) -> None:
     s = ctx.node.slice
     rows = []
     for name, info in s["sets"].items():
-        summ = json.loads((ctx.inputs[f"evaluate:{name}"] / "summary.json").read_text())
-        cmp = json.loads((ctx.inputs[f"compare:{name}"] / "compare.json").read_text())
+        cmp = Comparison.read(ctx.inputs[f"compare:{name}"]).result
         row = {
             "set": name,
             "label": info["label"],
             "kind": info["kind"],
             "reference": name == s["reference"],
-            **primary_score(summ, ctx.node.task),
+            **EvalResult.read(ctx.inputs[f"evaluate:{name}"]).primary(ctx.node.task),
         }
         for m in ("recall", "precision", "jaccard", "cosine", "spearman"):
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = cmp[m]["mean"], cmp[m]["lo"], cmp[m]["hi"]
@@ -246,9 +206,7 @@ def analysis_stage(ctx: StageContext) -> None:
         rows.append(row)
     a = s["analysis"]
     res = analyze(rows, s["reference"], a["include_reference"], a["n_boot"], a["alpha"], a["seed"])
-    write_json(
-        ctx.out / "analysis.json", {"model": ctx.node.model, "task": ctx.node.task, "reference": s["reference"], "rows": rows, **res}
-    )
+    Analysis(result={"model": ctx.node.model, "task": ctx.node.task, "reference": s["reference"], "rows": rows, **res}).write(ctx.out)
 
 
 REAL_STAGES = {

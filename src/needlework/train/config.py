@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from needlework.errors import NeedleworkError
-from needlework.schema import build
+from needlework.schema import build, int_or_auto
 
 METHODS = ("lora", "attn", "full")  # LoRA adapters | full fine-tuning of attention weights only | everything
 SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
@@ -42,6 +42,11 @@ class TrainConfig:
     max_steps: int = 0  # > 0 overrides epochs
     batch_size: int = 1  # micro-batch rows per process
     grad_accum: int = 1  # micro-batches per optimizer step per process
+    # rows in one forward/backward pass, regrouped from a step's micro-batches: the step's loss is
+    # its answer tokens' summed NLL / their count, so the regrouping leaves the maths unchanged
+    # (only the order of summation). 0: batch_size (one pass per micro-batch); N; auto: as many as
+    # fit on the GPU (halved on out-of-memory; one process only, else batch_size)
+    rows_per_pass: int | str = 0
     seed: int = 0  # seeds the LoRA init, dropout and the order of the micro-batches
     # data
     max_length: int = 0  # longest example in tokens (0: the model's max_position_embeddings)
@@ -73,6 +78,10 @@ class TrainConfig:
             problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.batch_size < 1 or self.grad_accum < 1:
             problems.append("batch_size and grad_accum must be >= 1")
+        try:
+            self.rows_per_pass = int_or_auto(self.rows_per_pass, "rows_per_pass", least=0)
+        except NeedleworkError as e:
+            problems.append(e.problem)
         if self.epochs <= 0 and self.max_steps <= 0:
             problems.append("set epochs > 0 or max_steps > 0")
         if self.method != "full" and not self.targets:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import resource
@@ -39,6 +40,7 @@ from typing import Any
 
 import torch
 
+from needlework.artifacts import TrainRun
 from needlework.data.records import Record
 from needlework.data.render import resolve_chat
 from needlework.errors import NeedleworkError
@@ -66,6 +68,8 @@ from needlework.train.checkpointing import enable_checkpointing
 from needlework.train.config import TrainConfig
 from needlework.train.data import Example, collate, encode_all, epoch_plan
 from needlework.train.loss import AnswerOnlyLM, base_causal_lm
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SFTRecipe", "TrainResult", "check_distributed", "evaluate_answers", "peak_mem_gb", "setup_trainable", "train"]
 
@@ -215,8 +219,8 @@ class SFTRecipe:
         self.model_cfg = resolve_model_config(model_cfg)  # an adapter to continue: checked, its settings applied
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.ckpt_root = self.out / "checkpoints"
-        self.log_path = self.out / "log.jsonl"
+        self.ckpt_root = self.out / TrainRun.CHECKPOINTS
+        self.log_path = self.out / TrainRun.LOG
 
     def setup(self, train_records: list[Record], eval_records: list[Record] | None) -> None:
         """Everything before the first step; the order is the RNG order (seed, LoRA init, data)."""
@@ -269,6 +273,11 @@ class SFTRecipe:
             raise NeedleworkError("packing needs a row length", "set --pack-length or --max-length")
         self.plans: dict[int, list] = {}
         self.per_step = cfg.grad_accum * self.world  # micro-batches per optimizer step, over all processes
+        # rows per forward pass: the step's rows regrouped (`_passes`); auto starts with all of them
+        rows_in_step = cfg.batch_size * cfg.grad_accum
+        self.auto_rows = cfg.rows_per_pass == "auto" and self.world == 1 and self.device.type == "cuda"
+        fixed = cfg.batch_size if cfg.rows_per_pass in (0, "auto") else cfg.rows_per_pass
+        self.rows = rows_in_step if self.auto_rows else (cfg.batch_size if self.world > 1 else fixed)
         micro_per_epoch = len(epoch_plan(self.examples, 0, cfg.seed, cfg.batch_size, cfg.packing, self.pack_length))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * micro_per_epoch) // self.per_step)
 
@@ -306,7 +315,7 @@ class SFTRecipe:
             "max_length": self.max_length,
         }
         if self.main:
-            write_json(self.out / "train_config.json", self.resolved)
+            write_json(self.out / TrainRun.CONFIG, self.resolved)
 
     def _setup_resume(self) -> None:
         """Resume from an explicit directory, or the newest checkpoint in out/checkpoints."""
@@ -381,21 +390,39 @@ class SFTRecipe:
         acc.wait_for_everyone()
         return weights
 
+    def _passes(self, group: list) -> list[list]:
+        """This process's rows of one step, in order, cut into forward passes of `rows` rows."""
+        rows = [row for a in range(self.cfg.grad_accum) for row in group[a * self.world + self.rank]]
+        return [rows[i : i + self.rows] for i in range(0, len(rows), self.rows)]
+
     def _accumulate(self, group: list, n_answer: int) -> tuple[float, int]:
-        """Forward and backward over this process's micro-batches of one step. Returns the step's
-        answer-token loss (reduced over processes) and the tokens this process read."""
-        acc, world, rank = self.acc, self.world, self.rank
+        """Forward and backward over this process's rows of one step, `rows` at a time. Returns
+        the step's answer-token loss (reduced over processes) and the tokens this process read.
+        With `rows_per_pass: auto` an out-of-memory error halves the rows and redoes the step."""
+        while True:
+            try:
+                return self._accumulate_passes(self._passes(group), n_answer)
+            except torch.cuda.OutOfMemoryError:
+                if not self.auto_rows or self.rows == 1:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                self.rows //= 2
+                log.info("train: out of GPU memory; %d rows per pass from now on", self.rows)
+
+    def _accumulate_passes(self, passes: list[list], n_answer: int) -> tuple[float, int]:
+        acc, world = self.acc, self.world
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens = 0
-        for a in range(self.cfg.grad_accum):
-            batch = collate(group[a * world + rank], self.pad_id, packed=self.cfg.packing).to(self.device)
-            sync = acc.no_sync(self.lm) if (a < self.cfg.grad_accum - 1 and world > 1) else contextlib.nullcontext()
+        for a, rows in enumerate(passes):
+            batch = collate(rows, self.pad_id, packed=self.cfg.packing).to(self.device)
+            sync = acc.no_sync(self.lm) if (a < len(passes) - 1 and world > 1) else contextlib.nullcontext()
             with sync:
                 nll, _ = self.lm(batch.input_ids, batch.position_ids, batch.rows, batch.pos, batch.targets)
                 # DDP averages gradients over processes, so scale by world: the result is sum / n_answer
                 acc.backward(nll.sum() * (world / n_answer))
             loss_sum += nll.detach().sum().double()
-            tokens += sum(len(e.input_ids) for row in group[a * world + rank] for e in row)
+            tokens += sum(len(e.input_ids) for row in rows for e in row)
         return float(self._reduce_sum(loss_sum)) / n_answer, tokens
 
     def _stop_if_non_finite(self, loss: float, step: int) -> None:
@@ -460,7 +487,7 @@ class SFTRecipe:
     def save(self) -> TrainResult:
         """A peft adapter folder, or a full model folder, with the model settings beside it."""
         cfg, inner, main = self.cfg, self.inner, self.main
-        saved = self.out / ("adapter" if cfg.method == "lora" else "model")
+        saved = self.out / (TrainRun.ADAPTER if cfg.method == "lora" else TrainRun.MODEL)
         # checkpoint first: under FSDP its gather gives the adapter's full weights; the model gathers whole
         weights = self._checkpoint(self.total_steps)
         full = full_model_state(base_causal_lm(inner)) if self.sharded and cfg.method != "lora" else None  # collective

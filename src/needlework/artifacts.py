@@ -1,0 +1,393 @@
+"""Declared artifacts: what one stage hands the next, each with one writer and one reader.
+
+Every result folder needlework writes is one of the classes below. An artifact knows its files,
+their columns or keys (checked on write and on read), and the model it came from: its header
+(`meta`, `summary` or `result`) carries `model_config` (the ModelConfig as loaded) and `shape`
+(layers, query heads, kv heads, head dim) wherever a model produced it. `write(dir)` removes any
+old manifest first, writes every file atomically, and writes `artifact.json` (kind, schema version,
+files, model config, shape) LAST, so a folder without a manifest is unfinished and `read` refuses it.
+
+This module is the only place a result file name is spelled: stages, the study and the report
+import the classes (or the few folder-level names at the bottom), never a string.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from needlework.errors import NeedleworkError
+from needlework.io import atomic_path, write_json, write_parquet, write_text
+
+__all__ = [
+    "MANIFEST",
+    "VERSION",
+    "Analysis",
+    "Artifact",
+    "Comparison",
+    "DataSet",
+    "EvalResult",
+    "File",
+    "HeadScores",
+    "KnockoutResult",
+    "PatchResult",
+    "TrainRun",
+    "STUDY_INDEX",
+    "STAGE_DONE",
+    "STAGE_INFO",
+]
+
+MANIFEST = "artifact.json"
+VERSION = 1
+
+# Folder-level names of a study (written by study.engine, read by the report and the study CLI).
+STUDY_INDEX = "study.json"
+STAGE_DONE = "done.json"
+STAGE_INFO = "stage.json"
+
+
+@dataclass(frozen=True)
+class File:
+    """One file of an artifact: its name, how it is stored, and what it must contain.
+
+    codec: `table` (DataFrame as Parquet), `rows` (DataFrame as JSON lines, NaN as null), `json`
+    (a dict), `records` (needlework Records as JSONL), `text`.
+    required: columns (tables, rows) or top-level keys (json) that must be present.
+    """
+
+    name: str
+    codec: str
+    required: tuple[str, ...] = ()
+    optional: bool = False
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """NaN/inf become null, so JSON files are strict JSON (readable outside Python)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_rows(path: Path, df) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in df.to_dict(orient="records"):
+            f.write(json.dumps(_finite_or_none(row), ensure_ascii=False, default=str) + "\n")
+
+
+def _read_rows(path: Path):
+    import pandas as pd
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def _encode(path: Path, codec: str, value: Any) -> None:
+    if codec == "table":
+        write_parquet(path, value)
+    elif codec == "rows":
+        _write_rows(path, value)
+    elif codec == "json":
+        write_json(path, _finite_or_none(value))
+    elif codec == "records":
+        from needlework.data.records import write_jsonl
+
+        write_jsonl(path, value)
+    else:
+        write_text(path, value)
+
+
+def _decode(path: Path, codec: str) -> Any:
+    if codec == "table":
+        import pandas as pd
+
+        return pd.read_parquet(path)
+    if codec == "rows":
+        return _read_rows(path)
+    if codec == "json":
+        return json.loads(path.read_text(encoding="utf-8"))
+    if codec == "records":
+        from needlework.data.records import read_jsonl
+
+        return read_jsonl(path)
+    return path.read_text(encoding="utf-8")
+
+
+def _missing(value: Any, f: File) -> list[str]:
+    if not f.required:
+        return []
+    have = set(value.columns) if hasattr(value, "columns") else set(value) if isinstance(value, dict) else set()
+    if hasattr(value, "columns") and len(value) == 0:
+        return []  # an empty table may lack columns (nothing was produced)
+    return [k for k in f.required if k not in have]
+
+
+@dataclass
+class Artifact:
+    """Base of every artifact: subclasses declare KIND, FILES (field -> File) and HEADER (the dict
+    field that carries `model_config` and `shape`)."""
+
+    KIND: ClassVar[str] = ""
+    FILES: ClassVar[dict[str, File]] = {}
+    HEADER: ClassVar[str | None] = None
+
+    path: Path | None = field(default=None, init=False, repr=False, compare=False)
+
+    # ---------------------------------------------------------------- what it carries
+    @property
+    def header(self) -> dict:
+        return (getattr(self, self.HEADER) or {}) if self.HEADER else {}
+
+    @property
+    def model_config(self) -> dict | None:
+        return self.header.get("model_config")
+
+    @property
+    def shape(self) -> dict | None:
+        return self.header.get("shape")
+
+    def file(self, name: str) -> Path:
+        """The path of one of this artifact's files (after write or read)."""
+        if self.path is None:
+            raise NeedleworkError(f"this {self.KIND} artifact has not been written or read", "call write(dir) or read(dir) first")
+        return self.path / self.FILES[name].name
+
+    # ---------------------------------------------------------------- checks
+    def check(self, where: str = "") -> None:
+        """Every non-optional file present with its required columns/keys."""
+        for name, f in self.FILES.items():
+            value = getattr(self, name)
+            if value is None:
+                if not f.optional:
+                    raise NeedleworkError(f"{self.KIND} artifact{where}: {f.name} is missing", "rerun the stage that writes it")
+                continue
+            missing = _missing(value, f)
+            if missing:
+                raise NeedleworkError(
+                    f"{self.KIND} artifact{where}: {f.name} lacks {', '.join(missing)}",
+                    "it was written by another needlework version or by hand; rerun the stage that writes it",
+                )
+
+    # ---------------------------------------------------------------- io
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write every file atomically, then the manifest; returns the folder."""
+        d = Path(directory)
+        self.check(f" for {d}")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / MANIFEST).unlink(missing_ok=True)  # a crash below leaves the folder visibly unfinished
+        written = []
+        for name, f in self.FILES.items():
+            value = getattr(self, name)
+            if value is None:
+                (d / f.name).unlink(missing_ok=True)  # never leave an old run's file beside new ones
+                continue
+            _encode(d / f.name, f.codec, value)
+            written.append(f.name)
+        write_json(
+            d / MANIFEST,
+            {"kind": self.KIND, "version": VERSION, "files": written, "model_config": self.model_config, "shape": self.shape},
+        )
+        self.path = d
+        return d
+
+    @classmethod
+    def exists(cls, directory: str | os.PathLike) -> bool:
+        """A finished artifact of this kind is in `directory`."""
+        p = Path(directory) / MANIFEST
+        if not p.exists():
+            return False
+        try:
+            return json.loads(p.read_text()).get("kind") == cls.KIND
+        except ValueError:
+            return False
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike):
+        """Read and check the artifact in `directory`.
+
+        Raises:
+            NeedleworkError: no finished artifact of this kind there, a newer schema, a file
+                missing or lacking a column/key.
+        """
+        d = Path(directory)
+        p = d / MANIFEST
+        if not p.exists():
+            raise NeedleworkError(
+                f"{d} holds no finished {cls.KIND} result (no {MANIFEST})",
+                "point at a folder a needlework stage finished writing, or rerun that stage",
+            )
+        man = json.loads(p.read_text())
+        if man.get("kind") != cls.KIND:
+            raise NeedleworkError(f"{d} holds a {man.get('kind')!r} result, not {cls.KIND!r}", f"point at a {cls.KIND} folder")
+        if int(man.get("version", 0)) > VERSION:
+            raise NeedleworkError(
+                f"{d} was written with artifact schema {man['version']}; this needlework reads up to {VERSION}", "upgrade needlework"
+            )
+        values = {}
+        for name, f in cls.FILES.items():
+            fp = d / f.name
+            values[name] = _decode(fp, f.codec) if f.name in man.get("files", []) and fp.exists() else None
+        art = cls(**values)
+        art.check(f" in {d}")
+        art.path = d
+        return art
+
+
+# ------------------------------------------------------------------------------------ data and training
+
+
+@dataclass
+class DataSet(Artifact):
+    """A data set as a study's data stage made it: the records and what they are."""
+
+    KIND: ClassVar[str] = "data"
+    FILES: ClassVar[dict[str, File]] = {
+        "records": File("records.jsonl", "records"),
+        "info": File("data.json", "json", ("n", "kind", "task", "length")),
+    }
+    records: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainRun:
+    """A `needlework train` output folder. Training writes it step by step (log lines, checkpoints)
+    and resumes from it, so it is not written in one piece; these are its names and its reader."""
+
+    ADAPTER: ClassVar[str] = "adapter"
+    MODEL: ClassVar[str] = "model"
+    LOG: ClassVar[str] = "log.jsonl"
+    CONFIG: ClassVar[str] = "train_config.json"
+    CHECKPOINTS: ClassVar[str] = "checkpoints"
+
+    path: Path
+
+    @property
+    def adapter(self) -> Path | None:
+        p = self.path / self.ADAPTER
+        return p if p.exists() else None
+
+    @property
+    def model(self) -> Path | None:
+        p = self.path / self.MODEL
+        return p if p.exists() else None
+
+    def log(self) -> list[dict]:
+        """The training log (one dict per logged step; empty when there is none)."""
+        p = self.path / self.LOG
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+
+# ------------------------------------------------------------------------------------ model results
+
+
+@dataclass
+class HeadScores(Artifact):
+    """Per-head scores (`heads score`, the study's score stage, `heads import`).
+
+    heads: layer, head, mean, std, n. per_example (optional: imports of means only): example_id,
+    layer, head, score, kept, ... meta: shape, model_config (null for imports), options, counts.
+    """
+
+    KIND: ClassVar[str] = "head_scores"
+    FILES: ClassVar[dict[str, File]] = {
+        "heads": File("heads.parquet", "table", ("layer", "head", "mean")),
+        "per_example": File("per_example.parquet", "table", ("example_id", "layer", "head", "score"), optional=True),
+        "meta": File("meta.json", "json", ("shape",)),
+    }
+    HEADER: ClassVar[str] = "meta"
+    heads: Any = None
+    per_example: Any = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult(Artifact):
+    """Predictions and scores of one model on one data set (`evaluate`)."""
+
+    KIND: ClassVar[str] = "eval"
+    FILES: ClassVar[dict[str, File]] = {
+        "predictions": File("predictions.jsonl", "rows", ("id", "task", "output")),
+        "summary": File("summary.json", "json", ("model_config", "shape", "tasks", "options")),
+    }
+    HEADER: ClassVar[str] = "summary"
+    predictions: Any = None
+    summary: dict = field(default_factory=dict)
+
+    def primary(self, task: str) -> dict[str, Any]:
+        """The task's primary metric with its interval and n."""
+        t = self.summary["tasks"][task]
+        m = t["metrics"][t["primary"]]
+        return {"metric": t["primary"], "score": m["mean"], "score_lo": m["lo"], "score_hi": m["hi"], "n_eval": t["n"]}
+
+
+@dataclass
+class KnockoutResult(Artifact):
+    """Scores with no heads, the chosen heads and random sets knocked out (`knockout`)."""
+
+    KIND: ClassVar[str] = "knockout"
+    FILES: ClassVar[dict[str, File]] = {
+        "per_example": File("per_example.parquet", "table", ("condition",)),
+        "summary": File("summary.json", "json", ("model_config", "shape", "n", "conditions", "random_mean")),
+    }
+    HEADER: ClassVar[str] = "summary"
+    per_example: Any = None
+    summary: dict = field(default_factory=dict)
+    FIGURE: ClassVar[str] = "knockout.png"  # a view written beside it, not part of the artifact
+
+
+@dataclass
+class PatchResult(Artifact):
+    """Source, target, and target patched with the source's head outputs per head set (`patch`).
+    `patch.csv` and `patch.md` are views of `summary["table"]` for people."""
+
+    KIND: ClassVar[str] = "patch"
+    FILES: ClassVar[dict[str, File]] = {
+        "per_example": File("per_example.parquet", "table", ("condition",)),
+        "summary": File("summary.json", "json", ("model_config", "source", "target", "shape", "n", "sets", "table")),
+        "csv": File("patch.csv", "text", optional=True),
+        "markdown": File("patch.md", "text", optional=True),
+    }
+    HEADER: ClassVar[str] = "summary"
+    per_example: Any = None
+    summary: dict = field(default_factory=dict)
+    csv: str | None = None
+    markdown: str | None = None
+
+    def rows(self) -> list[dict]:
+        """The table's rows, each with `kind`: the head-set kind (random sets pooled as `random`)."""
+        return [{**r, "kind": "random" if r["condition"].startswith("random_") else r["condition"]} for r in self.summary["table"]]
+
+
+# ------------------------------------------------------------------------------------ study analyses
+
+
+@dataclass
+class Comparison(Artifact):
+    """One model's head set against the reference model's (the study's compare stage)."""
+
+    KIND: ClassVar[str] = "comparison"
+    FILES: ClassVar[dict[str, File]] = {
+        "result": File("compare.json", "json", ("recall", "precision", "jaccard", "cosine", "spearman", "n_heads", "n_above_threshold"))
+    }
+    HEADER: ClassVar[str] = "result"
+    result: dict = field(default_factory=dict)
+
+
+@dataclass
+class Analysis(Artifact):
+    """Per model and task: a row per training set and the correlations across sets."""
+
+    KIND: ClassVar[str] = "analysis"
+    FILES: ClassVar[dict[str, File]] = {
+        "result": File("analysis.json", "json", ("model", "task", "reference", "rows", "recall_vs_score", "cosine_vs_score", "loo")),
+    }
+    HEADER: ClassVar[str] = "result"
+    result: dict = field(default_factory=dict)
