@@ -358,3 +358,27 @@ def test_cli_load_writes_records_and_reports_skips(tmp_path):
         app, ["load", "--format", "mdqa", str(src), "--out", str(tmp_path / "y.jsonl"), "--length", "500", "--depth", "deep"]
     )
     assert isinstance(res.exception, NeedleworkError) and "--depth 'deep'" in res.exception.problem
+
+
+def test_split_by_question_is_disjoint_stable_and_draws_distractors_from_its_own_side(tmp_path):
+    from needlework.data.loaders import split_side
+
+    rows = [
+        mdqa_line(f"question number {i} about rivers", [f"ans{i}"], f"Gold passage {i} says ans{i} here.", gold_at=i % 4) for i in range(60)
+    ]
+    path = write_lines(tmp_path / "pool.jsonl", rows)
+    sides = {s: load_real("mdqa", str(path), LoadConfig(split=s, eval_fraction=0.3, length=300, seed=1)) for s in ("train", "eval")}
+    qs = {s: {r.question for r in recs} for s, recs in sides.items()}
+    assert not qs["train"] & qs["eval"] and len(qs["train"]) + len(qs["eval"]) == 60  # disjoint, and nothing lost
+    assert 0.1 < len(qs["eval"]) / 60 < 0.5  # about the eval fraction (60 hashed questions)
+    for s, recs in sides.items():
+        gold_of_other_side = {f"Gold passage {q.split()[2]}" for q in qs["train" if s == "eval" else "eval"]}
+        texts = " ".join(d.text for r in recs for d in r.documents)
+        assert not any(g + " " in texts for g in gold_of_other_side)  # no passage crosses the split
+    again = load_real("mdqa", str(path), LoadConfig(split="eval", eval_fraction=0.3, length=300, seed=7))
+    assert {r.question for r in again} == qs["eval"]  # the split does not depend on the seed
+    assert split_side("Who  wrote MOBY dick", 0.5) == split_side("who wrote moby dick", 0.5)  # normalised text
+    with pytest.raises(NeedleworkError, match="split 'test'"):
+        load_real("mdqa", str(path), LoadConfig(split="test"))
+    with pytest.raises(NeedleworkError, match="eval_fraction"):
+        load_real("mdqa", str(path), LoadConfig(split="eval", eval_fraction=1.5))

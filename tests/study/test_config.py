@@ -88,8 +88,10 @@ def test_stage_from_dicts_share_the_study_builder():
 
     with pytest.raises(NeedleworkError, match=r"`lr`: expected a number"):
         TrainConfig.from_dict({"lr": "1e-3"})
-    with pytest.raises(NeedleworkError, match=r"`eval.batch_size`: expected int"):
-        KnockoutConfig.from_dict({"eval": {"batch_size": "2"}})
+    with pytest.raises(NeedleworkError, match=r"`eval.n_boot`: expected int"):
+        KnockoutConfig.from_dict({"eval": {"n_boot": "2"}})
+    with pytest.raises(NeedleworkError, match=r"batch_size must be auto or an integer >= 1, not 'two'"):
+        KnockoutConfig.from_dict({"eval": {"batch_size": "two"}})
     with pytest.raises(NeedleworkError, match=r"unknown score option\(s\): `mdoe` \(did you mean `mode`\?\)"):
         ScoreConfig.from_dict({"mdoe": "teacher"})
     assert TrainConfig.from_dict({"targets": "q_proj,v_proj"}).targets == ["q_proj", "v_proj"]

@@ -172,7 +172,9 @@ def test_worker_processes_share_a_study_with_the_same_results(tmp_path):
     one, _ = _run(H.fake_config(), tmp_path / "one")
     buf = io.StringIO()
     cfg = from_dict(H.fake_config())
-    two = run_study(cfg, tmp_path / "two", stages=H.slow_stages(), console=Console(file=buf, width=200), report=False, workers=2, poll_s=0.05)
+    two = run_study(
+        cfg, tmp_path / "two", stages=H.slow_stages(), console=Console(file=buf, width=200), report=False, workers=2, poll_s=0.05
+    )
     assert {(n.stage, n.label): n.output_hash for n in two} == {(n.stage, n.label): n.output_hash for n in one}
     log = (tmp_path / "two" / "logs" / "worker-1.log").read_text()
     by_worker = [n for n in two if n.status == "cached"]  # finished by the other process while this one ran

@@ -9,6 +9,7 @@ dropped silently. With `length`, examples are lengthened with documents of other
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import re
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 FORMATS = ("mdqa", "musique", "summhay")
 
 
+SPLITS = ("all", "train", "eval")
+
+
 @dataclass
 class LoadConfig:
     """Options of `needlework load`; the fields are also the YAML keys of a study's data section."""
@@ -41,6 +45,10 @@ class LoadConfig:
     insight_threshold: float = INSIGHT_THRESHOLD  # SummHay: least similarity of an insight's span (locate.py)
     tolerance_frac: float = 0.02  # length may miss by max(2% of length, 32 tokens)
     tolerance_tokens: int = 32
+    # one side of a split by question, so that a training and an evaluation set made from ONE file
+    # share no question (nor, as distractors, any passage): all | train | eval
+    split: str = "all"
+    eval_fraction: float = 0.2  # share of questions on the eval side (by a hash of the question text)
 
 
 @dataclass
@@ -439,6 +447,10 @@ def check_options(fmt: str, cfg: LoadConfig) -> None:
             raise OptionError("depth", f"--depth {cfg.depth!r} is not 0-100 or random", "give e.g. --depth 50 or --depth random")
     if cfg.limit is not None and cfg.limit < 0:
         raise OptionError("limit", f"--limit {cfg.limit} is negative", "give a count of examples to keep")
+    if cfg.split not in SPLITS:
+        raise OptionError("split", f"split {cfg.split!r} is not one of {', '.join(SPLITS)}", "use all, train or eval")
+    if not 0 < cfg.eval_fraction < 1:
+        raise OptionError("eval_fraction", f"eval_fraction {cfg.eval_fraction} is not between 0 and 1", "give e.g. 0.2")
     types = [str(t).strip().lower() for t in cfg.limited if str(t).strip()]
     if fmt == "mdqa":
         bad = [t for t in types if t not in (*WH_TYPES, "other")]
@@ -468,6 +480,10 @@ def load_real_report(fmt: str, path: str | None, cfg: LoadConfig | None = None) 
     skipped: Counter = Counter()
     allrecs = list(_iter_records(fmt, path, cfg, skipped))
     n_read = len(allrecs) + sum(skipped.values())
+    if cfg.split != "all":
+        side = [r for r in allrecs if split_side(r.question, cfg.eval_fraction) == cfg.split]
+        skipped[f"on the other side of the {cfg.split} split"] += len(allrecs) - len(side)
+        allrecs = side  # distractors come from this side only
     limited = {t.strip().lower() for t in cfg.limited if t.strip()}
     keep = [r for r in allrecs if not limited or _matches(r, limited)]
     if limited and len(keep) < len(allrecs):
@@ -489,6 +505,13 @@ def load_real_report(fmt: str, path: str | None, cfg: LoadConfig | None = None) 
                 no_span=int(located == 0),
             )
     return LoadResult(records=keep, skipped=skipped, n_read=n_read, summhay=counts)
+
+
+def split_side(question: str, eval_fraction: float) -> str:
+    """`eval` or `train` for a question, by a hash of its normalised text: stable across seeds,
+    runs and machines, and the same question always lands on the same side."""
+    h = hashlib.sha256(" ".join(question.lower().split()).encode()).hexdigest()
+    return "eval" if int(h[:8], 16) / 2**32 < eval_fraction else "train"
 
 
 def _matches(r: Record, limited: set[str]) -> bool:
