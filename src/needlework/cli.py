@@ -42,8 +42,22 @@ def _show_library_log() -> None:
         lib.setLevel(logging.INFO)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("needlework")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            v = "unknown (not installed)"
+        typer.echo(f"needlework {v}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _v: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print needlework's version and exit."),
+) -> None:
     """Synthetic long-context data, fine-tuning, and retrieval-head diagnostics."""
     _show_library_log()
 
