@@ -31,7 +31,8 @@ def test_round_trip_carries_model_and_shape(tmp_path):
     pd.testing.assert_frame_equal(back.per_example, s.per_example)
     assert back.meta == s.meta and back.shape == SHAPE and back.model_config == MODEL and back.path == d
     man = json.loads((d / A.MANIFEST).read_text())
-    assert {k: v for k, v in man.items() if k != "files"} == {
+    assert man["versions"]["needlework"] and "torch" in man["versions"] and "python" in man["versions"]  # provenance
+    assert {k: v for k, v in man.items() if k not in ("files", "versions")} == {
         "kind": "head_scores",
         "version": A.VERSION,
         "model_config": MODEL,

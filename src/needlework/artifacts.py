@@ -32,9 +32,11 @@ __all__ = [
     "DataSet",
     "EvalResult",
     "File",
+    "Gate",
     "HeadScores",
     "KnockoutResult",
     "PatchResult",
+    "Probe",
     "TrainRun",
     "STUDY_INDEX",
     "STAGE_DONE",
@@ -63,6 +65,21 @@ class File:
     codec: str
     required: tuple[str, ...] = ()
     optional: bool = False
+
+
+def versions() -> dict[str, str | None]:
+    """The versions of needlework and the libraries that decide its numbers (read from the installed
+    packages' metadata, without importing them), recorded in every manifest."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("needlework", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -192,7 +209,14 @@ class Artifact:
             written.append(f.name)
         write_json(
             d / MANIFEST,
-            {"kind": self.KIND, "version": VERSION, "files": written, "model_config": self.model_config, "shape": self.shape},
+            {
+                "kind": self.KIND,
+                "version": VERSION,
+                "files": written,
+                "model_config": self.model_config,
+                "shape": self.shape,
+                "versions": versions(),
+            },
         )
         self.path = d
         return d
@@ -266,6 +290,11 @@ class TrainRun:
     LOG: ClassVar[str] = "log.jsonl"
     CONFIG: ClassVar[str] = "train_config.json"
     CHECKPOINTS: ClassVar[str] = "checkpoints"
+    # weights saved at fractions of the training steps (TrainConfig.snapshots): SNAPSHOTS/<fraction>/
+    # holds what ADAPTER (or MODEL) holds at the end, plus SNAPSHOT_INFO, written last
+    SNAPSHOTS: ClassVar[str] = "snapshots"
+    SNAPSHOT_INFO: ClassVar[str] = "snapshot.json"
+    STOPPED: ClassVar[str] = "stopped.json"  # a study's stop_early gate stopped this run (fraction, step)
 
     path: Path
 
@@ -283,6 +312,36 @@ class TrainRun:
         """The training log (one dict per logged step; empty when there is none)."""
         p = self.path / self.LOG
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+    @staticmethod
+    def snapshot_name(fraction: float) -> str:
+        """The folder name of a snapshot: the fraction as written (`0.25`, `1`)."""
+        return f"{float(fraction):g}"
+
+    def snapshot_dir(self, fraction: float) -> Path:
+        return self.path / self.SNAPSHOTS / self.snapshot_name(fraction)
+
+    def snapshots(self) -> dict[float, Path]:
+        """Finished snapshots (with their SNAPSHOT_INFO, not a hidden temporary folder) by fraction, in order."""
+        root = self.path / self.SNAPSHOTS
+        found = [p for p in root.iterdir() if not p.name.startswith(".") and (p / self.SNAPSHOT_INFO).exists()] if root.is_dir() else []
+        return dict(sorted((float(json.loads((p / self.SNAPSHOT_INFO).read_text())["fraction"]), p) for p in found))
+
+    def snapshot_info(self, fraction: float) -> dict:
+        """A snapshot's `fraction`, `step`, `total_steps` and `save_seconds`."""
+        return json.loads((self.snapshot_dir(fraction) / self.SNAPSHOT_INFO).read_text())
+
+    def stopped(self) -> dict | None:
+        """`{"fraction", "step"}` when a stop_early gate stopped this run, else None."""
+        p = self.path / self.STOPPED
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def seconds(self) -> dict[str, float]:
+        """Measured time from the log: `train` (the loop, snapshot saving excluded, over resumes)
+        and `snapshots` (saving them)."""
+        rows = self.log()
+        train = [r["train_seconds"] for r in rows if "train_seconds" in r]
+        return {"train": float(train[-1]) if train else 0.0, "snapshots": float(sum(r.get("snapshot_seconds", 0.0) for r in rows))}
 
 
 # ------------------------------------------------------------------------------------ model results
@@ -390,4 +449,32 @@ class Analysis(Artifact):
         "result": File("analysis.json", "json", ("model", "task", "reference", "rows", "recall_vs_score", "cosine_vs_score", "loo")),
     }
     HEADER: ClassVar[str] = "result"
+    result: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ early prediction
+
+
+@dataclass
+class Probe(Artifact):
+    """Heads of one training snapshot against the reference model's final heads (the study's probe
+    stage): recall/precision/jaccard/cosine/spearman as {mean, lo, hi}, `fraction`, `step`,
+    `n_examples`, and the measured `probe_seconds`/`snapshot_seconds`. A set that a stop_early
+    gate stopped before this fraction has no snapshot: `stopped_at` is that fraction and the
+    statistics are null."""
+
+    KIND: ClassVar[str] = "probe"
+    FILES: ClassVar[dict[str, File]] = {"result": File("probe.json", "json", ("set", "fraction", "stopped_at", "recall", "cosine"))}
+    HEADER: ClassVar[str] = "result"
+    result: dict = field(default_factory=dict)
+
+
+@dataclass
+class Gate(Artifact):
+    """One stop_early decision over a task's training sets at one fraction of training: `rows`
+    (set, recall with its interval, decision), `best`, and `stopped` (every set stopped so far,
+    with the fraction it stopped at)."""
+
+    KIND: ClassVar[str] = "gate"
+    FILES: ClassVar[dict[str, File]] = {"result": File("gate.json", "json", ("fraction", "rows", "best", "stopped"))}
     result: dict = field(default_factory=dict)

@@ -206,3 +206,15 @@ def test_cli_score(tmp_path, tiny_dir):
     )
     assert r.exit_code == 0, r.output
     assert len([d for d in (tmp_path / "o").iterdir() if HeadScores.exists(d)]) == 1
+
+
+def test_result_folders_are_named_for_people():
+    from pathlib import Path
+
+    from needlework.heads.run import result_name
+    from needlework.models.load import ModelConfig
+
+    h = "0123456789abcdef"
+    assert result_name(ModelConfig(name="smollm2"), Path("data/mdqa test.jsonl.gz"), h) == "smollm2-mdqa-test-01234567"
+    with_adapter = ModelConfig(name="/models/Llama-3-8B", adapter="runs/train_real/adapter")
+    assert result_name(with_adapter, Path("eval.jsonl"), h) == "Llama-3-8B-train_real-eval-01234567"

@@ -1,8 +1,9 @@
 """The `heads score` stage: load the model and data, score heads, write one result directory.
 
-A result directory is named by a hash of its inputs (model config and adapter files, data file
-hash, score config), so a re-run with other inputs writes a NEW directory and one with identical
-inputs finds the finished one (or overwrites it with `force`): results are never merged.
+A result directory is named `<model>[-<adapter>]-<data file>-<hash of its inputs>` (the hash
+covers the model config and adapter files, the data file's hash and the score config), so a re-run
+with other inputs writes a NEW directory and one with identical inputs finds the finished one (or
+overwrites it with `force`): results are never merged.
 
 The result is a `needlework.artifacts.HeadScores`: per_example (example_id, layer, head, hits,
 n_steps, span_tokens, score, success, kept, answer, n_spans_located, n_citing_docs), heads (layer,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -107,6 +109,21 @@ def score_result(model_cfg, records, cfg: ScoreConfig, data_hash: str | None = N
     return HeadScores(heads=res.heads, per_example=per, meta=meta)
 
 
+def _slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-.")[:n] or "x"
+
+
+def result_name(model_cfg, data_path: Path, key_hash: str) -> str:
+    """A result folder name people can read: <model>[-<adapter>]-<data file>-<hash of inputs>,
+    e.g. `smollm2-train_real-mdqa_test-3f2a9c1e`. The hash still tells identical inputs apart."""
+    model = Path(str(model_cfg.name)).name
+    if model_cfg.adapter:
+        a = Path(model_cfg.adapter)
+        model += "+" + (a.parent.name if a.name == "adapter" else a.name)
+    stem = data_path.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".json")
+    return f"{_slug(model)}-{_slug(stem)}-{key_hash[:8]}"
+
+
 def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir: str | os.PathLike, force: bool = False) -> HeadScores:
     """Score heads of `model_cfg` on the records in `data_path`; returns the written HeadScores
     (its `path` is the result directory).
@@ -115,7 +132,7 @@ def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir
         model_cfg: a `needlework.models.load.ModelConfig`.
         data_path: JSONL records.
         cfg: scoring options.
-        out_dir: parent directory; the result goes to `out_dir/<hash of inputs>`.
+        out_dir: parent directory; the result goes to `out_dir/<model>-<data>-<hash of inputs>`.
         force: recompute even when a finished result with identical inputs exists.
     Raises:
         NeedleworkError: missing data, bad options, model that cannot be instrumented, no example left.
@@ -128,7 +145,7 @@ def run_score(model_cfg, data_path: str | os.PathLike, cfg: ScoreConfig, out_dir
     data_path = Path(data_path)
     records = read_jsonl(data_path)
     data_hash = hash_file(data_path)
-    out = Path(out_dir) / hash_obj(inputs_key(model_cfg, data_hash, cfg))[:12]
+    out = Path(out_dir) / result_name(model_cfg, data_path, hash_obj(inputs_key(model_cfg, data_hash, cfg)))
     if HeadScores.exists(out) and not force:
         log.info("heads: identical inputs already scored in %s (use --force to recompute)", out)
         return HeadScores.read(out)
