@@ -76,9 +76,8 @@ class GpuBusy:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5
-                )
+                query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+                out = subprocess.run(query, capture_output=True, text=True, timeout=5)
                 self.samples.append(float(out.stdout.split()[0]))
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 return
@@ -97,6 +96,20 @@ class GpuBusy:
         return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
 
 
+def stage_seconds(out: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """Seconds per stage summed over the study's nodes, from every node's done file (whichever
+    process ran it), and the number of nodes per stage."""
+    from needlework.artifacts import STAGE_DONE
+
+    per: dict[str, float] = {}
+    n: dict[str, int] = {}
+    for d in sorted((out / "stages").glob(f"*/*/{STAGE_DONE}")):
+        stage = d.parent.parent.name
+        per[stage] = round(per.get(stage, 0.0) + json.loads(d.read_text())["seconds"], 1)
+        n[stage] = n.get(stage, 0) + 1
+    return per, n
+
+
 def run(mode: str, cfg_dict: dict, out: Path, workers: int) -> dict:
     from rich.console import Console
 
@@ -112,14 +125,14 @@ def run(mode: str, cfg_dict: dict, out: Path, workers: int) -> dict:
         nodes = run_study(cfg, out, console=Console(file=log, width=160), workers=workers)
     wall = time.perf_counter() - t0
     (out / "console.log").write_text(log.getvalue())
-    per_stage: dict[str, float] = {}
-    for n in nodes:
-        per_stage[n.stage] = round(per_stage.get(n.stage, 0.0) + n.seconds, 1)  # stage-seconds (overlap when workers > 1)
+    per_stage, n_run = stage_seconds(out)
     return {
         "mode": mode,
         "workers": workers,
         "wall_s": round(wall, 1),
-        "stage_seconds": per_stage,
+        "stage_seconds": per_stage,  # summed over nodes (they overlap when workers > 1)
+        "nodes_run": n_run,
+        "not_done": sorted(f"{n.stage}:{n.label}" for n in nodes if n.status not in ("done", "cached")),
         "gpu_busy": busy.fraction,
         "n_train": cfg.sizes.n_train,
         "n_eval": cfg.sizes.n_eval,
@@ -148,7 +161,8 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         rows.append(r)
     if len(rows) == 2:
-        print(json.dumps({"speedup": round(rows[0]["wall_s"] / rows[1]["wall_s"], 2), "serial_s": rows[0]["wall_s"], "fast_s": rows[1]["wall_s"]}))
+        serial_s, fast_s = rows[0]["wall_s"], rows[1]["wall_s"]
+        print(json.dumps({"speedup": round(serial_s / fast_s, 2), "serial_s": serial_s, "fast_s": fast_s}))
 
 
 if __name__ == "__main__":

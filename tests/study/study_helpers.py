@@ -72,12 +72,6 @@ SHAPE = {"n_layers": 4, "n_heads": 3, "n_kv_heads": 3, "head_dim": 8}
 CALLS: list[tuple[str, str]] = []
 
 
-def _seed_of(ctx) -> int:
-    import hashlib
-
-    return int(hashlib.sha256(f"{ctx.node.label}:{sorted(ctx.node.slice.items(), key=str)}".encode()).hexdigest()[:8], 16)
-
-
 def fake_data(ctx):
     from needlework.artifacts import DataSet
 
@@ -87,13 +81,39 @@ def fake_data(ctx):
     DataSet(records=[{"i": i} for i in range(s["n"])], info=info).write(ctx.out)
 
 
-def fake_train(ctx):
+def _fake_fit(ctx):
+    """What training writes, from its inputs: a snapshot per fraction up to `stop_at` (the slice's
+    segment end), the adapter at the end, and log lines with training and snapshot seconds."""
+    import json
+
     from needlework.artifacts import DataSet, TrainRun
+    from needlework.io import write_json
 
     CALLS.append(("train", ctx.node.label))
-    (ctx.out / TrainRun.ADAPTER).mkdir()
+    s, run = ctx.node.slice, TrainRun(ctx.out)
+    stop = s.get("stop_at", 1.0)
     data = (ctx.inputs["data"] / DataSet.FILES["records"].name).read_bytes()
-    (ctx.out / TrainRun.ADAPTER / "weights.bin").write_bytes(str(_seed_of(ctx)).encode() + data)
+    weights = f"{ctx.node.set}:{s['train']}".encode() + data  # what a run of these options on this data learns
+    with open(ctx.out / TrainRun.LOG, "a") as log:
+        for f in s["train"].get("snapshots", []):
+            if f <= stop and f not in run.snapshots():
+                run.snapshot_dir(f).mkdir(parents=True, exist_ok=True)
+                (run.snapshot_dir(f) / "weights.bin").write_bytes(f"{f}".encode() + weights)
+                write_json(
+                    run.snapshot_dir(f) / TrainRun.SNAPSHOT_INFO,
+                    {"fraction": f, "step": round(100 * f), "total_steps": 100, "save_seconds": 0.01},
+                )
+                log.write(json.dumps({"step": round(100 * f), "snapshot": [f], "snapshot_seconds": 0.01}) + "\n")
+        log.write(json.dumps({"step": round(100 * stop), "loss": 1.0, "train_seconds": 10.0 * stop}) + "\n")
+    if stop == 1:
+        (ctx.out / TrainRun.ADAPTER).mkdir(exist_ok=True)  # a rerun after a kill finds it
+        (ctx.out / TrainRun.ADAPTER / "weights.bin").write_bytes(weights)
+
+
+def fake_train(ctx):
+    from needlework.study.stages import train_stage
+
+    train_stage(ctx, fit=_fake_fit)
 
 
 def fake_evaluate(ctx):
@@ -147,6 +167,41 @@ def fake_score(ctx):
     HeadScores(heads=heads, per_example=per, meta={"model_config": MODEL, "shape": SHAPE}).write(ctx.out)
 
 
+# How well each fake set learns the reference's top heads early on: its probe recall rises with
+# this times (0.6 + 0.4 * fraction of training). hl > lh > ll > sym, as their fake final scores.
+QUALITY = {"hh": 0.95, "hl": 0.8, "lh": 0.66, "ll": 0.6, "sym": 0.3}
+
+
+def fake_snapshot_scores(ctx, weights):
+    """Head scores of a fake snapshot on 8 examples: the reference's top-3 heads (0, 1, 2) score
+    base x q per example (q rising with the set's quality and the fraction, plus a fixed per-example
+    wobble), the other heads 0.6 x base, so the top-3 and its recall follow q, with bootstrap intervals."""
+    import math
+
+    import pandas as pd
+
+    from needlework.artifacts import HeadScores
+
+    base = [0.9 - 0.85 * i / 11 for i in range(12)]  # the reference's head order (_heads)
+    q = QUALITY.get(ctx.node.set, 0.5) * (0.6 + 0.4 * ctx.node.slice["fraction"])
+    rows = []
+    for ex in range(8):
+        for i, b in enumerate(base):
+            x = b * min(1.0, q + 0.15 * math.sin(7 * ex + 3 * i)) if i < 3 else 0.6 * b
+            rows.append({"example_id": f"p{ex}", "layer": i // 3, "head": i % 3, "score": x, "kept": True})
+    per = pd.DataFrame(rows)
+    g = per.groupby(["layer", "head"])["score"]
+    heads = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n": g.size()}).reset_index()
+    return HeadScores(heads=heads, per_example=per, meta={"model_config": {**MODEL, "adapter": str(weights)}, "shape": SHAPE})
+
+
+def fake_probe(ctx):
+    from needlework.study.stages import probe_stage
+
+    CALLS.append(("probe", ctx.node.label))
+    probe_stage(ctx, score=fake_snapshot_scores)
+
+
 def fake_knockout(ctx):
     import pandas as pd
 
@@ -194,11 +249,13 @@ def fake_patch(ctx):
 
 
 def fake_stages() -> dict:
-    from needlework.study.stages import analysis_stage, compare_stage
+    from needlework.study.stages import analysis_stage, compare_stage, gate_stage
 
     return {
         "data": fake_data,
         "train": fake_train,
+        "probe": fake_probe,
+        "gate": gate_stage,
         "evaluate": fake_evaluate,
         "score": fake_score,
         "compare": compare_stage,
@@ -214,6 +271,13 @@ def fake_config(sets=("hh", "hl", "lh", "ll", "sym")) -> dict:
     cfg["tasks"]["mdqa"]["train_sets"]["base"] = {"kind": "none", "label": "no fine-tuning"}
     cfg["patch"] = {"targets": ["ll", "sym"], "kinds": ["intersection", "random"]}
     cfg["analysis"] = {"n_boot": 200}
+    return cfg
+
+
+def fake_early_config(stop_early: bool = False) -> dict:
+    """The fake study with early prediction at 25%, 50% and 100% of training (and stop_early)."""
+    cfg = fake_config()
+    cfg["early"] = {"fractions": [0.25, 0.5, 1.0], "probe_n": 8, "stop_early": stop_early, "margin": 0.34}
     return cfg
 
 

@@ -1,5 +1,6 @@
 """The study's analysis on hand-built cases whose answers are known: head comparison against the
-reference, correlations across training sets, and the leave-one-out prediction."""
+reference, correlations across training sets, the leave-one-out prediction, early prediction from
+recall at fractions of training, and the stop_early rule."""
 
 import math
 
@@ -9,7 +10,7 @@ import pytest
 
 from needlework.artifacts import HeadScores
 from needlework.errors import NeedleworkError
-from needlework.study.analysis import analyze, compare_heads, correlate, leave_one_out
+from needlework.study.analysis import analyze, compare_heads, correlate, early_prediction, leave_one_out, stop_decisions
 
 
 def _heads(means: list[float], per: pd.DataFrame | None = None, n_heads: int = 2) -> HeadScores:
@@ -83,3 +84,45 @@ def test_analyze_leaves_out_the_reference_and_base_model():
     assert a["sets"] == ["hh", "ll", "sym"] and a["n"] == 3
     assert a["fit"]["slope"] == pytest.approx(1.0) and a["fit"]["intercept"] == pytest.approx(0.0, abs=1e-9)
     assert analyze(rows, "real", include_reference=True, n_boot=100)["n"] == 4
+
+
+def test_analyze_leaves_out_sets_stopped_early():
+    rows = [
+        {"set": s, "kind": "synthetic", "score": sc, "recall": rc, "cosine": rc, "stopped_at": st}
+        for s, sc, rc, st in [("a", 0.8, 0.8, None), ("b", 0.5, 0.5, None), ("c", 0.1, 0.1, 0.25), ("d", 0.3, 0.3, None)]
+    ]
+    assert analyze(rows, "ref", n_boot=50)["sets"] == ["a", "b", "d"]
+
+
+def test_early_prediction_finds_the_earliest_agreeing_fraction():
+    final = {"a": 0.9, "b": 0.6, "c": 0.4, "d": 0.1}
+    recall_at = {
+        0.1: {"a": 0.2, "b": 0.3, "c": 0.1, "d": 0.2},  # not yet ordered like the final scores
+        0.5: {"a": 0.9, "b": 0.6, "c": 0.4, "d": 0.1},  # on the line score = recall: every left-out set predicted exactly
+        1.0: {"a": 1.0, "b": 0.8, "c": 0.6, "d": None},  # d has no probe here (stopped): 3 sets
+    }
+    e = early_prediction(list(final), final, recall_at, agreement=0.8)
+    per = {p["fraction"]: p for p in e["per_fraction"]}
+    assert per[0.1]["spearman"] < 0.8 and per[0.5]["spearman"] == pytest.approx(1.0) and e["earliest"] == 0.5
+    assert [r["predicted"] for r in per[0.5]["rows"]] == pytest.approx([0.9, 0.6, 0.4, 0.1]) and per[0.5]["mae"] == pytest.approx(0)
+    assert per[1.0]["n"] == 3 and [r["set"] for r in per[1.0]["rows"]] == ["a", "b", "c"]
+    assert [r["actual"] for r in per[0.1]["rows"]] == [0.9, 0.6, 0.4, 0.1]  # always the FINAL score
+    two = early_prediction(["a", "b"], final, {0.5: {"a": 0.9, "b": 0.6}})
+    assert math.isnan(two["per_fraction"][0]["spearman"]) and two["earliest"] is None  # a ranking needs 3 sets
+
+
+def test_stop_decisions_stop_only_sets_clearly_below_the_best():
+    rows = [
+        {"set": "a", "recall": 0.8, "lo": 0.6, "hi": 1.0},  # the best
+        {"set": "b", "recall": 0.5, "lo": 0.3, "hi": 0.7},  # overlaps the best's interval: goes on
+        {"set": "c", "recall": 0.2, "lo": 0.0, "hi": 0.5},  # wholly below 0.6: stops
+        {"set": "d", "recall": 0.1, "lo": None, "hi": None},  # no interval: never stopped
+        {"set": "e", "recall": None, "lo": None, "hi": None},  # stopped at an earlier gate
+    ]
+    r = stop_decisions(rows, {"e": 0.25}, 0.5)
+    assert r["best"] == "a" and r["bar"] == 0.6 and r["stopped"] == {"e": 0.25, "c": 0.5}
+    assert [x["decision"] for x in r["rows"]] == ["continue", "continue", "stop", "continue", "stopped before"]
+    assert [x["stopped_at"] for x in r["rows"]] == [None, None, 0.5, None, 0.25]
+    assert stop_decisions(rows, {"e": 0.25}, 0.5, margin=0.2)["stopped"] == {"e": 0.25}  # 0.5 is not 0.2 below 0.6
+    tie = stop_decisions([{"set": "x", "recall": 0.5, "lo": 0.5, "hi": 0.5}, {"set": "y", "recall": 0.5, "lo": 0.5, "hi": 0.5}], {}, 0.5)
+    assert tie["best"] == "x" and tie["stopped"] == {}  # equal sets never stop each other

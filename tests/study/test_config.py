@@ -150,3 +150,18 @@ def test_task_score_overrides_reach_that_tasks_score_stage_only():
     e = _bad(lambda c: c["tasks"][task].update(score={"scroe": "insight"}), f"tasks.{task}.score")
     assert "scroe" in str(e)
     _bad(lambda c: c["tasks"][task].update(score={"score": "copy"}), f"tasks.{task}.score")
+
+
+def test_early_section_is_checked_on_load():
+    _bad(lambda c: c.update(early={"fractions": [0.25, 1.5]}), r"`early.fractions\[1\]`: 1.5 is not a fraction of training in \(0, 1\]")
+    _bad(lambda c: c.update(early={"fractions": [0.0]}), r"`early.fractions\[0\]`")
+    _bad(lambda c: c.update(early={"fractions": [0.5, 0.5]}), r"`early.fractions\[1\]`: 0.5 is listed twice")
+    _bad(lambda c: c.update(early={"fractions": "0.5"}), r"`early.fractions`: expected a list")
+    _bad(lambda c: c.update(early={"fractions": [0.5], "probe_n": 0}), r"`early.probe_n`: must be at least 1")
+    _bad(lambda c: c.update(early={"fractions": [0.1, 1.0], "stop_early": True}), r"`early.stop_early`: no fraction .* could stop a set")
+    _bad(lambda c: c.update(early={"fractions": [0.5], "margin": -0.1}), r"`early.margin`: must not be negative")
+    _bad(lambda c: c.update(early={"fractions": [0.5], "stop_erly": True}), r"`early`.*`stop_erly` \(did you mean `stop_early`\?\)")
+    cfg = from_dict({**H.fake_config(), "early": {"fractions": [1, 0.25, 0.5], "stop_early": True}})
+    assert cfg.early.fractions == [1.0, 0.25, 0.5] and cfg.early.gates() == [0.25, 0.5]
+    assert from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+    assert from_dict(H.fake_config()).early.fractions == [] and from_dict(H.fake_config()).early.gates() == []  # off by default

@@ -181,3 +181,16 @@ def test_worker_processes_share_a_study_with_the_same_results(tmp_path):
     assert by_worker and "done" in log and "2 more" not in buf.getvalue() and "1 more worker" in buf.getvalue()
     with pytest.raises(NeedleworkError, match="workers must be >= 1"):
         run_study(cfg, tmp_path / "three", stages=H.fake_stages(), console=Console(file=io.StringIO()), workers=0)
+
+
+def test_ready_knockout_and_patch_run_before_the_rest_and_change_nothing(tmp_path):
+    """Knockout and patching (the longest stages) start as soon as their inputs exist, ahead of
+    the evaluations still waiting in plan order; the results are those of plan order."""
+    nodes, _ = _run(H.fake_config(), tmp_path / "a")
+    order = [stage for stage, _ in H.CALLS]
+    first_ko = order.index("knockout")
+    assert "evaluate" in order[first_ko:]  # it did not wait for every evaluation
+    assert all(n.status == "done" for n in nodes)  # none blocked by an input resolved later in the sweep
+    plain = {(n.stage, n.label): n.output_hash for n in nodes}
+    again, _ = _run(H.fake_config(), tmp_path / "b")
+    assert {(n.stage, n.label): n.output_hash for n in again} == plain

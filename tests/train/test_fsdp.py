@@ -79,10 +79,10 @@ def _assert_same_checkpoint(a: Path, b: Path, atol: float | None = None):
 def test_fsdp_two_processes_equal_one(tiny_llama, tmp_path, method):
     """1 process x grad_accum 4 vs 2 FSDP processes x grad_accum 2 (no_sync on the first micro-batch)."""
     data, evals = mixed_records(24, seed=6), mixed_records(5, seed=7)  # as fsdp_worker.py; 5 evals: rank 1 pads
-    one_cfg = TrainConfig(method=method, grad_accum=4, **COMMON)
+    one_cfg = TrainConfig(method=method, grad_accum=4, snapshots=[0.5], **COMMON)
     model_cfg = ModelConfig(name=tiny_llama, device="cpu", dtype=F64)
     train(model_cfg, data, one_cfg, tmp_path / "one", eval_records=evals)
-    _two_processes(tiny_llama, tmp_path / "two", method=method, grad_accum=2, dtype=F64, **COMMON)
+    _two_processes(tiny_llama, tmp_path / "two", method=method, grad_accum=2, dtype=F64, snapshots=[0.5], **COMMON)
     (l1, e1), (l2, e2) = _log(tmp_path / "one"), _log(tmp_path / "two")
     n_params = sum(t.numel() for t in load_file(tmp_path / "one" / "checkpoints" / "step-2" / "weights.safetensors").values())
     assert len(l1) == len(l2) == 4 and len(set(l1)) == 4
@@ -110,6 +110,13 @@ def test_fsdp_two_processes_equal_one(tiny_llama, tmp_path, method):
     assert sorted(w1) == sorted(w2) and all(w1[k].shape == w2[k].shape for k in w1)
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=W_ATOL, msg=k)
+    # a snapshot half-way is gathered and written like the final weights (the same code), unsharded
+    name = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    s1, s2 = (load_file(p / "snapshots" / "0.5" / name) for p in (tmp_path / "one", tmp_path / "two"))
+    assert sorted(s1) == sorted(w1) == sorted(s2)
+    for k in s1:
+        torch.testing.assert_close(s2[k], s1[k], rtol=0, atol=W_ATOL, msg=k)
+    assert any(not torch.equal(s1[k], w1[k]) for k in s1)  # the weights at step 2, not the final ones
     # so an FSDP checkpoint resumes in one process (the same global batch) to the same losses
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "two" / "checkpoints" / "step-2", tmp_path / "resumed" / "checkpoints" / "step-2")

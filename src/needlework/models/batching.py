@@ -16,12 +16,21 @@ import torch
 
 from needlework.schema import AUTO
 
-__all__ = ["AUTO_START", "CPU_BATCH", "for_batches", "start_size"]
+__all__ = ["AUTO_START", "CPU_BATCH", "for_batches", "is_oom", "start_size"]
 
 AUTO_START = 64
 CPU_BATCH = 4
 
 log = logging.getLogger(__name__)
+
+
+def is_oom(e: BaseException) -> bool:
+    """A CUDA out-of-memory error, also as cuBLAS/cuDNN report it when a handle cannot be allocated
+    (a process held to a share of the GPU's memory hits that first)."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    signs = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "out of memory")
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in signs)
 
 
 def start_size(batch_size: int | str, device) -> int:
@@ -43,8 +52,8 @@ def for_batches(order: Sequence[int], batch_size: int | str, fn: Callable[[list[
         idx = list(order[i : i + bs])
         try:
             fn(idx)
-        except torch.cuda.OutOfMemoryError:
-            if not auto or bs == 1:
+        except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+            if not (auto and is_oom(e)) or bs == 1:
                 raise
             torch.cuda.empty_cache()
             bs //= 2

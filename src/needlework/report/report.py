@@ -4,8 +4,9 @@ a study folder: its index and the artifacts (`needlework.artifacts`) of the stag
 It shows what the paper's tables and figures show: the score of each training set per task and
 model, the number of retrieval heads, recall/precision/cosine/Spearman against the reference
 model, layer x head heatmaps, recall vs score with the fitted trend and correlation, knockout bars
-(top-k vs random vs none) and the patching table. Every figure carries a one-line reading written
-from the numbers.
+(top-k vs random vs none) and the patching table; with early prediction also recall vs training
+progress, predicted vs final scores per fraction, stop_early's decisions and the monitoring cost
+(`report.early`). Every figure carries a one-line reading written from the numbers.
 """
 
 from __future__ import annotations
@@ -19,28 +20,11 @@ from typing import Any
 
 from needlework.artifacts import STAGE_DONE, STUDY_INDEX, Analysis, Artifact, HeadScores, KnockoutResult, PatchResult
 from needlework.errors import NeedleworkError
-from needlework.io import atomic_path, write_text
-
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222}h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}table{border-collapse:collapse;
-margin:.8em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}
-td.l,th.l{text-align:left}tr.ref{background:#fff8dc}p.reading{background:#eef5ff;border-left:4px solid #4a7ebb;padding:.4em .8em}
-img{max-width:100%;border:1px solid #eee}.muted{color:#777;font-size:.85em}"""
-
+from needlework.io import write_text
+from needlework.report.early import early_parts, pct, reading_earliest
+from needlework.report.html import CSS, ci, figure, finite, fmt, pyplot, save_png, table
 
 # ----------------------------------------------------------------------------------- reading the study
-
-
-def _fmt(x: Any, nd: int = 2) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{nd}f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
-
-
-def _ci(m: Any, lo: Any, hi: Any) -> str:
-    if lo is None or (isinstance(lo, float) and not math.isfinite(lo)):
-        return _fmt(m)
-    return f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def load_study(study_dir: Path) -> dict[str, Any]:
@@ -67,43 +51,27 @@ def _analyses(study_dir: Path, manifest: dict) -> list[dict]:
 # ----------------------------------------------------------------------------------- figures
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> str:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path.name
-
-
 def fig_scores(rows: list[dict], title: str, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.4 + 0.8 * len(rows), 3.2))
     x = range(len(rows))
     m = [r["score"] for r in rows]
     err = [
-        [max(r["score"] - r["score_lo"], 0) if _finite(r["score_lo"]) else 0 for r in rows],
-        [max(r["score_hi"] - r["score"], 0) if _finite(r["score_hi"]) else 0 for r in rows],
+        [max(r["score"] - r["score_lo"], 0) if finite(r["score_lo"]) else 0 for r in rows],
+        [max(r["score_hi"] - r["score"], 0) if finite(r["score_hi"]) else 0 for r in rows],
     ]
     colors = ["#d4a017" if r["reference"] else "#999999" if r["kind"] == "none" else "#4a7ebb" for r in rows]
     ax.bar(x, m, yerr=err, color=colors, capsize=3)
     ax.set_xticks(list(x), [r["label"] for r in rows], rotation=30, ha="right")
     ax.set_ylabel(rows[0]["metric"] if rows else "score")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def fig_heatmaps(tables: dict[str, Any], title: str, path: Path) -> str:
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     n = len(tables)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -124,13 +92,13 @@ def fig_heatmaps(tables: dict[str, Any], title: str, path: Path) -> str:
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="retrieval score")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def fig_scatter(an: dict, title: str, path: Path) -> str:
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     used = set(an.get("sets", []))
     for r in an["rows"]:
@@ -139,39 +107,35 @@ def fig_scatter(an: dict, title: str, path: Path) -> str:
         style = dict(color="#4a7ebb") if r["set"] in used else dict(color="#d4a017", marker="*", s=120)
         ax.scatter([r["recall"]], [r["score"]], zorder=3, **style)
         ax.annotate(r["label"], (r["recall"], r["score"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
-    xs_data = [r["recall"] for r in an["rows"] if r["set"] in used and _finite(r["recall"])]
+    xs_data = [r["recall"] for r in an["rows"] if r["set"] in used and finite(r["recall"])]
     if an.get("fit") and xs_data:
         xs = np.linspace(min(xs_data), max(xs_data), 20)
         ax.plot(xs, an["fit"]["slope"] * xs + an["fit"]["intercept"], "--", color="#888")
     c = an["recall_vs_score"]
     ax.set_xlabel("recall of reference retrieval heads")
     ax.set_ylabel(an["rows"][0]["metric"] if an["rows"] else "score")
-    ax.set_title(f"{title}\nSpearman {_fmt(c['spearman']['r'])}, Pearson {_fmt(c['pearson']['r'])} (n={c['n']})", fontsize=9)
+    ax.set_title(f"{title}\nSpearman {fmt(c['spearman']['r'])}, Pearson {fmt(c['pearson']['r'])} (n={c['n']})", fontsize=9)
     ax.set_xlim(-0.05, 1.05)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def fig_knockout(summ: dict, task: str, title: str, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     conds = summ["conditions"]
     names = list(conds)
     prim = conds["baseline"]["tasks"][task]["primary"]
     vals = [conds[n]["tasks"][task]["metrics"][prim] for n in names]
     fig, ax = plt.subplots(figsize=(1.4 + 0.7 * len(names), 3.2))
     err = [
-        [max(v["mean"] - v["lo"], 0) if _finite(v["lo"]) else 0 for v in vals],
-        [max(v["hi"] - v["mean"], 0) if _finite(v["hi"]) else 0 for v in vals],
+        [max(v["mean"] - v["lo"], 0) if finite(v["lo"]) else 0 for v in vals],
+        [max(v["hi"] - v["mean"], 0) if finite(v["hi"]) else 0 for v in vals],
     ]
     colors = ["#777777" if n == "baseline" else "#c0392b" if n == "top" else "#5d8aa8" for n in names]
     ax.bar(range(len(names)), [v["mean"] for v in vals], yerr=err, color=colors, capsize=3)
     ax.set_xticks(range(len(names)), ["none" if n == "baseline" else n for n in names], rotation=30, ha="right")
     ax.set_ylabel(prim)
     ax.set_title(title)
-    return _save(fig, path)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    return save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------------- readings
@@ -179,24 +143,24 @@ def _finite(x: Any) -> bool:
 
 def _corr_words(c: dict) -> str:
     s = c["spearman"]
-    if c["n"] < 3 or not _finite(s["r"]):
+    if c["n"] < 3 or not finite(s["r"]):
         return f"too few training sets to correlate (n={c['n']})"
-    sure = _finite(s["lo"]) and (s["lo"] > 0 or s["hi"] < 0)
+    sure = finite(s["lo"]) and (s["lo"] > 0 or s["hi"] < 0)
     direction = "correlates positively" if s["r"] > 0 else "correlates negatively" if s["r"] < 0 else "does not correlate"
-    ci = f"95% CI [{_fmt(s['lo'])}, {_fmt(s['hi'])}]" if _finite(s["lo"]) else "CI not defined"
-    zero = ", excludes 0" if sure else ", includes 0" if _finite(s["lo"]) else ""
-    return f"{direction} with score: Spearman {_fmt(s['r'])} (n={c['n']}, {ci}{zero}); Pearson {_fmt(c['pearson']['r'])}"
+    ci = f"95% CI [{fmt(s['lo'])}, {fmt(s['hi'])}]" if finite(s["lo"]) else "CI not defined"
+    zero = ", excludes 0" if sure else ", includes 0" if finite(s["lo"]) else ""
+    return f"{direction} with score: Spearman {fmt(s['r'])} (n={c['n']}, {ci}{zero}); Pearson {fmt(c['pearson']['r'])}"
 
 
 def reading_scores(rows: list[dict]) -> str:
-    fin = [r for r in rows if _finite(r["score"])]
+    fin = [r for r in rows if finite(r["score"])]
     if not fin:
         return "No scores yet."
     best, worst = max(fin, key=lambda r: r["score"]), min(fin, key=lambda r: r["score"])
     ref = next((r for r in rows if r["reference"]), None)
     return (
-        f"Best training set: {best['label']} ({best['metric']} {_fmt(best['score'])}); worst: {worst['label']} "
-        f"({_fmt(worst['score'])})" + (f"; the reference {ref['label']} scores {_fmt(ref['score'])}." if ref else ".")
+        f"Best training set: {best['label']} ({best['metric']} {fmt(best['score'])}); worst: {worst['label']} "
+        f"({fmt(worst['score'])})" + (f"; the reference {ref['label']} scores {fmt(ref['score'])}." if ref else ".")
     )
 
 
@@ -208,7 +172,7 @@ def reading_heads(tables: dict[str, Any], k: int) -> str:
         if layers:
             parts.append(
                 f"{name}: the top-{k} heads lie in layers {layers[0]}–{layers[-1]} "
-                f"(best {int(top.iloc[0]['layer'])}-{int(top.iloc[0]['head'])} with score {_fmt(float(top.iloc[0]['mean']))})"
+                f"(best {int(top.iloc[0]['layer'])}-{int(top.iloc[0]['head'])} with score {fmt(float(top.iloc[0]['mean']))})"
             )
     return "; ".join(parts) + "." if parts else "No head scores yet."
 
@@ -222,34 +186,16 @@ def reading_knockout(summ: dict, task: str) -> str:
     rmean = sum(rnd) / len(rnd) if rnd else float("nan")
     verdict = (
         "top heads matter more than random heads"
-        if _finite(rmean) and (base - top) > (base - rmean) + 1e-9
+        if finite(rmean) and (base - top) > (base - rmean) + 1e-9
         else "top heads matter no more than random heads here"
     )
     return (
-        f"{prim}: none {_fmt(base)}, top-{c['top'].get('n_heads', '?')} knocked out {_fmt(top)} "
-        f"({_fmt(top - base)}), random (mean of {len(rnd)}) {_fmt(rmean)} ({_fmt(rmean - base)}): {verdict}."
+        f"{prim}: none {fmt(base)}, top-{c['top'].get('n_heads', '?')} knocked out {fmt(top)} "
+        f"({fmt(top - base)}), random (mean of {len(rnd)}) {fmt(rmean)} ({fmt(rmean - base)}): {verdict}."
     )
 
 
 # ----------------------------------------------------------------------------------- the page
-
-
-def _table(headers: list[str], rows: list[list[str]], ref_rows: set[int] | None = None, n_left: int = 3) -> str:
-    """An HTML table; the first `n_left` columns (names) are left-aligned, numbers right-aligned."""
-    th = "".join(f"<th class='l'>{html.escape(h)}</th>" if i < n_left else f"<th>{html.escape(h)}</th>" for i, h in enumerate(headers))
-    body = []
-    for j, r in enumerate(rows):
-        cls = " class='ref'" if ref_rows and j in ref_rows else ""
-        body.append(
-            f"<tr{cls}>"
-            + "".join(f"<td class='l'>{html.escape(c)}</td>" if i < n_left else f"<td>{html.escape(c)}</td>" for i, c in enumerate(r))
-            + "</tr>"
-        )
-    return f"<table><tr>{th}</tr>{''.join(body)}</table>"
-
-
-def _figure(src: str, alt: str, reading: str) -> str:
-    return f"<figure><img src='{html.escape(src)}' alt='{html.escape(alt)}'><p class='reading'>{html.escape(reading)}</p></figure>"
 
 
 MAIN_HEADERS = [
@@ -276,14 +222,16 @@ def main_table_rows(analyses: list[dict]) -> tuple[list[list[str]], set[int]]:
                 [
                     an["model"],
                     an["task"],
-                    r["label"] + (" (reference)" if r["reference"] else ""),
+                    r["label"]
+                    + (" (reference)" if r["reference"] else "")
+                    + (f" (stopped at {pct(r['stopped_at'])})" if r.get("stopped_at") is not None else ""),
                     r["kind"],
-                    _ci(r["score"], r["score_lo"], r["score_hi"]),
+                    ci(r["score"], r["score_lo"], r["score_hi"]),
                     str(r["n_above_threshold"]),
-                    _ci(r["recall"], r["recall_lo"], r["recall_hi"]),
-                    _fmt(r["precision"]),
-                    _ci(r["cosine"], r["cosine_lo"], r["cosine_hi"]),
-                    _fmt(r["spearman"]),
+                    ci(r["recall"], r["recall_lo"], r["recall_hi"]),
+                    fmt(r["precision"]),
+                    ci(r["cosine"], r["cosine_lo"], r["cosine_hi"]),
+                    fmt(r["spearman"]),
                 ]
             )
     return rows, refs
@@ -297,10 +245,10 @@ def _analysis_parts(study_dir: Path, an: dict, score_nodes: dict, out: Path, k) 
     tag = f"{m}_{task}".replace("/", "_")
     parts.append(f"<h2>{html.escape(m)} · {html.escape(task)}</h2>")
     src = fig_scores(an["rows"], f"{m} / {task}: score per training set", out / f"scores_{tag}.png")
-    parts.append(_figure(src, "scores", reading_scores(an["rows"])))
+    parts.append(figure(src, "scores", reading_scores(an["rows"])))
     src = fig_scatter(an, f"{m} / {task}: recall vs score", out / f"scatter_{tag}.png")
     parts.append(
-        _figure(
+        figure(
             src,
             "recall vs score",
             "Head recall " + _corr_words(an["recall_vs_score"]) + ". Cosine " + _corr_words(an["cosine_vs_score"]) + ".",
@@ -309,12 +257,12 @@ def _analysis_parts(study_dir: Path, an: dict, score_nodes: dict, out: Path, k) 
     loo = an["loo"]
     parts.append(
         f"<p>Leave-one-out prediction of each set's score from its recall (linear fit on the others), "
-        f"mean absolute error {_fmt(loo['mae'])}:</p>"
+        f"mean absolute error {fmt(loo['mae'])}:</p>"
     )
     parts.append(
-        _table(
+        table(
             ["training set", "recall", "actual", "predicted", "error"],
-            [[r["set"], _fmt(r["x"]), _fmt(r["actual"]), _fmt(r["predicted"]), _fmt(r["error"])] for r in loo["rows"]],
+            [[r["set"], fmt(r["x"]), fmt(r["actual"]), fmt(r["predicted"]), fmt(r["error"])] for r in loo["rows"]],
             n_left=1,
         )
     )
@@ -326,7 +274,7 @@ def _analysis_parts(study_dir: Path, an: dict, score_nodes: dict, out: Path, k) 
             tables[r["label"]] = scores.heads
     if tables:
         src = fig_heatmaps(tables, f"{m} / {task}: retrieval score per layer x head", out / f"heatmap_{tag}.png")
-        parts.append(_figure(src, "heatmaps", reading_heads(tables, k)))
+        parts.append(figure(src, "heatmaps", reading_heads(tables, k)))
     return parts
 
 
@@ -341,7 +289,7 @@ def _knockout_parts(study_dir: Path, ko: list[dict], out: Path) -> list[str]:
                 continue
             summ = res.summary
             src = fig_knockout(summ, n["task"], f"knockout: {n['label']}", out / f"knockout_{n['label'].replace('/', '_')}.png")
-            parts.append(_figure(src, "knockout", f"{n['label']}: " + reading_knockout(summ, n["task"])))
+            parts.append(figure(src, "knockout", f"{n['label']}: " + reading_knockout(summ, n["task"])))
     return parts
 
 
@@ -360,13 +308,13 @@ def _patch_parts(study_dir: Path, pa: list[dict]) -> list[str]:
                         r["condition"],
                         r["kind"],
                         "" if r.get("n_heads") is None else str(r["n_heads"]),
-                        _ci(r["score"], r["lo"], r["hi"]),
-                        _ci(r["delta"], r["delta_lo"], r["delta_hi"]),
-                        _fmt(r.get("recovered")),
+                        ci(r["score"], r["lo"], r["hi"]),
+                        ci(r["delta"], r["delta_lo"], r["delta_hi"]),
+                        fmt(r.get("recovered")),
                     ]
                 )
         parts.append(
-            _table(["target model", "condition", "set", "heads", "score [CI]", "delta vs target [CI]", "gap recovered"], prow, n_left=3)
+            table(["target model", "condition", "set", "heads", "score [CI]", "delta vs target [CI]", "gap recovered"], prow, n_left=3)
         )
         parts.append("<p class='reading'>" + html.escape(reading_patch(pa, study_dir)) + "</p>")
     return parts
@@ -395,11 +343,15 @@ def write_report(study_dir: str | os.PathLike) -> Path:
     analyses = _analyses(study_dir, manifest)
     rows, refs = main_table_rows(analyses)
     parts.append("<h2>Scores and head overlap with the reference model</h2>")
-    parts.append(_table(MAIN_HEADERS, rows, refs) if rows else "<p>No analysis yet (run the study to the end).</p>")
+    parts.append(table(MAIN_HEADERS, rows, refs) if rows else "<p>No analysis yet (run the study to the end).</p>")
 
     score_nodes = {(n["model"], n["task"], n["set"]): n for n in _done(study_dir, manifest, "score")}
     for an in analyses:
         parts += _analysis_parts(study_dir, an, score_nodes, out, k)
+
+    early = [part for an in analyses for part in early_parts(an, out)]
+    if early:
+        parts += ["<h2 id='early'>Early prediction: does head recall early in training predict the final score?</h2>", *early]
 
     parts += _knockout_parts(study_dir, _done(study_dir, manifest, "knockout"), out)
 
@@ -418,13 +370,13 @@ def reading_patch(nodes: list[dict], study_dir: Path) -> str:
     for n in nodes:
         p = _read(study_dir, n, PatchResult)
         for r in p.rows() if p else []:
-            if _finite(r.get("recovered")):
+            if finite(r.get("recovered")):
                 rec.setdefault(r["kind"], []).append(r["recovered"])
     if not rec:
         return "Source and target score alike here, so no gap to recover."
     return (
         "Mean share of the source-target gap recovered by patching: "
-        + ", ".join(f"{k} {_fmt(sum(v) / len(v))}" for k, v in rec.items())
+        + ", ".join(f"{k} {fmt(sum(v) / len(v))}" for k, v in rec.items())
         + " (1 = all of it)."
     )
 
@@ -445,4 +397,6 @@ def summary_lines(study_dir: str | os.PathLike) -> list[str]:
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *body]]
     for an in analyses:
         lines.append(f"{an['model']}/{an['task']}: head recall {_corr_words(an['recall_vs_score'])}")
+        if an.get("early"):
+            lines.append(f"{an['model']}/{an['task']}: early prediction: {reading_earliest(an['early'])}")
     return lines

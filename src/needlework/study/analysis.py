@@ -7,6 +7,11 @@ Pearson correlations of recall (and cosine) with score across training sets, wit
 intervals over sets; `leave_one_out` predicts each set's score from its recall by a linear fit on
 the others. n is small (a handful of training sets), so the intervals are wide: they are reported,
 not hidden.
+
+Early prediction: `early_prediction` predicts each set's final score from its recall at a fraction
+of training (leave-one-out, as above) and finds the earliest fraction whose predictions rank the
+sets as their final scores do; `stop_decisions` is the stop_early rule (a set stops when its
+recall interval lies wholly below the best set's).
 """
 
 from __future__ import annotations
@@ -130,19 +135,81 @@ def leave_one_out(names: list[str], x, y) -> dict[str, Any]:
     return {"rows": rows, "mae": float(np.mean(errs)) if errs else float("nan")}
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def early_prediction(
+    names: list[str], final: dict[str, float], recall_at: dict[float, dict[str, float | None]], agreement: float = 0.8
+) -> dict[str, Any]:
+    """Per fraction of training, predict each set's FINAL score from its recall AT that fraction by
+    a line fitted on the other sets (`leave_one_out`), and rank-correlate predictions with finals.
+
+    Args:
+        names: the sets predicted (those of the correlations: no reference, no base model, no set
+            stopped early, whose final score is not a final score).
+        final: set -> final score. recall_at: fraction -> set -> recall there (None: no probe).
+        agreement: the Spearman correlation of predicted with final scores that counts as the same ranking.
+    Returns:
+        {`per_fraction`: [{fraction, n, spearman, mae, rows: leave_one_out rows}], `earliest`: the
+        first fraction with spearman >= agreement (None when there is none), `agreement`}.
+        Spearman needs 3 sets; with fewer it is NaN and no fraction qualifies.
+    """
+    per = []
+    for f in sorted(recall_at):
+        use = [n for n in names if _finite(recall_at[f].get(n)) and _finite(final.get(n))]
+        loo = leave_one_out(use, [recall_at[f][n] for n in use], [final[n] for n in use])
+        pred = np.array([r["predicted"] for r in loo["rows"]], float)
+        actual = np.array([r["actual"] for r in loo["rows"]], float)
+        rho = _spearman(pred, actual) if len(use) >= 3 and np.isfinite(pred).all() else float("nan")
+        per.append({"fraction": f, "n": len(use), "spearman": rho, "mae": loo["mae"], "rows": loo["rows"]})
+    earliest = next((p["fraction"] for p in per if _finite(p["spearman"]) and p["spearman"] >= agreement - 1e-9), None)
+    return {"per_fraction": per, "earliest": earliest, "agreement": agreement}
+
+
+def stop_decisions(rows: list[dict[str, Any]], stopped: dict[str, float], fraction: float, margin: float = 0.0) -> dict[str, Any]:
+    """The stop_early rule at one fraction of training: among the sets still training, the best is
+    the one with the highest recall (the first of equals); every other set whose recall interval's
+    upper bound lies more than `margin` below the best set's lower bound stops here. Overlapping
+    intervals, or a set or best without an interval (no per-example scores, n_boot 0), never stop.
+
+    Args:
+        rows: {set, recall, lo, hi} per gated set (None where its probe has no statistics).
+        stopped: sets stopped by earlier gates -> the fraction they stopped at (they stay stopped).
+    Returns:
+        {`rows`: each with `decision` (continue | stop | stopped before) and `stopped_at`, `best`,
+        `bar` (the best's lower bound minus the margin, None without one), `stopped` (all stopped so far)}.
+    """
+    running = [r for r in rows if r["set"] not in stopped and _finite(r["recall"])]
+    best = max(running, key=lambda r: r["recall"], default=None)
+    bar = best["lo"] - margin if best is not None and _finite(best["lo"]) else None
+    now = dict(stopped)
+    out = []
+    for r in rows:
+        if r["set"] in stopped:
+            decision = "stopped before"
+        elif bar is not None and r is not best and _finite(r["hi"]) and r["hi"] < bar:
+            decision, now[r["set"]] = "stop", fraction
+        else:
+            decision = "continue"
+        out.append({**r, "decision": decision, "stopped_at": now.get(r["set"])})
+    return {"rows": out, "best": best["set"] if best is not None else None, "bar": bar, "stopped": now}
+
+
 def analyze(
     rows: list[dict[str, Any]], reference: str, include_reference: bool = False, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> dict[str, Any]:
     """Correlations and leave-one-out prediction across a task's training sets.
 
     Args:
-        rows: one per training set with `set`, `kind`, `score`, `recall`, `cosine`.
-        reference: the reference set (left out unless `include_reference`; kind `none` is always left out).
+        rows: one per training set with `set`, `kind`, `score`, `recall`, `cosine` (and `stopped_at`).
+        reference: the reference set (left out unless `include_reference`; kind `none` is always left
+            out, and so is a set that stop_early stopped: its score is not a final score).
     Returns:
         {`n`, `sets`, `recall_vs_score`, `cosine_vs_score` (correlate()), `loo` (leave_one_out on recall),
         `fit` (slope, intercept of score ~ recall over all used sets)}.
     """
-    used = [r for r in rows if r["kind"] != "none" and (include_reference or r["set"] != reference)]
+    used = [r for r in rows if r["kind"] != "none" and r.get("stopped_at") is None and (include_reference or r["set"] != reference)]
     names = [r["set"] for r in used]
     score = np.array([r["score"] for r in used], float)
     out: dict[str, Any] = {"n": len(used), "sets": names}

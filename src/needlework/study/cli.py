@@ -14,7 +14,7 @@ def study_cmd(
     only: str | None = typer.Option(
         None,
         "--only",
-        help="Comma-separated stages to run (data, train, evaluate, score, "
+        help="Comma-separated stages to run (data, train, probe, gate, evaluate, score, "
         "compare, knockout, patch, analysis, report); others come from the cache.",
     ),
     workers: int = typer.Option(

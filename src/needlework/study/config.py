@@ -29,7 +29,7 @@ from needlework.interventions.config import KnockoutConfig, PatchConfig
 from needlework.schema import build, key_error
 from needlework.train.config import TrainConfig
 
-__all__ = ["KnockoutSection", "PatchSection", "StudyConfig", "dump_config", "from_dict", "load_config", "stage_config"]
+__all__ = ["EarlySpec", "KnockoutSection", "PatchSection", "StudyConfig", "dump_config", "from_dict", "load_config", "stage_config"]
 
 KINDS = ("synthetic", "limited", "real", "none")  # none: the model as it is, without fine-tuning
 HEAD_RULES = ("top_k", "threshold")
@@ -109,6 +109,35 @@ class AnalysisSpec:
 
 
 @dataclass
+class EarlySpec:
+    """`early:` predict each training set's final score from its head recall early in training.
+
+    At each of `fractions` of the training steps the training run saves its weights (a snapshot);
+    the probe stage scores the snapshot's heads in teacher mode on the first `probe_n` evaluation
+    examples and compares them with the reference model's final heads (the study's head rule); the
+    analysis predicts each set's final score from its recall at each fraction (leave-one-out across
+    sets) and names the earliest fraction whose predicted ranking agrees with the final one.
+
+    stop_early: train the other sets in segments ending at each fraction from `min_fraction` on
+        (below 1); after each, a gate stops every set whose recall interval's upper bound lies more
+        than `margin` below the lower bound of the best set's interval (the reference is never
+        stopped, nor compared). A stopped set's model is its snapshot at the stop.
+    """
+
+    fractions: list[float] = field(default_factory=list)  # fractions of training at which heads are probed (empty: off)
+    probe_n: int | None = None  # evaluation examples scored per probe: the first N (None: all)
+    agreement: float = 0.8  # the earliest fraction whose predicted scores rank the sets with Spearman >= this is reported
+    cost_budget: float = 0.1  # the report flags monitoring (snapshots + probes) that takes more of the training time
+    stop_early: bool = False  # stop training sets whose recall is clearly below the best set's (see above)
+    min_fraction: float = 0.25  # stop_early: no gate before this fraction of training
+    margin: float = 0.0  # stop_early: how far below the best set's lower bound the upper bound must lie
+
+    def gates(self) -> list[float]:
+        """The fractions after which stop_early gates decide (none when it is off)."""
+        return sorted(f for f in self.fractions if self.min_fraction <= f < 1) if self.stop_early else []
+
+
+@dataclass
 class ScaleOut:
     """How the train and evaluate stages spread over processes (one per GPU). Not part of any
     stage's cache key: the processes share one global batch, so results do not depend on them."""
@@ -159,6 +188,7 @@ class StudyConfig:
     knockout: KnockoutSection = field(default_factory=KnockoutSection)
     patch: PatchSection = field(default_factory=PatchSection)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    early: EarlySpec = field(default_factory=EarlySpec)
     scale_out: ScaleOut = field(default_factory=ScaleOut)
 
     def to_dict(self) -> dict[str, Any]:
@@ -351,10 +381,35 @@ def validate(cfg: StudyConfig, base_dir: Path | None = None) -> StudyConfig:
     n = cfg.scale_out.processes
     if (isinstance(n, str) and n != "auto") or (isinstance(n, int) and n < 1):
         raise _err("scale_out.processes", f"{n!r} is neither auto nor a positive number", "write auto (every visible GPU) or a count")
+    _check_early(cfg.early)
     for i, kind in enumerate(cfg.patch.kinds):
         if kind not in PATCH_KINDS and "-" not in kind:
             raise _err(f"patch.kinds[{i}]", f"{kind!r} is not a head-set kind", f"use {', '.join(PATCH_KINDS)} or a list L-H,...")
     return cfg
+
+
+def _check_early(e: EarlySpec) -> None:
+    for i, f in enumerate(e.fractions):
+        if not 0 < f <= 1:
+            raise _err(f"early.fractions[{i}]", f"{f} is not a fraction of training in (0, 1]", "write fractions such as 0.1, 0.25, 0.5, 1")
+        if f in e.fractions[:i]:
+            raise _err(f"early.fractions[{i}]", f"{f} is listed twice", "list each fraction once")
+    if e.probe_n is not None and e.probe_n < 1:
+        raise _err("early.probe_n", f"must be at least 1 (got {e.probe_n})", "set a number of examples, or null for all")
+    if not -1 <= e.agreement <= 1:
+        raise _err("early.agreement", f"{e.agreement} is not a Spearman correlation", "use a value in [-1, 1], e.g. 0.8")
+    if not 0 < e.min_fraction < 1:
+        raise _err("early.min_fraction", f"{e.min_fraction} is not a fraction in (0, 1)", "use e.g. 0.25")
+    if e.margin < 0:
+        raise _err("early.margin", f"must not be negative (got {e.margin})", "use 0 (intervals apart) or a positive recall margin")
+    if e.cost_budget <= 0:
+        raise _err("early.cost_budget", f"must be positive (got {e.cost_budget})", "use a share of the training time, e.g. 0.1")
+    if e.stop_early and not e.gates():
+        raise _err(
+            "early.stop_early",
+            f"no fraction in early.fractions {e.fractions} lies in [min_fraction {e.min_fraction}, 1): no gate could stop a set",
+            "add such a fraction (e.g. 0.25), lower early.min_fraction, or turn stop_early off",
+        )
 
 
 def _check_renamed(data: dict[str, Any]) -> None:

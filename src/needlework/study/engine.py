@@ -15,141 +15,24 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from needlework.artifacts import STAGE_DONE, STAGE_INFO, STUDY_INDEX, TrainRun
 from needlework.errors import NeedleworkError
-from needlework.io import hash_file, hash_obj, write_json, write_text
-from needlework.study.config import StudyConfig, dump_config, section_dict
+from needlework.io import hash_obj, write_json, write_text
+from needlework.study.config import StudyConfig, dump_config
 from needlework.study.nodes import Node, StageContext, StageFn
+from needlework.study.plan import build_plan, selected
 from needlework.study.stages import REAL_STAGES
 
 __all__ = ["Node", "StageContext", "StageFn", "build_plan", "node_key", "output_hash", "run_study", "selected"]
 
-STAGE_ORDER = ("data", "train", "evaluate", "score", "compare", "knockout", "patch", "analysis")
+STAGE_ORDER = ("data", "train", "probe", "gate", "evaluate", "score", "compare", "knockout", "patch", "analysis")
 RESUMABLE = {"train"}  # stages whose work dir is kept after a crash (training resumes from checkpoints)
 VERSION = 1  # bump to invalidate every cached stage when the layout of stage outputs changes
 # Keys dropped before hashing a JSON output: they change from run to run without changing results.
-VOLATILE = ("elapsed", "per_s", "time", "date", "wall", "peak_mem", "tokens_per_s")
-
-
-# ----------------------------------------------------------------------------------- the plan
-
-
-def _model_slice(cfg: StudyConfig, m: str) -> dict[str, Any]:
-    return asdict(cfg.models[m])
-
-
-def _set_slice(cfg: StudyConfig, task: str, sname: str | None, m: str) -> dict[str, Any]:
-    t = cfg.tasks[task]
-    s = t.eval_set if sname is None else t.train_sets[sname]
-    d = asdict(s)
-    d.pop("label", None)
-    d["n"] = s.n or (cfg.sizes.n_eval if sname is None else cfg.sizes.n_train)
-    d["seed"] = s.seed if s.seed is not None else (cfg.seed + 1000 if sname is None else cfg.seed)
-    if s.file:
-        d["file_hash"] = hash_file(s.file) if Path(s.file).exists() else "missing"
-    if s.load and Path(str(s.load.get("path", ""))).is_file():
-        d["load_hash"] = hash_file(s.load["path"])
-    return {"task": task, "length": t.length, "tokenizer": cfg.models[m].name, "role": "eval" if sname is None else "train", **d}
-
-
-def selected(cfg: StudyConfig, section: str, task: str) -> list[str]:
-    """Training sets that knockout (`knockout.train_sets`) or patching (`patch.targets`) runs on for a task."""
-    sec = getattr(cfg, section)
-    t = cfg.tasks[task]
-    if not sec.enabled:
-        return []
-    choice = sec.train_sets if section == "knockout" else sec.targets
-    names = [n for n, s in t.train_sets.items() if s.kind != "none"]
-    if choice == "all":
-        out = names
-    elif choice == "reference":
-        out = [t.reference]
-    elif choice == "none":
-        out = []
-    else:
-        out = [t.reference if c == "reference" else c for c in choice]
-    if section == "patch":
-        out = [n for n in out if n != t.reference]  # the reference is the source
-    return [n for n in names if n in out]
-
-
-def build_plan(cfg: StudyConfig) -> list[Node]:
-    """Every node of the study in an order that respects dependencies."""
-    nodes: list[Node] = []
-    # every slice holds the resolved options (defaults included), so a changed default re-runs
-    heads, analysis = asdict(cfg.heads), asdict(cfg.analysis)
-    train_opts, eval_opts = cfg.train.to_dict(), asdict(cfg.eval)
-    knockout, patch = section_dict(cfg.knockout), section_dict(cfg.patch)
-    for m in cfg.models:
-        ms = _model_slice(cfg, m)
-        for task, t in cfg.tasks.items():
-            base = dict(model=m, task=task)
-            evalset = Node("data", f"{m}/{task}/eval", _set_slice(cfg, task, None, m), set="eval", **base)
-            nodes.append(evalset)
-            train: dict[str, Node] = {}
-            score: dict[str, Node] = {}
-            ev: dict[str, Node] = {}
-            for sname, s in t.train_sets.items():
-                lab = f"{m}/{task}/{sname}"
-                up: dict[str, Node] = {}
-                if s.kind != "none":
-                    data = Node("data", lab, _set_slice(cfg, task, sname, m), set=sname, **base)
-                    tr = Node("train", lab, {"model": ms, "train": train_opts}, {"data": data}, set=sname, **base)
-                    nodes += [data, tr]
-                    train[sname] = up["train"] = tr
-                ev[sname] = Node("evaluate", lab, {"model": ms, "eval": eval_opts}, {"eval_data": evalset, **up}, set=sname, **base)
-                score[sname] = Node(
-                    "score", lab, {"model": ms, "score": asdict(cfg.task_score(task))}, {"eval_data": evalset, **up}, set=sname, **base
-                )
-                nodes += [ev[sname], score[sname]]
-            ref = t.reference
-            cmp: dict[str, Node] = {}
-            for sname in t.train_sets:
-                cmp[sname] = Node(
-                    "compare",
-                    f"{m}/{task}/{sname}",
-                    {"heads": heads, "analysis": analysis},
-                    {"heads": score[sname], "ref_heads": score[ref]},
-                    set=sname,
-                    **base,
-                )
-                nodes.append(cmp[sname])
-            for sname in selected(cfg, "knockout", task):
-                nodes.append(
-                    Node(
-                        "knockout",
-                        f"{m}/{task}/{sname}",
-                        {"model": ms, "knockout": knockout, "heads": heads, "eval": eval_opts},
-                        {"eval_data": evalset, "heads": score[sname], "train": train[sname]},
-                        set=sname,
-                        **base,
-                    )
-                )
-            for sname in selected(cfg, "patch", task):
-                nodes.append(
-                    Node(
-                        "patch",
-                        f"{m}/{task}/{sname}",
-                        {"model": ms, "patch": patch, "heads": heads, "eval": eval_opts},
-                        {
-                            "eval_data": evalset,
-                            "source_train": train[ref],
-                            "target_train": train[sname],
-                            "source_heads": score[ref],
-                            "target_heads": score[sname],
-                        },
-                        set=sname,
-                        **base,
-                    )
-                )
-            sets = {n: {"kind": s.kind, "label": s.label or n} for n, s in t.train_sets.items()}
-            deps = {f"evaluate:{n}": ev[n] for n in t.train_sets} | {f"compare:{n}": cmp[n] for n in t.train_sets}
-            nodes.append(Node("analysis", f"{m}/{task}", {"analysis": analysis, "sets": sets, "reference": ref}, deps, **base))
-    return nodes
+VOLATILE = ("elapsed", "per_s", "time", "date", "wall", "peak_mem", "tokens_per_s", "seconds", "versions")
 
 
 # ----------------------------------------------------------------------------------- hashing
@@ -349,24 +232,7 @@ def run_study(
     console.print(f"[bold]study {cfg.name}[/]: {len(nodes)} stages -> {out}", highlight=False)
     pool = _start_workers(cfg, out, stages, only, poll_s, workers, console)
     try:
-        while True:
-            progressed = False
-            for node in nodes:
-                if node.status not in ("pending", "waiting", "busy"):
-                    continue
-                before = node.status
-                _step(node, cfg, out, stages, only, console)
-                if node.status in ("done", "cached", "skipped", "blocked"):
-                    progressed = True
-                if node.status == "done":
-                    write_manifest(cfg, out, nodes)  # a partial report can be written at any time
-                if node.status == "busy" and before != "busy":
-                    _status_line(console, node)
-            busy = [n for n in nodes if n.status in ("waiting", "busy")]
-            if not busy:
-                break
-            if not progressed:  # everything left runs in other processes (or waits on it)
-                time.sleep(poll_s)
+        _run_nodes(nodes, cfg, out, stages, only, console, poll_s)
     except BaseException:
         for p in pool:  # this process failed: stop the others too
             p.terminate()
@@ -381,6 +247,15 @@ def run_study(
         path = write_report(out)
         console.print(f"report: {path}", highlight=False)
     return nodes
+
+
+# Which ready node a free process takes first: knockout and patching are the longest single stages
+# and end the critical path, so they start as soon as their inputs exist (plan order otherwise).
+PRIORITY = {"knockout": 0, "patch": 1}
+
+
+def _priority(node: Node) -> int:
+    return PRIORITY.get(node.stage, 2)
 
 
 def share_gpu(workers: int) -> None:
@@ -431,10 +306,34 @@ def _join_workers(pool: list, out: Path, check: bool = True) -> None:
         )
 
 
+def _run_nodes(nodes: list[Node], cfg: StudyConfig, out: Path, stages, only, console, poll_s: float) -> None:
+    """Resolve nodes until none is pending, waiting or busy. Of the nodes ready, the long ones go
+    first (_priority); after each finished node the sweep starts again, since it may have made a
+    long one ready."""
+    while True:
+        progressed = False
+        for node in sorted(nodes, key=_priority):
+            if node.status not in ("pending", "waiting", "busy"):
+                continue
+            before = node.status
+            _step(node, cfg, out, stages, only, console)
+            if node.status in ("done", "cached", "skipped", "blocked"):
+                progressed = True
+            if node.status == "busy" and before != "busy":
+                _status_line(console, node)
+            if node.status == "done":
+                write_manifest(cfg, out, nodes)  # a partial report can be written at any time
+                break
+        if not any(n.status in ("pending", "waiting", "busy") for n in nodes):
+            return
+        if not progressed:  # everything left runs in other processes (or waits on it)
+            time.sleep(poll_s)
+
+
 def _step(node: Node, cfg: StudyConfig, out: Path, stages: dict[str, StageFn], only, console) -> None:
     """Resolve one node: waiting (inputs run elsewhere), blocked, cached, skipped, busy (another
     process holds its lock), or run it here."""
-    if any(d.status in ("waiting", "busy") for d in node.deps.values()):
+    if any(d.status in ("pending", "waiting", "busy") for d in node.deps.values()):  # inputs not resolved yet
         node.status = "waiting"
         return
     node.key = node_key(node)

@@ -1,9 +1,10 @@
 """The study's stage functions: thin adapters from a `StageContext` to each package's one public
 function (generate / load_real, train, evaluate, score_result, run_knockout, run_patch), plus the
-study's own `compare` and `analysis` stages. Each writes only into `ctx.out`, and only artifacts
-(`needlework.artifacts`): data DataSet, train a TrainRun folder, evaluate EvalResult, score
-HeadScores, compare Comparison, knockout KnockoutResult, patch PatchResult, analysis Analysis.
-Later stages and the report read them back through the same classes.
+study's own `compare`, `probe`, `gate` and `analysis` stages. Each writes only into `ctx.out`, and
+only artifacts (`needlework.artifacts`): data DataSet, train a TrainRun folder, evaluate
+EvalResult, score HeadScores, compare Comparison, probe Probe, gate Gate, knockout KnockoutResult,
+patch PatchResult, analysis Analysis. Later stages and the report read them back through the same
+classes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-from needlework.artifacts import Analysis, Comparison, DataSet, EvalResult, HeadScores, TrainRun
+from needlework.artifacts import Analysis, Comparison, DataSet, EvalResult, Gate, HeadScores, Probe, TrainRun
 from needlework.errors import NeedleworkError
 from needlework.evaluate.config import EvalConfig
 from needlework.interventions.config import KnockoutConfig, PatchConfig
@@ -22,18 +26,19 @@ from needlework.study.launch import run_in_processes, stage_processes
 from needlework.study.nodes import StageContext
 
 
-def model_config(ctx: StageContext, train_dep: str | None = "train"):
-    """The ModelConfig of this node: the base model, plus what its train input produced."""
+def model_config(ctx: StageContext, train_dep: str | None = "train", weights: Path | None = None):
+    """The ModelConfig of this node: the base model, plus what its train input produced (or the
+    `weights` folder given: a snapshot, an adapter or a full model as the final save writes it)."""
     from needlework.models.load import ModelConfig
 
     mc = ModelConfig(**ctx.node.slice["model"])
     d = ctx.inputs.get(train_dep) if train_dep else None
-    if d is not None:
+    if weights is None and d is not None:
         run = TrainRun(d)
-        if run.adapter is not None:
-            mc = dataclasses.replace(mc, adapter=str(run.adapter))
-        elif run.model is not None:
-            mc = dataclasses.replace(mc, name=str(run.model))
+        weights = run.adapter or run.model
+    if weights is not None:
+        lora = (weights / "adapter_config.json").exists()  # peft's file: an adapter, else a full model folder
+        mc = dataclasses.replace(mc, **({"adapter": str(weights)} if lora else {"name": str(weights)}))
     return mc
 
 
@@ -86,7 +91,7 @@ def _train_here(ctx: StageContext) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # launched processes split the configured global batch (launch.stage_processes)
         cfg = dataclasses.replace(cfg, grad_accum=cfg.grad_accum // world)
-    train(model_config(ctx, None), records_of(ctx, "data"), cfg, ctx.out)
+    train(model_config(ctx, None), records_of(ctx, "data"), cfg, ctx.out, stop_at=ctx.node.slice.get("stop_at", 1.0))
 
 
 def _evaluate_here(ctx: StageContext) -> None:
@@ -107,9 +112,48 @@ def _scaled(stage: str, ctx: StageContext) -> None:
         IN_PROCESS[stage](ctx)
 
 
-def train_stage(ctx: StageContext) -> None:
-    _scaled("train", ctx)
-    shutil.rmtree(ctx.out / TrainRun.CHECKPOINTS, ignore_errors=True)  # only needed to resume a killed run
+def _carry_over(previous: Path, out: Path, checkpoint: bool) -> None:
+    """A training segment starts from the one before: its log and snapshots (kept where a killed
+    attempt of this segment already wrote them) and, to resume from, its last checkpoint."""
+    from needlework.train.checkpoint import list_checkpoints
+
+    prev, run = TrainRun(previous), TrainRun(out)
+    for f, src in prev.snapshots().items():
+        if not (run.snapshot_dir(f) / TrainRun.SNAPSHOT_INFO).exists():
+            shutil.copytree(src, run.snapshot_dir(f), dirs_exist_ok=True)
+    if (previous / TrainRun.LOG).exists() and not (out / TrainRun.LOG).exists():
+        shutil.copy2(previous / TrainRun.LOG, out / TrainRun.LOG)
+    last = list_checkpoints(previous / TrainRun.CHECKPOINTS)[-1:]
+    if checkpoint and last and not (out / TrainRun.CHECKPOINTS / last[0].name).exists():
+        shutil.copytree(last[0], out / TrainRun.CHECKPOINTS / last[0].name)
+
+
+def _stop_here(ctx: StageContext, stopped_at: float) -> None:
+    """A set its gate stopped: mark the run, and (last segment) its model is the snapshot at the stop."""
+    from needlework.io import write_json
+
+    run = TrainRun(ctx.out)
+    write_json(ctx.out / TrainRun.STOPPED, {"fraction": stopped_at, "step": run.snapshot_info(stopped_at)["step"]})
+    if ctx.node.slice["stop_at"] == 1:
+        dest = ctx.out / (TrainRun.ADAPTER if ctx.node.slice["train"]["method"] == "lora" else TrainRun.MODEL)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(run.snapshot_dir(stopped_at), dest, ignore=shutil.ignore_patterns(TrainRun.SNAPSHOT_INFO))
+
+
+def train_stage(ctx: StageContext, fit: Callable[[StageContext], None] | None = None) -> None:
+    """Train this node's model: the whole run or, under stop_early, one segment of it (up to the
+    slice's `stop_at`), which goes on from the previous segment, unless the gate before it stopped
+    the set. `fit` trains (default: `needlework.train.sft.train`, on every GPU; tests pass a fake)."""
+    stop_at = ctx.node.slice.get("stop_at", 1.0)
+    stopped = Gate.read(ctx.inputs["gate"]).result["stopped"].get(ctx.node.set) if "gate" in ctx.inputs else None
+    if "previous" in ctx.inputs:
+        _carry_over(ctx.inputs["previous"], ctx.out, checkpoint=stopped is None)
+    if stopped is not None:
+        _stop_here(ctx, stopped)
+        return
+    (fit or (lambda c: _scaled("train", c)))(ctx)
+    if stop_at == 1:
+        shutil.rmtree(ctx.out / TrainRun.CHECKPOINTS, ignore_errors=True)  # only needed to resume a killed run
 
 
 def evaluate_stage(ctx: StageContext) -> None:
@@ -140,6 +184,67 @@ def compare_stage(ctx: StageContext) -> None:
         seed=a["seed"],
     )
     Comparison(result=res).write(ctx.out)
+
+
+# ----------------------------------------------------------------------------------- early prediction
+
+
+def _score_snapshot(ctx: StageContext, weights: Path) -> HeadScores:
+    """The snapshot's heads on the probe examples: the score stage's own `score_result`."""
+    from needlework.heads.config import ScoreConfig
+    from needlework.heads.run import score_result
+
+    return score_result(model_config(ctx, weights=weights), records_of(ctx), ScoreConfig.from_dict(ctx.node.slice["score"]))
+
+
+def probe_stage(ctx: StageContext, score: Callable[[StageContext, Path], HeadScores] | None = None) -> None:
+    """Heads of the training snapshot at this node's fraction against the reference model's final
+    heads, by the compare stage's rule and statistics; the seconds it took (loading, scoring,
+    comparing) and those of saving the snapshot are the monitoring cost. A set that a stop_early
+    gate stopped before this fraction has no snapshot here: a Probe with `stopped_at` and no
+    statistics. `score` scores a snapshot (tests pass a fake)."""
+    from needlework.study.analysis import METRICS, compare_heads
+
+    t0 = time.perf_counter()
+    s, run = ctx.node.slice, TrainRun(ctx.inputs["train"])
+    f = s["fraction"]
+    base = {"set": ctx.node.set, "fraction": f, "stopped_at": None}
+    if f not in run.snapshots():
+        stopped = run.stopped()
+        if stopped is None or stopped["fraction"] >= f:
+            raise NeedleworkError(
+                f"training run {run.path} holds no snapshot at fraction {f}", "rerun its train stage (delete its folder under stages/train)"
+            )
+        Probe(result={**base, "stopped_at": stopped["fraction"], **dict.fromkeys(METRICS)}).write(ctx.out)
+        return
+    scores = (score or _score_snapshot)(ctx, run.snapshot_dir(f))
+    h, a = s["heads"], s["analysis"]
+    res = compare_heads(
+        scores, HeadScores.read(ctx.inputs["ref_heads"]), h["rule"], h["top"], h["threshold"], a["n_boot"], a["alpha"], a["seed"]
+    )
+    info = run.snapshot_info(f)
+    result = {**base, **res, "step": info["step"], "total_steps": info["total_steps"], "snapshot_seconds": info["save_seconds"]}
+    result |= {"model_config": scores.model_config, "shape": scores.shape, "probe_seconds": time.perf_counter() - t0}
+    Probe(result=result).write(ctx.out)
+
+
+def gate_stage(ctx: StageContext) -> None:
+    """stop_early: which training sets stop at this fraction (`analysis.stop_decisions`), with the
+    sets earlier gates stopped carried on."""
+    from needlework.study.analysis import stop_decisions
+
+    s = ctx.node.slice
+    stopped = dict(Gate.read(ctx.inputs["previous"]).result["stopped"]) if "previous" in ctx.inputs else {}
+    probes = [Probe.read(ctx.inputs[f"probe:{n}"]).result for n in s["sets"]]
+    rows = [
+        {"set": p["set"], **({"recall": None, "lo": None, "hi": None} if p["recall"] is None else _interval(p["recall"]))} for p in probes
+    ]
+    res = stop_decisions(rows, stopped, s["fraction"], s["margin"])
+    Gate(result={"fraction": s["fraction"], "margin": s["margin"], **res}).write(ctx.out)
+
+
+def _interval(m: dict) -> dict:
+    return {"recall": m["mean"], "lo": m["lo"], "hi": m["hi"]}
 
 
 # ----------------------------------------------------------------------------------- interventions
@@ -184,11 +289,49 @@ def patch_stage(ctx: StageContext) -> None:
 # ----------------------------------------------------------------------------------- analysis
 
 
+def _gates(ctx: StageContext) -> list[dict]:
+    """The stop_early gates' results (inputs `gate:<fraction>`), in order of fraction."""
+    keys = sorted((k for k in ctx.inputs if k.startswith("gate:")), key=lambda k: float(k.split(":", 1)[1]))
+    return [Gate.read(ctx.inputs[k]).result for k in keys]
+
+
+def _early(ctx: StageContext, rows: list[dict], used: list[str], gates: list[dict]) -> dict:
+    """Early prediction: recall per set and fraction (the curves), each used set's final score
+    predicted from its recall at each fraction, the gates' decisions, and the measured monitoring
+    cost (every timing under `monitor_seconds`, which the stage hash leaves out)."""
+    from needlework.study.analysis import early_prediction
+
+    e, sets = ctx.node.slice["early"], ctx.node.slice["sets"]
+    tuned = [n for n, info in sets.items() if info["kind"] != "none"]
+    probes = {(n, f): Probe.read(ctx.inputs[f"probe:{n}@{f:g}"]).result for n in tuned for f in e["fractions"]}
+    curves = []
+    for (n, f), pr in sorted(probes.items(), key=lambda kv: (tuned.index(kv[0][0]), kv[0][1])):
+        rec = pr["recall"] or {}
+        curves.append({"set": n, "label": sets[n]["label"], "fraction": f, "step": pr.get("step"), "stopped_at": pr["stopped_at"]})
+        curves[-1] |= {"recall": rec.get("mean"), "recall_lo": rec.get("lo"), "recall_hi": rec.get("hi")}
+    recall_at = {f: {c["set"]: c["recall"] for c in curves if c["fraction"] == f} for f in e["fractions"]}
+    pred = early_prediction(used, {r["set"]: r["score"] for r in rows}, recall_at, e["agreement"])
+    per_set = []
+    for n in tuned:
+        sec = TrainRun(ctx.inputs[f"train:{n}"]).seconds()
+        probe_s = sum(pr.get("probe_seconds") or 0.0 for (m, _), pr in probes.items() if m == n)
+        per_set.append({"set": n, "train": sec["train"], "snapshots": sec["snapshots"], "probes": probe_s})
+    total = {k: sum(r[k] for r in per_set) for k in ("train", "snapshots", "probes")}
+    share = (total["snapshots"] + total["probes"]) / total["train"] if total["train"] > 0 else None
+    monitor = {**total, "share": share, "budget": e["cost_budget"], "per_set": per_set}
+    keep = ("fractions", "probe_n", "stop_early", "min_fraction", "margin")
+    stopped = gates[-1]["stopped"] if gates else {}
+    return {**{k: e[k] for k in keep}, **pred, "curves": curves, "gates": gates, "stopped": stopped, "monitor_seconds": monitor}
+
+
 def analysis_stage(ctx: StageContext) -> None:
-    """Per task and model: a row per training set and the correlations across sets."""
+    """Per task and model: a row per training set and the correlations across sets; with early
+    prediction (`early` in the slice) also its curves, predictions, gates and cost."""
     from needlework.study.analysis import analyze
 
     s = ctx.node.slice
+    gates = _gates(ctx)
+    stopped = gates[-1]["stopped"] if gates else {}
     rows = []
     for name, info in s["sets"].items():
         cmp = Comparison.read(ctx.inputs[f"compare:{name}"]).result
@@ -203,9 +346,13 @@ def analysis_stage(ctx: StageContext) -> None:
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = cmp[m]["mean"], cmp[m]["lo"], cmp[m]["hi"]
         row["n_heads"] = cmp["n_heads"]
         row["n_above_threshold"] = cmp["n_above_threshold"]
+        if "early" in s:  # only then, so that analyses without early prediction keep their hash
+            row["stopped_at"] = stopped.get(name)
         rows.append(row)
     a = s["analysis"]
     res = analyze(rows, s["reference"], a["include_reference"], a["n_boot"], a["alpha"], a["seed"])
+    if "early" in s:
+        res["early"] = _early(ctx, rows, res["sets"], gates)
     Analysis(result={"model": ctx.node.model, "task": ctx.node.task, "reference": s["reference"], "rows": rows, **res}).write(ctx.out)
 
 
@@ -215,6 +362,8 @@ REAL_STAGES = {
     "evaluate": evaluate_stage,
     "score": score_stage,
     "compare": compare_stage,
+    "probe": probe_stage,
+    "gate": gate_stage,
     "knockout": knockout_stage,
     "patch": patch_stage,
     "analysis": analysis_stage,

@@ -7,6 +7,7 @@ written to `out/train_config.json` and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ class TrainConfig:
     log_every: int = 1  # write a log.jsonl line every N steps
     eval_every: int = 0  # evaluate every N steps (0: only at the end, when eval records are given)
     save_every: int = 0  # checkpoint every N steps (0: no intermediate checkpoints)
+    # save the trained weights (adapter or model) at these fractions of the steps, to OUT/snapshots/<fraction>/
+    # (YAML only; the study's `early.fractions` sets them): loadable as adapters, for early head probes
+    snapshots: list[float] = field(default_factory=list)
     keep_checkpoints: int = 2  # newest checkpoints kept (0 keeps all)
     resume: str = "auto"  # auto (resume when out/checkpoints has one) | never | a checkpoint directory
     progress: bool = True  # show progress bars (main process only)
@@ -84,10 +88,20 @@ class TrainConfig:
             problems.append(e.problem)
         if self.epochs <= 0 and self.max_steps <= 0:
             problems.append("set epochs > 0 or max_steps > 0")
+        bad = [f for f in self.snapshots if not 0 < f <= 1]
+        if bad or len(set(self.snapshots)) != len(self.snapshots):
+            problems.append(f"snapshots must be distinct fractions of training in (0, 1], not {self.snapshots}")
         if self.method != "full" and not self.targets:
             problems.append(f"method {self.method} needs at least one target module name")
         if problems:
             raise NeedleworkError("bad training config: " + "; ".join(problems), "fix the value(s); see `needlework train --help`")
+
+    def snapshot_steps(self, total_steps: int) -> dict[int, list[float]]:
+        """The step at which each snapshot fraction is saved: step -> its fractions."""
+        out: dict[int, list[float]] = {}
+        for f in sorted(self.snapshots):
+            out.setdefault(snapshot_step(f, total_steps), []).append(f)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -100,6 +114,12 @@ class TrainConfig:
         if isinstance(d.get("targets"), str):  # `q_proj,v_proj`, as the command line writes it
             d = {**d, "targets": [t.strip() for t in d["targets"].split(",") if t.strip()]}
         return build(cls, d, what="training config key")
+
+
+def snapshot_step(fraction: float, total_steps: int) -> int:
+    """The first step by which `fraction` of the training steps are done (at least 1): where a
+    snapshot at that fraction is saved and where a run told to stop there stops."""
+    return min(total_steps, max(1, math.ceil(fraction * total_steps - 1e-9)))
 
 
 def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -21,6 +21,12 @@ not restore the RNG for dropout. accelerate turns FSDP on for GPUs only: on CPU 
 the final weights.
 One optimizer step consumes `grad_accum × world_size` micro-batches of a fixed plan, so the global
 batch (and the loss) does not depend on how many processes share it.
+
+Snapshots (`TrainConfig.snapshots`): at those fractions of the steps the weights are written as the
+final save writes them (one `_write_weights`), to OUT/snapshots/<fraction>/, for early head probes.
+`stop_at` trains only up to a fraction of the steps (the schedule still spans them all) and
+checkpoints there, so a later call with a larger `stop_at` continues exactly: a study trains a set
+in such segments when its stop_early gates may stop it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +52,7 @@ from needlework.data.records import Record
 from needlework.data.render import resolve_chat
 from needlework.errors import NeedleworkError
 from needlework.io import write_json
+from needlework.models.batching import is_oom
 from needlework.models.load import (
     MODEL_SETTINGS,
     ModelConfig,
@@ -65,7 +73,7 @@ from needlework.train.checkpoint import (
     trainable_state,
 )
 from needlework.train.checkpointing import enable_checkpointing
-from needlework.train.config import TrainConfig
+from needlework.train.config import TrainConfig, snapshot_step
 from needlework.train.data import Example, collate, encode_all, epoch_plan
 from needlework.train.loss import AnswerOnlyLM, base_causal_lm
 
@@ -79,7 +87,7 @@ class TrainResult:
     out_dir: Path
     steps: int  # optimizer steps done in total (incl. before a resume)
     final_loss: float  # answer-token loss of the last step
-    saved: Path  # out/adapter (LoRA) or out/model (attn/full)
+    saved: Path | None  # out/adapter (LoRA) or out/model (attn/full); None when stopped at a fraction (`stop_at`)
     log_path: Path
     eval: dict[str, float] = field(default_factory=dict)  # last evaluation, when eval records were given
 
@@ -215,9 +223,12 @@ class SFTRecipe:
     model, data, optimizer, resume), `train` is the loop, `save` writes the final weights.
     `train()` below calls them in order; the state they share lives on the instance."""
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | os.PathLike) -> None:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | os.PathLike, stop_at: float = 1.0) -> None:
+        if not 0 < stop_at <= 1:
+            raise NeedleworkError(f"stop_at must be a fraction of training in (0, 1], not {stop_at}", "pass e.g. 0.25 (1: the whole run)")
         self.model_cfg = resolve_model_config(model_cfg)  # an adapter to continue: checked, its settings applied
         self.cfg = cfg
+        self.stop_at = stop_at
         self.out = Path(out_dir)
         self.ckpt_root = self.out / TrainRun.CHECKPOINTS
         self.log_path = self.out / TrainRun.LOG
@@ -280,6 +291,8 @@ class SFTRecipe:
         self.rows = rows_in_step if self.auto_rows else (cfg.batch_size if self.world > 1 else fixed)
         micro_per_epoch = len(epoch_plan(self.examples, 0, cfg.seed, cfg.batch_size, cfg.packing, self.pack_length))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * micro_per_epoch) // self.per_step)
+        self.snapshot_at = cfg.snapshot_steps(self.total_steps)  # step -> fractions saved there
+        self.stop_step = snapshot_step(self.stop_at, self.total_steps)
 
     def _setup_optimizer(self) -> None:
         """Optimizer and schedule; accelerate wraps the model (DDP), or shards it and swaps the
@@ -332,6 +345,9 @@ class SFTRecipe:
             lines = self.log_path.read_text().splitlines() if self.log_path.exists() and self.start_step else []
             kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.start_step]
             self.log_path.write_text("".join(ln + "\n" for ln in kept))  # drop lines a crashed run wrote after its checkpoint
+        # training seconds so far (a resumed run adds to them); time spent saving snapshots is left out
+        self.seconds_before = TrainRun(self.out).seconds()["train"] if self.main and self.start_step else 0.0
+        self.paused = 0.0
 
     # --- helpers of the loop --------------------------------------------------------------------
 
@@ -402,8 +418,8 @@ class SFTRecipe:
         while True:
             try:
                 return self._accumulate_passes(self._passes(group), n_answer)
-            except torch.cuda.OutOfMemoryError:
-                if not self.auto_rows or self.rows == 1:
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+                if not (self.auto_rows and is_oom(e)) or self.rows == 1:
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
@@ -434,21 +450,79 @@ class SFTRecipe:
                 "lower --lr, raise --warmup-steps, keep --max-grad-norm on, or use float32/bfloat16 instead of float16",
             )
 
+    def _log_step(self, done: int, loss: float, n_answer: int) -> None:
+        """One log line: loss, learning rate, throughput since the last line, memory, training seconds."""
+        now = time.perf_counter()
+        t_last, tokens = self._since
+        tok_s = float(self._reduce_sum(torch.tensor(float(tokens), device=self.device))) / max(now - t_last, 1e-9)
+        row = {"step": done, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tok_s}
+        row |= {"peak_mem_gb": peak_mem_gb(self.device), "answer_tokens": n_answer}
+        self._log({**row, "train_seconds": self.seconds_before + now - self._t_loop - self.paused})
+        self._since = (now, 0)
+
+    def _write_weights(self, dest: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """The trained weights as a loadable folder, a peft adapter (LoRA) or a full model, with the
+        model settings beside them: the final save and every snapshot. Every rank calls it (under
+        FSDP the weights are gathered to rank 0; `weights`: the trainable ones, already gathered)."""
+        cfg, inner, lora = self.cfg, self.inner, self.cfg.method == "lora"
+        if self.sharded and lora and weights is None:
+            weights = full_trainable_state(inner)  # collective
+        full = full_model_state(base_causal_lm(inner)) if self.sharded and not lora else None  # collective
+        if self.main:
+            if lora:
+                inner.save_pretrained(dest, safe_serialization=True, **({"state_dict": weights} if self.sharded else {}))
+            else:
+                base_causal_lm(inner).save_pretrained(dest, safe_serialization=True, **({"state_dict": full} if self.sharded else {}))
+                self.tok.save_pretrained(dest)
+            # the base model, its RoPE settings and the rendering travel with the weights: every command
+            # that loads them applies the same theta (models.load.resolve_model_config) and warns on
+            # another rendering (models.load.check_rendering)
+            write_json(
+                dest / MODEL_SETTINGS,
+                {**dataclasses.asdict(dataclasses.replace(self.model_cfg, adapter=None)), **self.context, "chat": cfg.chat},
+            )
+
+    def _save_snapshots(self, step: int) -> None:
+        """OUT/snapshots/<fraction>/ for the fractions that fall on this step: the weights, then
+        SNAPSHOT_INFO, under a temporary name renamed into place, so a snapshot is complete or absent.
+        Saved before any checkpoint of the same step: a resumed run has every snapshot up to its
+        checkpoint and rewrites the later ones (identical, as the resume is exact). Every rank calls it."""
+        t0 = time.perf_counter()
+        run = TrainRun(self.out)
+        for f in self.snapshot_at[step]:
+            t_f, final = time.perf_counter(), run.snapshot_dir(f)
+            tmp = final.with_name(f".{final.name}.tmp")
+            if self.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self._write_weights(tmp)
+            if self.main:
+                info = {"fraction": f, "step": step, "total_steps": self.total_steps, "save_seconds": time.perf_counter() - t_f}
+                write_json(tmp / TrainRun.SNAPSHOT_INFO, info)
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+        self.acc.wait_for_everyone()
+        spent = time.perf_counter() - t0
+        self._log({"step": step, "snapshot": self.snapshot_at[step], "snapshot_seconds": spent})
+        self.paused += spent
+        self._since = (self._since[0] + spent, self._since[1])  # throughput counts training time only
+
     # --- the loop -------------------------------------------------------------------------------
 
     def train(self) -> None:
-        """Micro-steps, clip, step, log, evaluate, save; one step consumes `per_step` micro-batches."""
+        """Micro-steps, clip, step, log, snapshot, evaluate, checkpoint; one step consumes `per_step`
+        micro-batches. With `stop_at` < 1 the loop ends at `stop_step` and checkpoints there."""
         from tqdm.auto import tqdm
 
-        cfg, total = self.cfg, self.total_steps
+        cfg, total, stop = self.cfg, self.total_steps, self.stop_step
         bar = tqdm(total=total, initial=self.start_step, desc="train", disable=not (self.main and cfg.progress))
         self.last_loss, self.last_eval = float("nan"), {}
-        t_last, tokens_since = time.perf_counter(), 0
-        for step in range(self.start_step, total):
+        self._t_loop = time.perf_counter()
+        self._since = (self._t_loop, 0)  # time and tokens since the last log line
+        for step in range(self.start_step, stop):
             group = [self._micro_batch(step * self.per_step + k) for k in range(self.per_step)]  # the same list everywhere
             n_answer = sum(len(e.input_ids) - e.prompt_len for mb in group for row in mb for e in row)
             loss, tokens = self._accumulate(group, n_answer)
-            tokens_since += tokens
+            self._since = (self._since[0], self._since[1] + tokens)
             self._stop_if_non_finite(loss, step)
             if cfg.max_grad_norm > 0:
                 self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
@@ -459,51 +533,30 @@ class SFTRecipe:
             done = step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-            if done % cfg.log_every == 0 or done == total:
-                now = time.perf_counter()
-                tok_s = float(self._reduce_sum(torch.tensor(float(tokens_since), device=self.device))) / max(now - t_last, 1e-9)
-                self._log(
-                    {
-                        "step": done,
-                        "loss": loss,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "tokens_per_s": tok_s,
-                        "peak_mem_gb": peak_mem_gb(self.device),
-                        "answer_tokens": n_answer,
-                    }
-                )
-                t_last, tokens_since = now, 0
+            if done % cfg.log_every == 0 or done in (total, stop):
+                self._log_step(done, loss, n_answer)
+            if done in self.snapshot_at:
+                self._save_snapshots(done)
             if self.eval_examples and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
                 self.last_eval = self._evaluate()
                 self._log({"step": done, **self.last_eval})
-            if cfg.save_every and done % cfg.save_every == 0 and done < total:
-                self._checkpoint(done)
+            if (cfg.save_every and done % cfg.save_every == 0 and done < total) or done == stop < total:
+                self._checkpoint(done)  # a stopped run resumes from its checkpoint at `stop`
         bar.close()
-        if self.eval_examples and not self.last_eval:  # resumed at the end: still report the metrics
+        if self.eval_examples and not self.last_eval and stop == total:  # resumed at the end: still report the metrics
             self.last_eval = self._evaluate()
 
     # --- final weights --------------------------------------------------------------------------
 
     def save(self) -> TrainResult:
-        """A peft adapter folder, or a full model folder, with the model settings beside it."""
-        cfg, inner, main = self.cfg, self.inner, self.main
-        saved = self.out / (TrainRun.ADAPTER if cfg.method == "lora" else TrainRun.MODEL)
+        """A peft adapter folder, or a full model folder, with the model settings beside it; nothing
+        when the run stopped at a fraction (`stop_at`: its checkpoint is where a later run goes on)."""
+        if self.stop_step < self.total_steps:
+            return TrainResult(self.out, self.stop_step, self.last_loss, None, self.log_path, self.last_eval)
+        saved = self.out / (TrainRun.ADAPTER if self.cfg.method == "lora" else TrainRun.MODEL)
         # checkpoint first: under FSDP its gather gives the adapter's full weights; the model gathers whole
         weights = self._checkpoint(self.total_steps)
-        full = full_model_state(base_causal_lm(inner)) if self.sharded and cfg.method != "lora" else None  # collective
-        if main:
-            if cfg.method == "lora":
-                inner.save_pretrained(saved, safe_serialization=True, **({"state_dict": weights} if self.sharded else {}))
-            else:
-                base_causal_lm(inner).save_pretrained(saved, safe_serialization=True, **({"state_dict": full} if self.sharded else {}))
-                self.tok.save_pretrained(saved)
-            # the base model, its RoPE settings and the rendering travel with the weights: every command
-            # that loads them applies the same theta (models.load.resolve_model_config) and warns on
-            # another rendering (models.load.check_rendering)
-            write_json(
-                saved / MODEL_SETTINGS,
-                {**dataclasses.asdict(dataclasses.replace(self.model_cfg, adapter=None)), **self.context, "chat": cfg.chat},
-            )
+        self._write_weights(saved, weights)
         self.acc.wait_for_everyone()
         return TrainResult(
             out_dir=self.out, steps=self.total_steps, final_loss=self.last_loss, saved=saved, log_path=self.log_path, eval=self.last_eval
@@ -516,6 +569,7 @@ def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
     eval_records: list[Record] | None = None,
+    stop_at: float = 1.0,
 ) -> TrainResult:
     """Fine-tune a causal LM on records, the loss on answer tokens only.
 
@@ -523,14 +577,18 @@ def train(
         model_cfg: the base model (name, dtype, device, rope_theta, max_position_embeddings, adapter
             to continue training). Under several processes each uses its accelerate device.
         train_records / eval_records: needlework records; eval metrics are teacher-forced.
-        cfg: TrainConfig. out_dir: receives log.jsonl, train_config.json, checkpoints/, adapter/ or model/.
+        cfg: TrainConfig. out_dir: receives log.jsonl, train_config.json, checkpoints/, adapter/ or model/,
+            and snapshots/<fraction>/ (`cfg.snapshots`).
+        stop_at: train up to this fraction of the steps and checkpoint there, without a final save
+            (the learning-rate schedule still spans every step); a later call with the same config,
+            `out_dir` and a larger `stop_at` continues exactly where it stopped.
     Returns:
         TrainResult.
     Raises:
         NeedleworkError: bad data (no answer, too long), a non-finite loss (the last good checkpoint is
             kept), a checkpoint or adapter that does not match the model.
     """
-    recipe = SFTRecipe(ModelConfig(name=model_cfg) if isinstance(model_cfg, str) else model_cfg, cfg, out_dir)
+    recipe = SFTRecipe(ModelConfig(name=model_cfg) if isinstance(model_cfg, str) else model_cfg, cfg, out_dir, stop_at)
     recipe.setup(train_records, eval_records)
     recipe.train()
     return recipe.save()

@@ -1,0 +1,234 @@
+"""The study's plan: which stage nodes a config makes, per (model, task, training set), with each
+node's config slice (what determines its output) and its inputs. The engine (`study.engine`) runs
+them in the order `build_plan` gives, every node after its inputs.
+
+Per training set: data -> train -> evaluate, score -> compare; knockout and patching for the
+selected sets; per task an analysis over the sets. With early prediction (`early.fractions`)
+training saves snapshots at those fractions, and a probe node per (set, fraction) scores a
+snapshot's heads against the reference model's final heads; with `early.stop_early` every set but
+the reference trains in segments, one train node per segment, and a gate node after each gate
+fraction decides which sets go on (the next segment of a stopped set carries its weights forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from needlework.io import hash_file
+from needlework.study.config import StudyConfig, section_dict
+from needlework.study.nodes import Node
+
+__all__ = ["build_plan", "selected"]
+
+
+def _set_slice(cfg: StudyConfig, task: str, sname: str | None, m: str) -> dict[str, Any]:
+    t = cfg.tasks[task]
+    s = t.eval_set if sname is None else t.train_sets[sname]
+    d = asdict(s)
+    d.pop("label", None)
+    d["n"] = s.n or (cfg.sizes.n_eval if sname is None else cfg.sizes.n_train)
+    d["seed"] = s.seed if s.seed is not None else (cfg.seed + 1000 if sname is None else cfg.seed)
+    if s.file:
+        d["file_hash"] = hash_file(s.file) if Path(s.file).exists() else "missing"
+    if s.load and Path(str(s.load.get("path", ""))).is_file():
+        d["load_hash"] = hash_file(s.load["path"])
+    return {"task": task, "length": t.length, "tokenizer": cfg.models[m].name, "role": "eval" if sname is None else "train", **d}
+
+
+def selected(cfg: StudyConfig, section: str, task: str) -> list[str]:
+    """Training sets that knockout (`knockout.train_sets`) or patching (`patch.targets`) runs on for a task."""
+    sec = getattr(cfg, section)
+    t = cfg.tasks[task]
+    if not sec.enabled:
+        return []
+    choice = sec.train_sets if section == "knockout" else sec.targets
+    names = [n for n, s in t.train_sets.items() if s.kind != "none"]
+    if choice == "all":
+        out = names
+    elif choice == "reference":
+        out = [t.reference]
+    elif choice == "none":
+        out = []
+    else:
+        out = [t.reference if c == "reference" else c for c in choice]
+    if section == "patch":
+        out = [n for n in out if n != t.reference]  # the reference is the source
+    return [n for n in names if n in out]
+
+
+@dataclass
+class _TaskPlan:
+    """The nodes of one (model, task) as they are made (`add`), with the slices they share. Every
+    slice holds the resolved options (defaults included), so a changed default re-runs."""
+
+    cfg: StudyConfig
+    model: str
+    task: str
+    nodes: list[Node] = field(default_factory=list)
+
+    def add(self, stage: str, slice_: dict[str, Any], deps: dict[str, Node] | None = None, set_: str = "", suffix: str = "") -> Node:
+        label = "/".join(x for x in (self.model, self.task, set_) if x) + suffix
+        node = Node(stage, label, slice_, deps or {}, model=self.model, task=self.task, set=set_)
+        self.nodes.append(node)
+        return node
+
+    @property
+    def model_slice(self) -> dict[str, Any]:
+        return asdict(self.cfg.models[self.model])
+
+    def train_slice(self) -> dict[str, Any]:
+        """The training options, with the early-prediction fractions as snapshots (the key is left
+        out when there are none, so that studies without them keep their cached training)."""
+        opts = self.cfg.train.to_dict()
+        snapshots = sorted(set(opts.pop("snapshots")) | set(self.cfg.early.fractions))
+        return {"model": self.model_slice, "train": {**opts, "snapshots": snapshots} if snapshots else opts}
+
+    def scored(self, stage: str, sname: str, evalset: Node, train: dict[str, Node]) -> Node:
+        """The evaluate or score node of a training set's final model (the base model for kind none)."""
+        up = {"train": train[sname]} if sname in train else {}
+        opts = {"eval": asdict(self.cfg.eval)} if stage == "evaluate" else {"score": asdict(self.cfg.task_score(self.task))}
+        return self.add(stage, {"model": self.model_slice, **opts}, {"eval_data": evalset, **up}, sname)
+
+    def probe(self, sname: str, fraction: float, train: Node, evalset: Node, ref_heads: Node) -> Node:
+        """Heads of the snapshot at `fraction` (teacher mode, the first `probe_n` evaluation examples)
+        against the reference model's final heads."""
+        task_score = self.cfg.task_score(self.task)
+        score = dataclasses.replace(task_score, mode="teacher", limit=self.cfg.early.probe_n or task_score.limit)
+        return self.add(
+            "probe",
+            {
+                "model": self.model_slice,
+                "score": asdict(score),
+                "heads": asdict(self.cfg.heads),
+                "analysis": {k: v for k, v in asdict(self.cfg.analysis).items() if k != "include_reference"},
+                "fraction": fraction,
+            },
+            {"eval_data": evalset, "train": train, "ref_heads": ref_heads},
+            sname,
+            f"@{fraction:g}",
+        )
+
+
+def _segmented_training(
+    p: _TaskPlan, data: dict[str, Node], sets: list[str], probe_of: Callable[[str, float, Node], Node]
+) -> tuple[dict[str, list[tuple[float, Node]]], list[Node]]:
+    """stop_early: each of `sets` trains in segments that end at each gate fraction and at 1, each
+    resuming from the one before; after each gate fraction a gate over the sets' probes decides
+    which of them go on (a stopped set's later segments carry its weights at the stop forward).
+    Returns each set's segments as (end fraction, node) and the gates."""
+    segments: dict[str, list[tuple[float, Node]]] = {n: [] for n in sets}
+    gates: list[Node] = []
+    for stop in [*p.cfg.early.gates(), 1.0]:
+        for n in sets:
+            deps = {"data": data[n]}
+            if segments[n]:
+                deps["previous"] = segments[n][-1][1]
+            if gates:
+                deps["gate"] = gates[-1]
+            seg = p.add("train", {**p.train_slice(), "stop_at": stop}, deps, n, "" if stop == 1 else f"@{stop:g}")
+            segments[n].append((stop, seg))
+        if stop < 1:
+            deps = {f"probe:{n}": probe_of(n, stop, segments[n][-1][1]) for n in sets} | ({"previous": gates[-1]} if gates else {})
+            gates.append(p.add("gate", {"fraction": stop, "margin": p.cfg.early.margin, "sets": sets}, deps, suffix=f"@{stop:g}"))
+    return segments, gates
+
+
+def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
+    """The plan of one (model, task): data, training (in segments under stop_early), probes and
+    gates (early prediction), evaluation, head scores, comparison, interventions, analysis."""
+    p, t = _TaskPlan(cfg, m, task), cfg.tasks[task]
+    ref, early = t.reference, cfg.early
+    evalset = p.add("data", _set_slice(cfg, task, None, m), set_="eval")
+    tuned = [n for n, s in t.train_sets.items() if s.kind != "none"]
+    chained = [n for n in tuned if n != ref] if early.stop_early else []
+    data: dict[str, Node] = {}
+    train: dict[str, Node] = {}
+    for n in tuned:
+        data[n] = p.add("data", _set_slice(cfg, task, n, m), set_=n)
+        if n not in chained:
+            train[n] = p.add("train", p.train_slice(), {"data": data[n]}, n)
+    score = {ref: p.scored("score", ref, evalset, train)}
+    probes: dict[tuple[str, float], Node] = {}
+
+    def probe_of(n: str, f: float, provider: Node) -> Node:
+        if (n, f) not in probes:
+            probes[n, f] = p.probe(n, f, provider, evalset, score[ref])
+        return probes[n, f]
+
+    segments, gates = _segmented_training(p, data, chained, probe_of)
+    segments |= {n: [(1.0, train[n])] for n in train}
+    train |= {n: segs[-1][1] for n, segs in segments.items()}
+    for n in tuned:
+        for f in early.fractions:
+            probe_of(n, f, next(node for stop, node in segments[n] if stop >= f))
+    ev: dict[str, Node] = {}
+    for n in t.train_sets:
+        ev[n] = p.scored("evaluate", n, evalset, train)
+        score[n] = score[n] if n == ref else p.scored("score", n, evalset, train)
+    heads, analysis = asdict(cfg.heads), asdict(cfg.analysis)
+    cmp = {
+        n: p.add("compare", {"heads": heads, "analysis": analysis}, {"heads": score[n], "ref_heads": score[ref]}, n) for n in t.train_sets
+    }
+    _interventions(p, evalset, train, score)
+    sets = {n: {"kind": s.kind, "label": s.label or n} for n, s in t.train_sets.items()}
+    deps = {f"evaluate:{n}": ev[n] for n in t.train_sets} | {f"compare:{n}": cmp[n] for n in t.train_sets}
+    a_slice: dict[str, Any] = {"analysis": analysis, "sets": sets, "reference": ref}
+    if early.fractions:  # only then, so that studies without early prediction keep their cached analyses
+        a_slice["early"] = asdict(early)
+        deps |= {f"probe:{n}@{f:g}": node for (n, f), node in probes.items()} | {f"train:{n}": train[n] for n in tuned}
+        deps |= {f"gate:{g.slice['fraction']:g}": g for g in gates}
+    p.add("analysis", a_slice, deps)
+    return p.nodes
+
+
+def _interventions(p: _TaskPlan, evalset: Node, train: dict[str, Node], score: dict[str, Node]) -> None:
+    """Knockout of the selected sets' models, and patching of the reference into the selected targets."""
+    cfg, ref = p.cfg, p.cfg.tasks[p.task].reference
+    heads, eval_opts = asdict(cfg.heads), asdict(cfg.eval)
+    for n in selected(cfg, "knockout", p.task):
+        p.add(
+            "knockout",
+            {"model": p.model_slice, "knockout": section_dict(cfg.knockout), "heads": heads, "eval": eval_opts},
+            {"eval_data": evalset, "heads": score[n], "train": train[n]},
+            n,
+        )
+    for n in selected(cfg, "patch", p.task):
+        p.add(
+            "patch",
+            {"model": p.model_slice, "patch": section_dict(cfg.patch), "heads": heads, "eval": eval_opts},
+            {
+                "eval_data": evalset,
+                "source_train": train[ref],
+                "target_train": train[n],
+                "source_heads": score[ref],
+                "target_heads": score[n],
+            },
+            n,
+        )
+
+
+def _in_dependency_order(nodes: list[Node]) -> list[Node]:
+    """The nodes with each one after its inputs (the engine resolves them in list order), else as made."""
+    out: list[Node] = []
+    seen: set[int] = set()
+
+    def visit(node: Node) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for dep in node.deps.values():
+            visit(dep)
+        out.append(node)
+
+    for node in nodes:
+        visit(node)
+    return out
+
+
+def build_plan(cfg: StudyConfig) -> list[Node]:
+    """Every node of the study in an order that respects dependencies."""
+    return _in_dependency_order([node for m in cfg.models for task in cfg.tasks for node in _task_nodes(cfg, m, task)])
