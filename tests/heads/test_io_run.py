@@ -47,8 +47,8 @@ def test_wu_round_trip(tmp_path):
     back = import_scores(f, "wu", tmp_path / "back", n_kv_heads=2)
     a, b = HeadScores.read(d).heads, HeadScores.read(back).heads
     np.testing.assert_allclose(a.sort_values(["layer", "head"])["mean"], b.sort_values(["layer", "head"])["mean"])
-    t = compare_dirs(d, back)
-    assert dict(zip(t.stat, t.value))["cosine"] == pytest.approx(1.0)
+    t = compare_dirs(d, back).set_index("stat")  # the ids travel beside the JSON: paired, exactly 1
+    assert (t.at["cosine", "value"], t.at["cosine", "lo"], t.at["cosine", "hi"]) == (pytest.approx(1.0),) * 3
 
 
 def test_duo_round_trip(tmp_path):

@@ -4,6 +4,7 @@ the LLM document writer. Submodules are imported on use (some load tokenizers)."
 __all__ = [
     "cli",
     "cli_real",
+    "export",
     "generate",
     "haystack",
     "inspect",
@@ -13,6 +14,7 @@ __all__ = [
     "real_length",
     "records",
     "render",
+    "ruler",
     "tasks",
     "world",
     "writer",

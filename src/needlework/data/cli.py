@@ -1,5 +1,5 @@
-"""CLI of the data stage: `generate`, `validate`, `inspect`, `demo`. Thin: each command calls one
-public function of needlework.data and prints its result."""
+"""CLI of the data stage: `generate`, `validate`, `inspect`, `export`, `demo`. Thin: each command
+calls one public function of needlework.data and prints its result."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from needlework.cli_options import Options, with_options
+from needlework.data.export import ExportConfig
 from needlework.data.generate import GenerateConfig
 from needlework.data.writer import WriterConfig
 
@@ -147,6 +148,42 @@ def inspect_cmd(
         console.print(sample_text(rec), markup=False)
 
 
+# ExportConfig's fields are the options
+EXPORT = Options(
+    ExportConfig,
+    flags={"format": ("--format", "-f")},
+    minimum={"limit": 1},
+    help={
+        "format": "messages (TRL chat) | prompt-completion (TRL; loss on the completion) | ruler (RULER jsonl) | lm-eval (task folder)",
+        "chat": "prompt-completion: chat messages (TRL applies the tokenizer's chat template) instead of plain text",
+    },
+)
+
+
+@with_options(cfg=EXPORT)
+def export_cmd(
+    file: Path = typer.Argument(..., help="JSONL file of records"),
+    out: Path = typer.Option(..., "--out", "-o", help="output JSONL file (lm-eval: a task folder), written atomically"),
+    cfg: ExportConfig = EXPORT,
+) -> None:
+    """Write records for other tools, with the prompt training and evaluation render.
+
+    Examples:
+      needlework export data/mdqa.jsonl --format messages --out mdqa.messages.jsonl
+
+      needlework export data/mdqa.jsonl --format prompt-completion --chat --out mdqa.pc.jsonl
+
+      needlework export data/kv.jsonl --format ruler --tokenizer smollm2 --out kv.ruler.jsonl
+
+      needlework export data/mdqa.jsonl --format lm-eval --task-name mdqa_hh --out lm_eval_tasks/
+      then: lm_eval --model hf --model_args pretrained=... --include_path lm_eval_tasks --tasks mdqa_hh
+    """
+    from needlework.data.export import export_file
+
+    path, n = export_file(file, out, cfg)
+    typer.echo(f"wrote {n} records as {cfg.format} to {path}")
+
+
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo-data"), help="output folder"),
     n: int = typer.Option(4, help="examples per task x variant"),
@@ -188,4 +225,5 @@ def register(app: typer.Typer) -> None:
     app.command("generate")(generate_cmd)
     app.command("validate")(validate_cmd)
     app.command("inspect")(inspect_cmd)
+    app.command("export")(export_cmd)
     app.command("demo")(demo_cmd)

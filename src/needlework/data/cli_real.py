@@ -39,13 +39,17 @@ LOAD = Options(
 @with_options(cfg=LOAD)
 def load_cmd(
     path: str | None = typer.Argument(
-        None, help="File to read (.jsonl, .jsonl.gz; SummHay: topic_*.json or its folder). Not used with hf:NAME."
+        None,
+        help="File to read (.jsonl, .jsonl.gz; SummHay: topic_*.json or its folder; RULER: a task's validation.jsonl or the "
+        "data folder of <task>/validation.jsonl). Not used with hf:NAME.",
     ),
-    fmt: str = typer.Option(..., "--format", "-f", help="mdqa | musique | summhay | hf:NAME[:SPLIT] (rows in one of those shapes)."),
+    fmt: str = typer.Option(
+        ..., "--format", "-f", help="mdqa | musique | summhay | ruler | hf:NAME[:SPLIT] (rows in one of the first three shapes)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL of needlework records (written atomically)."),
     cfg: LoadConfig = LOAD,
 ) -> None:
-    """Load real data (SPEC §3 formats) into needlework records, with needle spans in gold passages.
+    """Load real data (SPEC §3 formats, and RULER's generated files) into needlework records, with needle spans in gold passages.
 
     Examples:
 
@@ -56,6 +60,8 @@ def load_cmd(
       needlework load -f summhay data/ --out summhay.jsonl --limit 50
 
       needlework load -f hf:dgslibisey/MuSiQue:validation --out mus.jsonl
+
+      needlework load -f ruler RULER/benchmark_root/llama3/synthetic/4096/data --out ruler.jsonl --limited niah_single_1,vt,qa_1
     """
     from needlework.data.loaders import load_real_report
     from needlework.data.records import write_jsonl

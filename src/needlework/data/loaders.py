@@ -22,10 +22,11 @@ from typing import Any
 from needlework.data.locate import INSIGHT_THRESHOLD, WH_TYPES, InsightLocator, find_span, question_type
 from needlework.data.real_length import Skip, lengthen_all
 from needlework.data.records import Document, Needle, Record, validate_record
+from needlework.data.ruler import parse_ruler, ruler_files, ruler_id, task_name
 from needlework.errors import NeedleworkError, OptionError
 
 log = logging.getLogger(__name__)
-FORMATS = ("mdqa", "musique", "summhay")
+FORMATS = ("mdqa", "musique", "summhay", "ruler")
 
 
 SPLITS = ("all", "train", "eval")
@@ -398,14 +399,21 @@ def _iter_records(fmt: str, path: str | None, cfg: LoadConfig, skipped: Counter)
         for f in _summhay_files(p):
             yield from _one("summhay", _read_json_file(f), str(f), _stem(f), cfg, skipped)
         return
+    if fmt == "ruler":  # RULER's generated jsonl (data/ruler.py): a file, or its data folder of <task>/validation.jsonl
+        for f in ruler_files(p):
+            for lineno, obj in _iter_json_lines(f, fmt):
+                yield from _one(fmt, obj, f"{f}:{lineno}", ruler_id(f, obj, lineno), cfg, skipped, task=task_name(f))
+        return
     for lineno, obj in _iter_json_lines(p, fmt):
         yield from _one(fmt, obj, f"{p}:{lineno}", f"{fmt}-{_stem(p)}-{lineno}", cfg, skipped)
 
 
-def _one(fmt: str, obj: Any, where: str, rid: str, cfg: LoadConfig, skipped: Counter) -> Iterator[Record]:
+def _one(fmt: str, obj: Any, where: str, rid: str, cfg: LoadConfig, skipped: Counter, task: str = "") -> Iterator[Record]:
     try:
         if fmt == "summhay":
             items = list(parse_summhay(obj, where, rid, cfg.insight_threshold))
+        elif fmt == "ruler":
+            items = [parse_ruler(obj, where, rid, task)]
         else:
             items = [(parse_mdqa if fmt == "mdqa" else parse_musique)(obj, where, rid)]
     except Skip as s:

@@ -76,6 +76,9 @@ def compare_cmd(
 ) -> None:
     """Cosine, Spearman and recall/precision/Jaccard of head sets, with bootstrap intervals (95% by default).
 
+    Intervals resample example ids, paired when both sides scored the same examples; where none can
+    be computed (a side with mean scores only, e.g. a DuoAttention table) the reason is printed.
+
     Example: needlework heads compare runs/heads/syn runs/heads/real --top 20 --view kv
     """
     from needlework.heads.compare import compare_dirs
@@ -83,8 +86,12 @@ def compare_cmd(
 
     df = compare_dirs(a, b, cfg)
     typer.echo(f"A={a}  B={b} (reference)  view={df.attrs['view']}  " + (f"top {cfg.top}" if cfg.top else f"threshold {cfg.threshold}"))
+    whys = set(df["why"])
+    common = whys.pop() if len(whys) == 1 else ""  # the same reason on every row: say it once
+    typer.echo(common if common else f"{1 - cfg.alpha:.0%} intervals: {df.attrs['interval']}")
     for r in df.itertuples():
-        typer.echo(f"{r.stat:>10}  {r.value:8.4f}  [{r.lo:.4f}, {r.hi:.4f}]")
+        interval = "" if common else f"({r.why})" if r.why else f"[{r.lo:.4f}, {r.hi:.4f}]"
+        typer.echo(f"{r.stat:>10}  {r.value:8.4f}  {interval}".rstrip())
     if out:
         write_json(out, {"a": str(a), "b": str(b), **df.attrs, "stats": df.to_dict(orient="records")})
 

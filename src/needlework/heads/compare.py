@@ -7,7 +7,10 @@ the heads with mean score above `threshold` (default 0.1, Wu et al.) or, with `t
 highest (ties broken by layer, then head), through `models.sites.rank_mask`: the rule knockout
 and patching select with (`sites.select_heads`). Bootstrap: resample example ids with replacement,
 recompute every head's mean, recompute the statistics; when A and B were scored on the same
-example ids the same resample serves both (paired), else each side is resampled on its own.
+example ids the same resample serves both (paired), else each side is resampled on its own. Where
+no interval can be computed (a side with mean scores only, no bootstrap, a statistic undefined in
+every resample) the row's `why` says so and `lo`/`hi` are NaN; `attrs["interval"]` says how the
+intervals were drawn.
 
 Views: `query` compares query heads; `kv` first aggregates the query heads sharing a key/value
 head (`kv_agg` = max, default: a kv head matters when any of its query heads retrieves, which is
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,8 @@ class Scores:
     n_kv_heads: int
     view: str = "query"  # "kv" when the table holds key/value heads only (DuoAttention import)
     known: np.ndarray | None = None  # (F,) bool: heads the table scored (None: all)
+    note: str = ""  # why per_example is None, when it is (a comparison prints it instead of an interval)
+    kv_known: bool = True  # False: the table did not say (a Wu et al. JSON); a comparison takes the other side's
 
     def grid(self) -> np.ndarray:
         """(n_layers, n_heads) means, NaN for heads without a score: what `select_heads` ranks."""
@@ -81,31 +86,89 @@ def scores_from_tables(per: pd.DataFrame | None, heads: pd.DataFrame, meta: dict
         pv = per.assign(f=per["layer"] * H + per["head"]).pivot_table(index="example_id", columns="f", values="score")
         pv = pv.reindex(columns=range(L * H))
         mat, ids = pv.to_numpy(float), [str(i) for i in pv.index]
-    return Scores(np.nan_to_num(means), mat, ids, L, H, kv, meta.get("view", "query"), known)
+    note = "" if mat is not None else _means_only(per, meta)
+    return Scores(np.nan_to_num(means), mat, ids, L, H, kv, meta.get("view", "query"), known, note, "n_kv_heads" in shape)
 
 
-def _wu_table(path: Path) -> pd.DataFrame:
-    """Wu et al.'s retrieval-head JSON, {"L-H": [per-example scores, ...]}, as a heads table."""
+def _means_only(per: pd.DataFrame | None, meta: dict) -> str:
+    """Why a table has no per-example scores, in words."""
+    if per is not None:
+        return "no kept example"
+    if meta.get("per_example_note"):
+        return str(meta["per_example_note"])
+    if meta.get("format") == "duo":
+        return "a DuoAttention table: one mean per kv head"
+    return "a table of means without per-example scores"
+
+
+def wu_ids_path(path: str | os.PathLike) -> Path:
+    """The example-id file written beside a Wu et al. JSON (`heads.json` -> `heads.example_ids.json`):
+    their format has score lists but no ids, and comparisons pair examples by id."""
+    p = Path(path)
+    return p.with_suffix(".example_ids.json") if p.suffix == ".json" else p.with_name(p.name + ".example_ids.json")
+
+
+def _wu_example_ids(path: Path, n: int, example_ids: list[str] | str | os.PathLike | None) -> tuple[list[str], str]:
+    """The ids of the n examples of a Wu et al. JSON, and where they came from."""
+    src = wu_ids_path(path) if example_ids is None else example_ids
+    if isinstance(src, list):
+        ids, origin = [str(i) for i in src], "given"
+    elif Path(src).is_file():
+        try:
+            obj = json.loads(Path(src).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise NeedleworkError(f"cannot read example ids {src} ({e})", 'expect {"example_ids": [...]} or a JSON list') from None
+        ids, origin = [str(i) for i in (obj.get("example_ids") if isinstance(obj, dict) else obj) or []], str(src)
+    elif example_ids is not None:
+        raise NeedleworkError(f"example-id file {src} not found", "pass the .example_ids.json written beside the Wu et al. JSON")
+    else:  # no ids anywhere: positions stand in; two files of one run still pair
+        return [f"wu{i}" for i in range(n)], "positions"
+    if len(ids) != n or len(set(ids)) != n:
+        raise NeedleworkError(
+            f"{origin} names {len(ids)} example ids ({len(set(ids))} distinct) for {n} scores per head in {path}",
+            "use the id file written with this JSON by `needlework heads export --format wu`",
+        )
+    return ids, origin
+
+
+def read_wu(path: str | os.PathLike, example_ids: list[str] | str | os.PathLike | None = None) -> HeadScores:
+    """Wu et al.'s retrieval-head JSON, {"L-H": [score per example, ...]}, as HeadScores (not written).
+
+    Example ids come from `example_ids`, else the `.example_ids.json` beside the file (`wu_ids_path`),
+    else the positions (`wu0`, `wu1`, ...). Lists of unequal length give means only (meta says why).
+
+    Raises:
+        NeedleworkError: unreadable file, malformed content, ids that do not fit the lists.
+    """
+    path = Path(path)
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise NeedleworkError(f"cannot read score file {path} ({e})", "pass a heads-score folder or a Wu et al. JSON") from None
-    if not isinstance(raw, dict):
-        raise NeedleworkError(f"{path} is not a JSON object of 'L-H' keys", "pass a heads-score folder or a Wu et al. JSON")
-    rows = []
-    for key, vals in raw.items():
-        h = HeadId.parse(key)
-        v = np.asarray(vals if isinstance(vals, list) else [vals], dtype=float)
-        rows.append(
-            {
-                "layer": h.layer,
-                "head": h.head,
-                "mean": float(v.mean()) if v.size else 0.0,
-                "std": float(v.std()) if v.size else 0.0,
-                "n": int(v.size),
-            }
-        )
-    return pd.DataFrame(rows, columns=["layer", "head", "mean", "std", "n"])
+        items = {HeadId.parse(k): [float(x) for x in (v if isinstance(v, list) else [v])] for k, v in raw.items()}
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+        raise NeedleworkError(f"{path} is not Wu et al.'s head JSON ({e})", 'expect {"L-H": [scores, ...]}') from None
+    if not items:
+        raise NeedleworkError(f"{path} holds no heads", 'expect {"L-H": [scores, ...]}')
+    sizes = {len(v) for v in items.values()}
+    heads = pd.DataFrame(
+        [
+            {"layer": h.layer, "head": h.head, "mean": float(np.mean(v)) if v else 0.0, "std": float(np.std(v)) if v else 0.0, "n": len(v)}
+            for h, v in items.items()
+        ],
+        columns=["layer", "head", "mean", "std", "n"],
+    )
+    shape = {"n_layers": max(h.layer for h in items) + 1, "n_heads": max(h.head for h in items) + 1}
+    meta: dict = {"imported_from": str(path), "format": "wu", "shape": shape, "view": "query"}
+    if len(sizes) != 1:
+        meta["per_example_note"] = f"Wu et al. lists of unequal length ({min(sizes)}..{max(sizes)}): examples cannot be matched"
+        return HeadScores(heads=heads, per_example=None, meta=meta)
+    n = sizes.pop()
+    ids, origin = _wu_example_ids(path, n, example_ids)
+    per = pd.DataFrame(
+        [{"example_id": ids[i], "layer": h.layer, "head": h.head, "score": v[i], "kept": True} for h, v in items.items() for i in range(n)],
+        columns=["example_id", "layer", "head", "score", "kept"],
+    )
+    meta.update(n_examples=n, example_ids_from=origin)
+    return HeadScores(heads=heads, per_example=per, meta=meta)
 
 
 def _result_path(src: str | os.PathLike) -> Path:
@@ -160,7 +223,7 @@ def load_scores(src: Scores | HeadScores | pd.DataFrame | str | os.PathLike) -> 
     if p.is_dir():
         return load_scores(HeadScores.read(p))
     if p.suffix == ".json":
-        return scores_from_tables(None, _wu_table(p), {})
+        return load_scores(read_wu(p))
     if p.suffix != ".parquet":
         raise NeedleworkError(
             f"unknown score file format {p.suffix!r} ({p})", "use a heads-score folder, a table (.parquet) or a Wu et al. .json"
@@ -212,15 +275,61 @@ def _boot_means(s: Scores, idx: np.ndarray) -> np.ndarray:
     return counts @ x / idx.shape[1]
 
 
+# why a statistic has no interval although both sides were resampled
+_UNDEFINED = {
+    "cosine": "A's or B's scores are all zero in every resample",
+    "spearman": "A's or B's scores are constant in every resample",
+    "recall": "B's head set is empty in every resample",
+    "precision": "A's head set is empty in every resample",
+    "jaccard": "both head sets are empty in every resample",
+}
+
+
+def _no_interval(a: Scores, b: Scores, cfg: CompareConfig) -> str:
+    """Why no statistic gets an interval, or "" when the examples can be resampled."""
+    if cfg.n_boot <= 0:
+        return "no interval: no bootstrap (n_boot 0)"
+    for side, s in (("A", a), ("B", b)):
+        if s.per_example is None:
+            return f"no interval: {side} has mean scores only ({s.note or 'no per-example scores'})"
+        if not len(s.example_ids):
+            return f"no interval: {side} has no kept example to resample"
+    return ""
+
+
+def _resample(a: Scores, b: Scores, cfg: CompareConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    """Row indices (n_boot, n) into A's and B's examples, and how they were drawn: one resample of
+    the shared example ids serves both sides when A and B hold the same ids (paired), else each
+    side is resampled on its own."""
+    rng = np.random.default_rng(cfg.seed)
+    n_a, n_b = len(a.example_ids), len(b.example_ids)
+    ia = rng.integers(0, n_a, size=(cfg.n_boot, n_a))
+    if sorted(a.example_ids) == sorted(b.example_ids):
+        pos_b = {e: i for i, e in enumerate(b.example_ids)}
+        to_b = np.asarray([pos_b[e] for e in a.example_ids], dtype=int)  # A's row i is B's row to_b[i]
+        return ia, to_b[ia], f"paired bootstrap over the {n_a} examples both sides scored"
+    ib = rng.integers(0, n_b, size=(cfg.n_boot, n_b))
+    shared = len(set(a.example_ids) & set(b.example_ids))
+    return ia, ib, f"unpaired bootstrap: A's {n_a} and B's {n_b} examples resampled separately ({shared} example ids in common)"
+
+
 def compare(a: Scores, b: Scores, cfg: CompareConfig | None = None) -> pd.DataFrame:
-    """Statistics of A against reference B, one row each: stat, value, lo, hi (bootstrap interval,
-    NaN without per-example scores).
+    """Statistics of A against reference B, one row each: stat, value, lo, hi (bootstrap interval)
+    and why (empty when the interval was computed, else the reason `lo`/`hi` are NaN: a side with
+    mean scores only, no bootstrap, a statistic undefined in every resample). `attrs["interval"]`
+    says how the intervals were drawn (paired or not) or why there are none.
 
     Raises:
         NeedleworkError: the two tables come from models of different shapes.
     """
     cfg = cfg or CompareConfig()
     cfg.check()
+    if a.kv_known != b.kv_known and a.n_heads == b.n_heads:  # e.g. a Wu et al. JSON: the kv heads of the other side
+        a, b = (
+            (replace(a, n_kv_heads=b.n_kv_heads, kv_known=True), b)
+            if b.kv_known
+            else (a, replace(b, n_kv_heads=a.n_kv_heads, kv_known=True))
+        )
     view = "kv" if "kv" in (a.view, b.view) else cfg.view
     dims = lambda s: (s.n_layers, s.n_kv_heads) if (view == "kv") else (s.n_layers, s.n_heads)  # noqa: E731
     if dims(a) != dims(b) or (view == "query" and a.n_kv_heads != b.n_kv_heads):
@@ -232,24 +341,20 @@ def compare(a: Scores, b: Scores, cfg: CompareConfig | None = None) -> pd.DataFr
     va, vb = to_view(a.means, a, view, cfg.kv_agg), to_view(b.means, b, view, cfg.kv_agg)
     point = {k: float(v[0]) for k, v in _rowwise(va[None], vb[None], cfg.top, cfg.threshold).items()}
     lo = hi = {k: np.nan for k in point}
-    if cfg.n_boot > 0 and a.per_example is not None and b.per_example is not None:
-        rng = np.random.default_rng(cfg.seed)
-        if sorted(a.example_ids) == sorted(b.example_ids):  # paired: the same examples in both
-            pos_b = {e: i for i, e in enumerate(b.example_ids)}
-            ia = rng.integers(0, len(a.example_ids), size=(cfg.n_boot, len(a.example_ids)))
-            ib = np.vectorize(lambda i: pos_b[a.example_ids[i]])(ia) if ia.size else ia
-        else:
-            ia = rng.integers(0, len(a.example_ids), size=(cfg.n_boot, len(a.example_ids)))
-            ib = rng.integers(0, len(b.example_ids), size=(cfg.n_boot, len(b.example_ids)))
+    interval = _no_interval(a, b, cfg)
+    why = {k: interval for k in point}
+    if not interval:
+        ia, ib, interval = _resample(a, b, cfg)
         ma = to_view(_boot_means(a, ia), a, view, cfg.kv_agg)
         mb = to_view(_boot_means(b, ib), b, view, cfg.kv_agg)
         boot = _rowwise(ma, mb, cfg.top, cfg.threshold)
         q = lambda x, p: float(np.nanquantile(x, p)) if np.isfinite(x).any() else np.nan  # noqa: E731
         lo = {k: q(v, cfg.alpha / 2) for k, v in boot.items()}
         hi = {k: q(v, 1 - cfg.alpha / 2) for k, v in boot.items()}
-    rows = [{"stat": k, "value": point[k], "lo": lo[k], "hi": hi[k]} for k in STATS]
+        why = {k: "" if np.isfinite(v).any() else _UNDEFINED.get(k, "undefined in every resample") for k, v in boot.items()}
+    rows = [{"stat": k, "value": point[k], "lo": lo[k], "hi": hi[k], "why": why[k]} for k in STATS]
     df = pd.DataFrame(rows)
-    df.attrs.update(view=view, top=cfg.top, threshold=cfg.threshold, n_boot=cfg.n_boot)
+    df.attrs.update(view=view, top=cfg.top, threshold=cfg.threshold, n_boot=cfg.n_boot, alpha=cfg.alpha, interval=interval)
     return df
 
 
