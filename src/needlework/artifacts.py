@@ -41,6 +41,7 @@ __all__ = [
     "STUDY_INDEX",
     "STAGE_DONE",
     "STAGE_INFO",
+    "STUDY_RESULTS",
 ]
 
 MANIFEST = "artifact.json"
@@ -50,6 +51,8 @@ VERSION = 1
 STUDY_INDEX = "study.json"
 STAGE_DONE = "done.json"
 STAGE_INFO = "stage.json"
+# The report's study-level table (one row per model x task x training set), beside its page.
+STUDY_RESULTS = "results.csv"
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,7 @@ class TrainRun:
     LOG: ClassVar[str] = "log.jsonl"
     CONFIG: ClassVar[str] = "train_config.json"
     CHECKPOINTS: ClassVar[str] = "checkpoints"
+    TRACKING: ClassVar[str] = "tracking"  # `report_to` trackers' files (TensorBoard event files)
     # weights saved at fractions of the training steps (TrainConfig.snapshots): SNAPSHOTS/<fraction>/
     # holds what ADAPTER (or MODEL) holds at the end, plus SNAPSHOT_INFO, written last
     SNAPSHOTS: ClassVar[str] = "snapshots"

@@ -146,3 +146,28 @@ def test_rows_regrouped_into_passes_equal_one_example_at_a_time(tiny_llama, tmp_
     assert len(set(_losses(runs[0].log_path))) == 3  # the model did change between steps
     with pytest.raises(NeedleworkError, match="rows_per_pass"):
         TrainConfig(rows_per_pass=-1)
+
+
+def test_report_to_tensorboard_logs_what_log_jsonl_logs(tiny_llama, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from needlework.artifacts import TrainRun
+
+    res = train(
+        tiny_llama,
+        copy_records(8, seed=3),
+        TrainConfig(method="full", batch_size=2, max_steps=3, report_to="tensorboard", **QUIET),
+        tmp_path,
+    )
+    events = list((tmp_path / TrainRun.TRACKING).rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    logged = [(e.step, e.value) for e in acc.Scalars("loss")]
+    want = [(r["step"], r["loss"]) for r in map(json.loads, res.log_path.read_text().splitlines()) if "loss" in r]
+    assert [s for s, _ in logged] == [s for s, _ in want] == [1, 2, 3]
+    assert [v for _, v in logged] == pytest.approx([v for _, v in want], rel=1e-6)  # TensorBoard stores float32
+    assert {"lr", "tokens_per_s", "peak_mem_gb"} <= set(acc.Tags()["scalars"])
+    with pytest.raises(NeedleworkError, match="report_to 'mlflow'"):
+        TrainConfig(report_to="mlflow")

@@ -259,7 +259,7 @@ def decode_batched(
     n = len(prompts)
     order = sorted(range(n), key=lambda i: -len(prompts[i]))
     results: list[list[int]] = [[] for _ in range(n)]
-    bar = tqdm(total=n, desc=desc, unit="ex", disable=not progress or n == 0, leave=False)
+    bar = tqdm(total=n, desc=desc, unit="ex", disable=not progress or n == 0, leave=True)  # stays visible when done
 
     def run(idx: list[int]) -> None:
         for i, g in zip(idx, decode_batch(idx)):

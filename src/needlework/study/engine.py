@@ -65,6 +65,7 @@ def output_hash(d: Path, study_dir: Path | None = None) -> str:
             or p.suffix in (".log", ".png", ".tmp")
             or rel.endswith(TrainRun.LOG)
             or f"{TrainRun.CHECKPOINTS}/" in rel
+            or f"{TrainRun.TRACKING}/" in rel
         ):
             continue
         h.update(rel.encode() + b"\0")

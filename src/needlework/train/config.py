@@ -20,6 +20,8 @@ METHODS = ("lora", "attn", "full")  # LoRA adapters | full fine-tuning of attent
 SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
 ATTN_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
+TRACKERS = ("none", "tensorboard", "wandb", "trackio")  # accelerate's names
+
 
 @dataclass
 class TrainConfig:
@@ -62,6 +64,7 @@ class TrainConfig:
     save_attention: bool = True  # with checkpointing, keep attention outputs instead of recomputing them
     # bookkeeping
     log_every: int = 1  # write a log.jsonl line every N steps
+    report_to: str = "none"  # also send log lines to a tracker (accelerate): none | tensorboard (OUT/tracking/) | wandb | trackio
     eval_every: int = 0  # evaluate every N steps (0: only at the end, when eval records are given)
     save_every: int = 0  # checkpoint every N steps (0: no intermediate checkpoints)
     # save the trained weights (adapter or model) at these fractions of the steps, to OUT/snapshots/<fraction>/
@@ -78,6 +81,8 @@ class TrainConfig:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.report_to not in TRACKERS:
+            problems.append(f"report_to {self.report_to!r} is not one of {', '.join(TRACKERS)}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.batch_size < 1 or self.grad_accum < 1:

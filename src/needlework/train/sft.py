@@ -249,7 +249,8 @@ class SFTRecipe:
         from accelerate import Accelerator
         from transformers import set_seed
 
-        self.acc = Accelerator(cpu=self.model_cfg.device == "cpu")
+        tracker = None if self.cfg.report_to == "none" else self.cfg.report_to
+        self.acc = Accelerator(cpu=self.model_cfg.device == "cpu", log_with=tracker, project_dir=self.out / TrainRun.TRACKING)
         self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
         self.device = self.acc.device
         self.sharded = check_distributed(self.acc, self.cfg)  # FSDP2: gather checkpoints collectively; eval in lockstep
@@ -329,6 +330,9 @@ class SFTRecipe:
         }
         if self.main:
             write_json(self.out / TrainRun.CONFIG, self.resolved)
+        if self.cfg.report_to != "none":  # trackers take flat scalars (TensorBoard's hparams)
+            flat = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (str, int, float, bool))}
+            self.acc.init_trackers("needlework", config={**flat, "model": self.model_cfg.name, "n_train": len(self.examples)})
 
     def _setup_resume(self) -> None:
         """Resume from an explicit directory, or the newest checkpoint in out/checkpoints."""
@@ -366,6 +370,8 @@ class SFTRecipe:
         if self.main:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if self.cfg.report_to != "none":  # accelerate logs on the main process only
+            self.acc.log({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}, step=row["step"])
 
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         return self.acc.reduce(t, reduction="sum") if self.world > 1 else t
@@ -590,5 +596,9 @@ def train(
     """
     recipe = SFTRecipe(ModelConfig(name=model_cfg) if isinstance(model_cfg, str) else model_cfg, cfg, out_dir, stop_at)
     recipe.setup(train_records, eval_records)
-    recipe.train()
-    return recipe.save()
+    try:
+        recipe.train()
+        return recipe.save()
+    finally:
+        if cfg.report_to != "none":
+            recipe.acc.end_training()  # flush and close the tracker
