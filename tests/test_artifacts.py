@@ -106,7 +106,7 @@ def test_patch_rows_pool_random_sets():
 
 def _artifact_names() -> set[str]:
     names = {f.name for cls in vars(A).values() if isinstance(cls, type) and issubclass(cls, A.Artifact) for f in cls.FILES.values()}
-    names |= {A.MANIFEST, A.STUDY_INDEX, A.STAGE_DONE, A.STAGE_INFO}
+    names |= {A.MANIFEST, A.STUDY_INDEX, A.STAGE_DONE, A.STAGE_INFO, A.STUDY_RESULTS}
     names |= {A.TrainRun.LOG, A.TrainRun.CONFIG, A.TrainRun.SNAPSHOT_INFO, A.TrainRun.STOPPED, A.KnockoutResult.FIGURE}
     return names
 

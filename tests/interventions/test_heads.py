@@ -117,3 +117,31 @@ def test_shape_recorded_by_the_heads_stage_is_checked(tmp_path):
     HeadScores(heads=_table(), meta={"shape": SHAPE.to_dict(), "view": "kv"}).write(d)
     with pytest.raises(NeedleworkError, match="key/value-head"):
         check_scores(load_scores(d), SHAPE)
+
+
+def test_each_set_gets_its_own_size_and_layer_matched_random_control():
+    # a 3-head intersection and a 1-head complement: each control matches ITS set, so a large
+    # intersection is never compared with random sets of the complement's size
+    src = frozenset({HeadId(4, 1), HeadId(4, 5), HeadId(5, 0), HeadId(2, 3)})
+    tgt = frozenset({HeadId(4, 1), HeadId(4, 5), HeadId(5, 0), HeadId(1, 1)})
+    sets = patch_sets("intersection,complement,random", src, tgt, SHAPE, seeds=range(3), random_like="each")
+    inter, comp = sets["intersection"], sets["complement"]
+    assert len(inter) == 3 and comp == {HeadId(2, 3)}
+    assert sorted(k for k in sets if k.startswith("random_")) == [
+        f"random_{k}_{s}" for k in ("complement", "intersection") for s in range(3)
+    ]
+    for s in range(3):
+        ri, rc = sets[f"random_intersection_{s}"], sets[f"random_complement_{s}"]
+        assert len(ri) == 3 and sorted(h.layer for h in ri) == sorted(h.layer for h in inter)
+        assert len(rc) == 1 and [h.layer for h in rc] == [2]
+        assert not (ri | rc) & (src | tgt)  # never a retrieval head of either model
+    assert len({sets[f"random_intersection_{s}"] for s in range(3)}) > 1  # seeds differ
+    # only the kinds patched get a control; `random` alone controls both; an empty set gets none
+    assert sorted(k for k in patch_sets("intersection,random", src, tgt, SHAPE, range(2), "each") if k.startswith("random")) == [
+        "random_intersection_0",
+        "random_intersection_1",
+    ]
+    assert len(patch_sets("random", src, tgt, SHAPE, range(2), "each")) == 4
+    assert "random_complement_0" not in patch_sets("random", src, src, SHAPE, range(1), "each")
+    with pytest.raises(NeedleworkError, match="random_like"):
+        patch_sets("random", src, tgt, SHAPE, random_like="bogus")

@@ -107,6 +107,8 @@ def test_run_patch_with_two_adapters_of_one_base(tiny_dir, adapters, records, tm
     assert result.file("markdown").exists() and result.file("csv").read_text().startswith("task,condition")
     assert [r["condition"] for r in summary["table"]] == ["source", "target", "all"]
     assert summary["sets"]["all"]["n_heads"] == 8
+    row = summary["table"][2]  # the gap recovered carries its paired interval (None: source and target score alike)
+    assert {"recovered", "recovered_lo", "recovered_hi", "control_for"} <= set(row) and row["control_for"] is None
 
 
 def test_different_tokenizers_are_refused(smollm2_tokenizer, tiny_dir, tmp_path):

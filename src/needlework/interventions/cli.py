@@ -47,6 +47,7 @@ PATCH = Options(
         "set": "intersection | complement | random | all (several comma-separated: one pass) | L-H,...",
         "top": "retrieval heads = each model's top-K",
         "threshold": "retrieval heads = heads scoring above T",
+        "random_like": "each (a size- and layer-matched control per intersection/complement) | complement | intersection",
     },
 )
 

@@ -33,8 +33,10 @@ class PatchConfig:
     set: str = "intersection"  # intersection | complement | random | all | "L-H,..."
     top: int | None = 10  # retrieval heads of each model = its top-k ...
     threshold: float | None = None  # ... or its heads above this score (overrides top)
-    random_seeds: int = 3  # random sets, seeds 0..N-1
-    random_like: str = "complement"  # the set random sets match in size and layers
+    random_seeds: int = 3  # random sets per controlled set, seeds 0..N-1
+    # which set the random sets match in size and layers: each (a control per intersection /
+    # complement, `random_<kind>_<seed>`) | complement | intersection (one control, `random_<seed>`)
+    random_like: str = "each"
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(logprob=False))
 
     @classmethod

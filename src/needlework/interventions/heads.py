@@ -70,6 +70,24 @@ def random_layer_matched(heads: Iterable[HeadId], shape: ModelShape, seed: int, 
 
 
 NAMED_SETS = ("intersection", "complement", "random", "all")
+MATCHABLE = ("intersection", "complement")  # the sets `random_like="each"` draws a control for
+RANDOM_LIKE = ("each", *MATCHABLE)
+
+
+def random_controls(
+    kinds: Iterable[str], heads_source: frozenset[HeadId], heads_target: frozenset[HeadId], shape: ModelShape, seeds: Iterable[int]
+) -> dict[str, HeadSet]:
+    """Size- and layer-matched random sets per named set (`random_<kind>_<seed>`), none of them
+    holding either model's retrieval heads where the layers allow: a set of 16 heads is compared
+    with random sets of 16 in the same layers, not with the controls of another set's size.
+    Empty sets get no control (patching nothing needs none)."""
+    named = {"intersection": heads_source & heads_target, "complement": heads_source - heads_target}
+    out: dict[str, HeadSet] = {}
+    for k in kinds:
+        ref = named[k]
+        for s in seeds if ref else ():
+            out[f"random_{k}_{s}"] = random_layer_matched(ref, shape, s, exclude=heads_source | heads_target | ref)
+    return out
 
 
 def patch_sets(
@@ -91,17 +109,25 @@ def patch_sets(
         heads_source, heads_target: the retrieval-head sets of the two models.
         shape: the (shared) model shape; every head is checked against it.
         seeds: seeds of the random sets.
-        random_like: `complement` or `intersection`: which set the random sets match in size
-            and layers (an empty complement falls back to the intersection).
+        random_like: `each` (a control per named set: every intersection / complement patched
+            gets its own size- and layer-matched random sets, `random_<kind>_<seed>`; with
+            `random` alone, both), or `complement` / `intersection`: one control matching that
+            set, `random_<seed>` (an empty complement falls back to the intersection).
     Returns:
-        {name: head set}; random sets are named `random_<seed>`.
+        {name: head set}.
     """
     shape.check(heads_source | heads_target)
+    if random_like not in RANDOM_LIKE:
+        raise NeedleworkError(f"unknown random_like {random_like!r}", f"use one of {', '.join(RANDOM_LIKE)}")
     kinds = [k.strip() for k in kind.split(",")]
     if len(kinds) > 1 and all(k in NAMED_SETS for k in kinds):  # several kinds: one pass, one set each
         out: dict[str, HeadSet] = {}
         for k in kinds:
-            out.update(patch_sets(k, heads_source, heads_target, shape, seeds, random_like))
+            if k == "random" and random_like == "each":
+                matched = [m for m in kinds if m in MATCHABLE] or list(MATCHABLE)
+                out.update(random_controls(matched, heads_source, heads_target, shape, seeds))
+            else:
+                out.update(patch_sets(k, heads_source, heads_target, shape, seeds, random_like))
         return out
     if kind == "intersection":
         return {"intersection": HeadSet(heads_source & heads_target)}
@@ -109,6 +135,8 @@ def patch_sets(
         return {"complement": HeadSet(heads_source - heads_target)}
     if kind == "all":
         return {"all": HeadSet(shape.all_heads())}
+    if kind == "random" and random_like == "each":
+        return random_controls(list(MATCHABLE), heads_source, heads_target, shape, seeds)
     if kind == "random":
         ref = heads_source - heads_target if random_like == "complement" else heads_source & heads_target
         if not ref:

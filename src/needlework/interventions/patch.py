@@ -251,22 +251,33 @@ def _scores(records, outputs, condition: str):
     return rows
 
 
-def _table(per_example, sets: dict, cfg: EvalConfig) -> tuple[list[dict], str]:
+def control_for(cond: str, sets: dict, random_like: str) -> str | None:
+    """The head set a random condition controls for: `random_<kind>_<seed>` names it; a plain
+    `random_<seed>` matches the `random_like` set; None for other conditions."""
+    if not cond.startswith("random_"):
+        return None
+    kind = cond[len("random_") :].rsplit("_", 1)[0]
+    return kind if kind in sets else (random_like if random_like != "each" else None)
+
+
+def _table(per_example, sets: dict, cfg: EvalConfig, random_like: str = "each") -> tuple[list[dict], str]:
     from needlework.evaluate.bootstrap import bootstrap_ci, paired_diff_ci
+    from needlework.interventions.stats import recovered_ci
 
     rows = []
     for task, g in per_example.groupby("task"):
         by = {c: x.set_index("id")["score"] for c, x in g.groupby("condition")}
-        before, source = by["target"], by["source"]
-        gap = float(source.mean() - before.mean())
+        before, source = by["target"], by["source"].loc[by["target"].index]
         for cond in ["source", "target", *sets]:
             v = by[cond].loc[before.index].to_numpy(float)
             lo, hi = bootstrap_ci(v, cfg.n_boot, cfg.alpha, cfg.seed)
             d, dlo, dhi = paired_diff_ci(v, before.to_numpy(float), cfg.n_boot, cfg.alpha, cfg.seed)
+            rec = recovered_ci(v, before.to_numpy(float), source.to_numpy(float), cfg.n_boot, cfg.alpha, cfg.seed) if cond in sets else None
             rows.append(
                 {
                     "task": task,
                     "condition": cond,
+                    "control_for": control_for(cond, sets, random_like),
                     "n_heads": len(sets[cond]) if cond in sets else None,
                     "score": float(v.mean()),
                     "lo": lo,
@@ -274,12 +285,16 @@ def _table(per_example, sets: dict, cfg: EvalConfig) -> tuple[list[dict], str]:
                     "delta": d,
                     "delta_lo": dlo,
                     "delta_hi": dhi,
-                    "recovered": d / gap if cond in sets and abs(gap) > 1e-12 else None,
+                    "recovered": rec[0] if rec else None,
+                    "recovered_lo": rec[1] if rec else None,
+                    "recovered_hi": rec[2] if rec else None,
                 }
             )
-    lines = ["| task | condition | heads | score [95% CI] | delta vs target [95% CI] | recovered |", "|---|---|---|---|---|---|"]
+    lines = ["| task | condition | heads | score [95% CI] | delta vs target [95% CI] | recovered [95% CI] |", "|---|---|---|---|---|---|"]
     for r in rows:
         rec = "" if r["recovered"] is None else f"{r['recovered']:.2f}"
+        if r["recovered_lo"] is not None:
+            rec += f" [{r['recovered_lo']:.2f}, {r['recovered_hi']:.2f}]"
         lines.append(
             f"| {r['task']} | {r['condition']} | {'' if r['n_heads'] is None else r['n_heads']} | "
             f"{r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | {r['delta']:+.3f} [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}] | {rec} |"
@@ -338,7 +353,8 @@ def run_patch(
         the PatchResult; its summary: `model_config` (the target's), `source`/`target` (the
         ModelConfigs as loaded: adapters' saved RoPE settings applied), `chat` (the rendering
         used) and `trained_chat` (each adapter's, or null), `sets` -> name -> head description, `table` rows (task, condition, score with
-        interval, paired delta vs the unpatched target, fraction of the source-target gap recovered).
+        interval, paired delta vs the unpatched target, fraction of the source-target gap recovered with
+        its paired bootstrap interval, and for random sets `control_for`: the set they match).
     Raises:
         NeedleworkError: different tokenizers or shapes, score tables of another shape, bad heads.
     """
@@ -365,7 +381,7 @@ def run_patch(
     chosen, sets = _choose_sets(cfg, tables, shape)
     ecfg = replace(cfg.eval, limit=None, logprob=False)
     per_example = pd.DataFrame(_score_conditions(source, target, tok, records, sets, ecfg, progress))
-    table, md = _table(per_example, sets, ecfg)
+    table, md = _table(per_example, sets, ecfg, cfg.random_like)
     summary = {
         "model_config": asdict(target_cfg),
         "source": asdict(source_cfg),

@@ -8,8 +8,10 @@ import typer
 
 
 def report_cmd(study_dir: Path = typer.Argument(..., help="A study folder written by `needlework study`.")) -> None:
-    """Write the study's HTML report (tables, heatmaps, recall-vs-score scatter, knockout bars,
-    patching table) to DIR/report/index.html, reading only the study's outputs.
+    """Write the study's HTML report to DIR/report/index.html (methods and provenance, scores with
+    F1, heatmaps, recall vs score with p-values, accuracy by needle depth, example drill-down,
+    training loss, knockout, patching; readings from the intervals) and DIR/report/results.csv
+    (one row per model x task x set), reading only the study's outputs.
 
     Example:
 

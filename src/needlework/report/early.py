@@ -6,10 +6,9 @@ measured monitoring cost against its budget."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
-from needlework.report.html import figure, finite, fmt, pyplot, save_png, table
+from needlework.report.html import finite, fmt, pyplot, save_png
 
 __all__ = ["early_parts", "fig_recall_curves", "pct", "reading_cost", "reading_earliest", "reading_gates"]
 
@@ -102,9 +101,10 @@ def reading_gates(early: dict) -> str:
     return rule + ("; ".join(said) if said else "no set was stopped") + "."
 
 
-def _prediction_table(early: dict, labels: dict[str, str]) -> str:
+def _prediction_table(early: dict, labels: dict[str, str]) -> dict:
     """Rows: each predicted set's final score and its score predicted from its recall at each
-    fraction; then each fraction's Spearman (predicted vs final) and mean absolute error."""
+    fraction; then each fraction's Spearman (predicted vs final) and mean absolute error. A
+    template block (`report.html.j2`)."""
     per = early["per_fraction"]
     pred = {(p["fraction"], r["set"]): r for p in per for r in p["rows"]}
     names = list(dict.fromkeys(r["set"] for p in per for r in p["rows"]))
@@ -116,26 +116,31 @@ def _prediction_table(early: dict, labels: dict[str, str]) -> str:
         )
     rows.append(["Spearman (predicted vs final)", ""] + [fmt(p["spearman"]) for p in per])
     rows.append(["mean absolute error", ""] + [fmt(p["mae"]) for p in per])
-    return table(["training set", "final score"] + [f"predicted from recall at {pct(p['fraction'])}" for p in per], rows, n_left=1)
+    headers = ["training set", "final score"] + [f"predicted from recall at {pct(p['fraction'])}" for p in per]
+    return {"kind": "table", "headers": headers, "rows": rows, "n_left": 1, "ref_rows": set(), "caption": "", "id": ""}
 
 
-def early_parts(an: dict, out: Path) -> list[str]:
-    """The early-prediction section of one (model, task) analysis (nothing when it did not run)."""
+def early_parts(an: dict, out: Path) -> list[dict]:
+    """The early-prediction blocks of one (model, task) analysis for the page template (nothing
+    when it did not run)."""
     early = an.get("early")
     if not early:
         return []
     m, task = an["model"], an["task"]
     tag = f"{m}_{task}".replace("/", "_")
     labels = {r["set"]: r["label"] for r in an["rows"]}
-    parts = [f"<h3 id='early-{html.escape(tag)}'>{html.escape(m)} · {html.escape(task)}: early prediction</h3>"]
+    n_probe = early.get("probe_n")
+    parts: list[dict] = [{"kind": "h3", "id": f"early-{tag}", "text": f"{m} · {task}: early prediction"}]
     src = fig_recall_curves(early, an["reference"], f"{m} / {task}: recall vs training progress", out / f"early_{tag}.png")
-    parts.append(figure(src, "recall vs training progress", reading_earliest(early)))
+    cap = f"Recall of the reference's top heads per training set (band: 95% interval over n={n_probe} probe examples)."
+    parts.append({"kind": "figure", "src": src, "alt": "recall vs training progress", "caption": cap, "reading": reading_earliest(early)})
     parts.append(
-        "<p>Each set's final score predicted from its recall at each fraction of training (a line fitted on the "
-        "other sets' recall there and final scores, leaving the set out):</p>"
+        {
+            "kind": "text",
+            "text": "Each set's final score predicted from its recall at each fraction of training (a line fitted on the "
+            "other sets' recall there and final scores, leaving the set out):",
+        }
     )
     parts.append(_prediction_table(early, labels))
-    for text in (reading_gates(early), reading_cost(early)):
-        if text:
-            parts.append(f"<p class='reading'>{html.escape(text)}</p>")
+    parts += [{"kind": "reading", "text": text} for text in (reading_gates(early), reading_cost(early)) if text]
     return parts

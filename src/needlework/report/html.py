@@ -1,22 +1,24 @@
-"""The report's page parts: number formatting, tables, figures with their reading, and PNG saving
-(matplotlib's Agg backend), shared by the report's sections (`report.report`, `report.early`)."""
+"""The report's shared small parts: the page's CSS, number formatting, and PNG saving (matplotlib's
+Agg backend). The page itself is the jinja2 template `templates/report.html.j2`."""
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 from typing import Any
 
 from needlework.io import atomic_path
 
-__all__ = ["CSS", "ci", "figure", "finite", "fmt", "pyplot", "save_png", "table"]
+__all__ = ["CSS", "ci", "fig_block", "finite", "fmt", "pyplot", "save_png", "table_block", "tag"]
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}table{border-collapse:collapse;
 margin:.8em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}
 td.l,th.l{text-align:left}tr.ref{background:#fff8dc}p.reading{background:#eef5ff;border-left:4px solid #4a7ebb;padding:.4em .8em}
-img{max-width:100%;border:1px solid #eee}.muted{color:#777;font-size:.85em}"""
+img{max-width:100%;border:1px solid #eee}.muted{color:#777;font-size:.85em}figure{margin:1em 0}
+figcaption,p.caption{color:#555;font-size:.85em;margin:.3em 0}nav ul{columns:2;font-size:.9em}details{margin:.4em 0}
+summary{cursor:pointer}pre{background:#f8f8f8;padding:.6em;font-size:.8em;overflow:auto;max-height:30em}
+td.l{max-width:28em;overflow-wrap:anywhere}"""
 
 
 def fmt(x: Any, nd: int = 2) -> str:
@@ -53,19 +55,16 @@ def save_png(fig, path: Path) -> str:
     return path.name
 
 
-def table(headers: list[str], rows: list[list[str]], ref_rows: set[int] | None = None, n_left: int = 3) -> str:
-    """An HTML table; the first `n_left` columns (names) are left-aligned, numbers right-aligned."""
-    th = "".join(f"<th class='l'>{html.escape(h)}</th>" if i < n_left else f"<th>{html.escape(h)}</th>" for i, h in enumerate(headers))
-    body = []
-    for j, r in enumerate(rows):
-        cls = " class='ref'" if ref_rows and j in ref_rows else ""
-        body.append(
-            f"<tr{cls}>"
-            + "".join(f"<td class='l'>{html.escape(c)}</td>" if i < n_left else f"<td>{html.escape(c)}</td>" for i, c in enumerate(r))
-            + "</tr>"
-        )
-    return f"<table><tr>{th}</tr>{''.join(body)}</table>"
+def tag(*parts: str) -> str:
+    """A file-name-safe tag of names (model, task, label)."""
+    return "_".join(parts).replace("/", "_").replace(" ", "_")
 
 
-def figure(src: str, alt: str, reading: str) -> str:
-    return f"<figure><img src='{html.escape(src)}' alt='{html.escape(alt)}'><p class='reading'>{html.escape(reading)}</p></figure>"
+def fig_block(src: str, alt: str, caption: str, reading: str) -> dict:
+    """A figure block of the page template: the PNG, its caption (with n) and its reading."""
+    return {"kind": "figure", "src": src, "alt": alt, "caption": caption, "reading": reading}
+
+
+def table_block(headers: list[str], rows: list[list[str]], n_left: int = 3, ref_rows=(), caption: str = "", id: str = "") -> dict:
+    """A table block of the page template; the first `n_left` columns (names) are left-aligned."""
+    return {"kind": "table", "headers": headers, "rows": rows, "n_left": n_left, "ref_rows": set(ref_rows), "caption": caption, "id": id}

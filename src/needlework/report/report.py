@@ -1,201 +1,95 @@
-"""The study report: one self-contained HTML page with PNG figures beside it, built only by READING
-a study folder: its index and the artifacts (`needlework.artifacts`) of the stages it points to.
+"""The study report: one self-contained HTML page (a jinja2 template, `templates/report.html.j2`)
+with PNG figures and a study-level results table (CSV) beside it, built only by READING a study
+folder: its index and the artifacts (`needlework.artifacts`) of the stages it points to.
 
-It shows what the paper's tables and figures show: the score of each training set per task and
-model, the number of retrieval heads, recall/precision/cosine/Spearman against the reference
-model, layer x head heatmaps, recall vs score with the fitted trend and correlation, knockout bars
-(top-k vs random vs none) and the patching table; with early prediction also recall vs training
-progress, predicted vs final scores per fraction, stop_early's decisions and the monitoring cost
-(`report.early`). Every figure carries a one-line reading written from the numbers.
+Sections: methods and provenance (model, method and LoRA settings, lr, sizes, lengths, scoring
+mode, head rule, the resolved config, library versions, device, date); scores with F1 and head
+overlap per training set; per (model, task) the score bars, recall vs score with p-values, the
+leave-one-out table and a heatmap per set; accuracy by needle depth; a per-example drill-down;
+training loss curves; early prediction (`report.early`); knockout; patching. Every figure carries
+a reading written from the numbers and their intervals (`report.readings`), and its n.
 """
 
 from __future__ import annotations
 
-import html
-import json
-import math
+import datetime as dt
 import os
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
-from needlework.artifacts import STAGE_DONE, STUDY_INDEX, Analysis, Artifact, HeadScores, KnockoutResult, PatchResult
-from needlework.errors import NeedleworkError
+from needlework.artifacts import STUDY_INDEX, STUDY_RESULTS, Analysis, HeadScores
 from needlework.io import write_text
 from needlework.report.early import early_parts, pct, reading_earliest
-from needlework.report.html import CSS, ci, figure, finite, fmt, pyplot, save_png, table
+from needlework.report.figures import fig_heatmaps, fig_scatter, fig_scores
+from needlework.report.gather import SetRun, done, load_study, read, results_rows, set_runs, versions_of
+from needlework.report.html import CSS, ci, fig_block, fmt, table_block, tag
+from needlework.report.readings import (
+    reading_correlation,
+    reading_heads,
+    reading_scores,
+)
+from needlework.report.sections import depth_section, examples_section, knockout_section, loss_section, patch_section
 
-# ----------------------------------------------------------------------------------- reading the study
-
-
-def load_study(study_dir: Path) -> dict[str, Any]:
-    p = study_dir / STUDY_INDEX
-    if not p.exists():
-        raise NeedleworkError(f"{study_dir} holds no {STUDY_INDEX}", "point at a folder written by `needlework study`")
-    return json.loads(p.read_text())
-
-
-def _done(study_dir: Path, manifest: dict, stage: str) -> list[dict]:
-    return [n for n in manifest["nodes"] if n["stage"] == stage and n.get("dir") and (study_dir / n["dir"] / STAGE_DONE).exists()]
-
-
-def _read(study_dir: Path, node: dict, kind: type[Artifact]):
-    """The artifact a finished node left, or None when its folder holds none (yet)."""
-    d = study_dir / node["dir"]
-    return kind.read(d) if kind.exists(d) else None
+__all__ = ["load_study", "summary_lines", "write_report"]
 
 
 def _analyses(study_dir: Path, manifest: dict) -> list[dict]:
-    return [a.result for a in (_read(study_dir, n, Analysis) for n in _done(study_dir, manifest, "analysis")) if a]
+    return [a.result for a in (read(study_dir, n, Analysis) for n in done(study_dir, manifest, "analysis")) if a]
 
 
-# ----------------------------------------------------------------------------------- figures
+# ----------------------------------------------------------------------------------- methods and provenance
 
 
-def fig_scores(rows: list[dict], title: str, path: Path) -> str:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.4 + 0.8 * len(rows), 3.2))
-    x = range(len(rows))
-    m = [r["score"] for r in rows]
-    err = [
-        [max(r["score"] - r["score_lo"], 0) if finite(r["score_lo"]) else 0 for r in rows],
-        [max(r["score_hi"] - r["score"], 0) if finite(r["score_hi"]) else 0 for r in rows],
+def methods_rows(cfg: dict, runs: list[SetRun]) -> list[list[str]]:
+    """What a reader needs to redo the study: model, training method and settings, sizes, lengths,
+    scoring, head rule, evaluation; the device as configured and the processes training used."""
+    t, h, s, e = cfg["train"], cfg["heads"], cfg["sizes"], cfg["eval"]
+    models = "; ".join(f"{k}: {m['name']} ({m['dtype']}, attention {m['attn_implementation']})" for k, m in cfg["models"].items())
+    method = t["method"] + (
+        f" (r={t['lora_r']}, alpha={t['lora_alpha']}, dropout={t['lora_dropout']}, targets {', '.join(t['targets'])})"
+        if t["method"] == "lora"
+        else ""
+    )
+    lengths = ", ".join(f"{k} {v['length']} tokens" for k, v in cfg["tasks"].items())
+    tc = next((r.train_config for r in runs if r.train_config), None) or {}
+    devices = ", ".join(sorted({str(m["device"]) for m in cfg["models"].values()}))
+    dist = tc.get("distributed")
+    world = f", {tc.get('world_size', 1)} process(es)" + (f" ({dist})" if dist not in (None, "none", False) else "") if tc else ""
+    return [
+        ["model", models],
+        ["method", method],
+        [
+            "optimisation",
+            f"lr {t['lr']}, {t['schedule']} schedule, {t['epochs']} epoch(s), batch {t['batch_size']} x {t['grad_accum']} accumulation",
+        ],
+        ["sizes", f"{s['n_train']} training and {s['n_eval']} evaluation examples per set"],
+        ["lengths", lengths],
+        ["head scoring", f"{cfg['score']['score']} score, {cfg['score']['mode']} mode"],
+        ["head rule", f"{h['rule']} (k={h['top']}, threshold={h['threshold']})"],
+        ["evaluation", f"greedy, {e['max_new_tokens']} new tokens, {e['n_boot']} bootstrap resamples, alpha {e['alpha']}"],
+        ["device", f"{devices} (as configured){world}"],
     ]
-    colors = ["#d4a017" if r["reference"] else "#999999" if r["kind"] == "none" else "#4a7ebb" for r in rows]
-    ax.bar(x, m, yerr=err, color=colors, capsize=3)
-    ax.set_xticks(list(x), [r["label"] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel(rows[0]["metric"] if rows else "score")
-    ax.set_title(title)
-    return save_png(fig, path)
 
 
-def fig_heatmaps(tables: dict[str, Any], title: str, path: Path) -> str:
-    import numpy as np
+def _methods_section(study_dir: Path, manifest: dict, runs: list[SetRun]) -> dict:
+    import yaml
 
-    plt = pyplot()
-    n = len(tables)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False, constrained_layout=True)
-    vmax = max([float(np.nanmax(t["mean"].to_numpy(float))) for t in tables.values()] + [1e-9])
-    im = None
-    for ax, (name, t) in zip(axes.ravel(), tables.items()):
-        grid = t.pivot_table(index="layer", columns="head", values="mean").sort_index()
-        im = ax.imshow(grid.to_numpy(float), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=vmax)
-        ax.set_title(name, fontsize=9)
-        for axis, labels in ((ax.set_xticks, list(grid.columns)), (ax.set_yticks, list(grid.index))):
-            step = max(1, len(labels) // 8)  # at most ~8 tick labels per axis
-            axis(range(0, len(labels), step), [str(v) for v in labels[::step]])
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="retrieval score")
-    fig.suptitle(title)
-    return save_png(fig, path)
-
-
-def fig_scatter(an: dict, title: str, path: Path) -> str:
-    import numpy as np
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
-    used = set(an.get("sets", []))
-    for r in an["rows"]:
-        if r["kind"] == "none":
-            continue
-        style = dict(color="#4a7ebb") if r["set"] in used else dict(color="#d4a017", marker="*", s=120)
-        ax.scatter([r["recall"]], [r["score"]], zorder=3, **style)
-        ax.annotate(r["label"], (r["recall"], r["score"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
-    xs_data = [r["recall"] for r in an["rows"] if r["set"] in used and finite(r["recall"])]
-    if an.get("fit") and xs_data:
-        xs = np.linspace(min(xs_data), max(xs_data), 20)
-        ax.plot(xs, an["fit"]["slope"] * xs + an["fit"]["intercept"], "--", color="#888")
-    c = an["recall_vs_score"]
-    ax.set_xlabel("recall of reference retrieval heads")
-    ax.set_ylabel(an["rows"][0]["metric"] if an["rows"] else "score")
-    ax.set_title(f"{title}\nSpearman {fmt(c['spearman']['r'])}, Pearson {fmt(c['pearson']['r'])} (n={c['n']})", fontsize=9)
-    ax.set_xlim(-0.05, 1.05)
-    return save_png(fig, path)
-
-
-def fig_knockout(summ: dict, task: str, title: str, path: Path) -> str:
-    plt = pyplot()
-    conds = summ["conditions"]
-    names = list(conds)
-    prim = conds["baseline"]["tasks"][task]["primary"]
-    vals = [conds[n]["tasks"][task]["metrics"][prim] for n in names]
-    fig, ax = plt.subplots(figsize=(1.4 + 0.7 * len(names), 3.2))
-    err = [
-        [max(v["mean"] - v["lo"], 0) if finite(v["lo"]) else 0 for v in vals],
-        [max(v["hi"] - v["mean"], 0) if finite(v["hi"]) else 0 for v in vals],
+    cfg = manifest["config"]
+    vers = versions_of(study_dir, [n for n in manifest["nodes"] if n.get("dir")])
+    ran = dt.datetime.fromtimestamp((study_dir / STUDY_INDEX).stat().st_mtime, dt.timezone.utc)
+    prov = [["versions", ", ".join(f"{k} {v}" for k, v in vers.items() if v) or "not recorded"]]
+    prov += [
+        ["study run", ran.strftime("%Y-%m-%d %H:%M UTC")],
+        ["report built", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")],
     ]
-    colors = ["#777777" if n == "baseline" else "#c0392b" if n == "top" else "#5d8aa8" for n in names]
-    ax.bar(range(len(names)), [v["mean"] for v in vals], yerr=err, color=colors, capsize=3)
-    ax.set_xticks(range(len(names)), ["none" if n == "baseline" else n for n in names], rotation=30, ha="right")
-    ax.set_ylabel(prim)
-    ax.set_title(title)
-    return save_png(fig, path)
+    blocks = [
+        table_block(["", ""], methods_rows(cfg, runs) + prov, n_left=2, id="methods-table"),
+        {"kind": "pre", "summary": "resolved config (YAML)", "text": yaml.safe_dump(cfg, sort_keys=True)},
+    ]
+    return {"id": "methods", "title": "Methods and provenance", "blocks": blocks}
 
 
-# ----------------------------------------------------------------------------------- readings
-
-
-def _corr_words(c: dict) -> str:
-    s = c["spearman"]
-    if c["n"] < 3 or not finite(s["r"]):
-        return f"too few training sets to correlate (n={c['n']})"
-    sure = finite(s["lo"]) and (s["lo"] > 0 or s["hi"] < 0)
-    direction = "correlates positively" if s["r"] > 0 else "correlates negatively" if s["r"] < 0 else "does not correlate"
-    ci = f"95% CI [{fmt(s['lo'])}, {fmt(s['hi'])}]" if finite(s["lo"]) else "CI not defined"
-    zero = ", excludes 0" if sure else ", includes 0" if finite(s["lo"]) else ""
-    return f"{direction} with score: Spearman {fmt(s['r'])} (n={c['n']}, {ci}{zero}); Pearson {fmt(c['pearson']['r'])}"
-
-
-def reading_scores(rows: list[dict]) -> str:
-    fin = [r for r in rows if finite(r["score"])]
-    if not fin:
-        return "No scores yet."
-    best, worst = max(fin, key=lambda r: r["score"]), min(fin, key=lambda r: r["score"])
-    ref = next((r for r in rows if r["reference"]), None)
-    return (
-        f"Best training set: {best['label']} ({best['metric']} {fmt(best['score'])}); worst: {worst['label']} "
-        f"({fmt(worst['score'])})" + (f"; the reference {ref['label']} scores {fmt(ref['score'])}." if ref else ".")
-    )
-
-
-def reading_heads(tables: dict[str, Any], k: int) -> str:
-    parts = []
-    for name, t in list(tables.items())[:1]:
-        top = t.sort_values("mean", ascending=False).head(k)
-        layers = sorted(top["layer"].astype(int).tolist())
-        if layers:
-            parts.append(
-                f"{name}: the top-{k} heads lie in layers {layers[0]}–{layers[-1]} "
-                f"(best {int(top.iloc[0]['layer'])}-{int(top.iloc[0]['head'])} with score {fmt(float(top.iloc[0]['mean']))})"
-            )
-    return "; ".join(parts) + "." if parts else "No head scores yet."
-
-
-def reading_knockout(summ: dict, task: str) -> str:
-    c = summ["conditions"]
-    prim = c["baseline"]["tasks"][task]["primary"]
-    base = c["baseline"]["tasks"][task]["metrics"][prim]["mean"]
-    top = c["top"]["tasks"][task]["metrics"][prim]["mean"]
-    rnd = [v["tasks"][task]["metrics"][prim]["mean"] for n, v in c.items() if n.startswith("random")]
-    rmean = sum(rnd) / len(rnd) if rnd else float("nan")
-    verdict = (
-        "top heads matter more than random heads"
-        if finite(rmean) and (base - top) > (base - rmean) + 1e-9
-        else "top heads matter no more than random heads here"
-    )
-    return (
-        f"{prim}: none {fmt(base)}, top-{c['top'].get('n_heads', '?')} knocked out {fmt(top)} "
-        f"({fmt(top - base)}), random (mean of {len(rnd)}) {fmt(rmean)} ({fmt(rmean - base)}): {verdict}."
-    )
-
-
-# ----------------------------------------------------------------------------------- the page
+# ----------------------------------------------------------------------------------- results
 
 
 MAIN_HEADERS = [
@@ -203,7 +97,9 @@ MAIN_HEADERS = [
     "task",
     "training set",
     "kind",
+    "n",
     "score [95% CI]",
+    "F1 [95% CI]",
     "retrieval heads (>thr)",
     "recall [CI]",
     "precision",
@@ -212,116 +108,147 @@ MAIN_HEADERS = [
 ]
 
 
-def main_table_rows(analyses: list[dict]) -> tuple[list[list[str]], set[int]]:
+def _f1(runs: dict, key: tuple) -> str:
+    run = runs.get(key)
+    m = run.eval.summary["tasks"][key[1]]["metrics"].get("f1") if run is not None else None
+    return ci(m["mean"], m["lo"], m["hi"]) if m else "–"
+
+
+def main_table_rows(analyses: list[dict], runs: dict | None = None) -> tuple[list[list[str]], set[int]]:
     rows, refs = [], set()
     for an in analyses:
         for r in an["rows"]:
             if r["reference"]:
                 refs.add(len(rows))
+            label = r["label"] + (" (reference)" if r["reference"] else "")
+            label += f" (stopped at {pct(r['stopped_at'])})" if r.get("stopped_at") is not None else ""
             rows.append(
-                [
-                    an["model"],
-                    an["task"],
-                    r["label"]
-                    + (" (reference)" if r["reference"] else "")
-                    + (f" (stopped at {pct(r['stopped_at'])})" if r.get("stopped_at") is not None else ""),
-                    r["kind"],
-                    ci(r["score"], r["score_lo"], r["score_hi"]),
-                    str(r["n_above_threshold"]),
-                    ci(r["recall"], r["recall_lo"], r["recall_hi"]),
-                    fmt(r["precision"]),
-                    ci(r["cosine"], r["cosine_lo"], r["cosine_hi"]),
-                    fmt(r["spearman"]),
-                ]
+                [an["model"], an["task"], label, r["kind"], str(r.get("n_eval", "")), ci(r["score"], r["score_lo"], r["score_hi"])]
+                + [_f1(runs or {}, (an["model"], an["task"], r["set"])), str(r["n_above_threshold"])]
+                + [ci(r["recall"], r["recall_lo"], r["recall_hi"]), fmt(r["precision"]), ci(r["cosine"], r["cosine_lo"], r["cosine_hi"])]
+                + [fmt(r["spearman"])]
             )
     return rows, refs
 
 
-def _analysis_parts(study_dir: Path, an: dict, score_nodes: dict, out: Path, k) -> list[str]:
-    """The section of one (model, task) analysis: score and scatter figures, leave-one-out table, heatmaps."""
+def _corr_table(an: dict) -> dict:
+    rows = []
+    for what in ("recall", "cosine"):
+        c = an[f"{what}_vs_score"]
+        s, p = c["spearman"], c["pearson"]
+        rows.append(
+            [
+                f"{what} vs score",
+                str(c["n"]),
+                ci(s["r"], s["lo"], s["hi"]),
+                fmt(s.get("p"), 3),
+                ci(p["r"], p["lo"], p["hi"]),
+                fmt(p.get("p"), 3),
+            ]
+        )
+    return table_block(
+        ["correlation", "n sets", "Spearman [CI]", "p", "Pearson [CI]", "p"],
+        rows,
+        n_left=1,
+        caption="p: two-sided test of no correlation; CI: bootstrap over training sets.",
+    )
 
-    parts = []
+
+def _analysis_section(study_dir: Path, an: dict, score_nodes: dict, out: Path, k: int) -> dict:
+    """One (model, task): score bars, recall vs score, correlations, leave-one-out, heatmaps."""
     m, task = an["model"], an["task"]
-    tag = f"{m}_{task}".replace("/", "_")
-    parts.append(f"<h2>{html.escape(m)} · {html.escape(task)}</h2>")
-    src = fig_scores(an["rows"], f"{m} / {task}: score per training set", out / f"scores_{tag}.png")
-    parts.append(figure(src, "scores", reading_scores(an["rows"])))
-    src = fig_scatter(an, f"{m} / {task}: recall vs score", out / f"scatter_{tag}.png")
-    parts.append(
-        figure(
-            src,
-            "recall vs score",
-            "Head recall " + _corr_words(an["recall_vs_score"]) + ". Cosine " + _corr_words(an["cosine_vs_score"]) + ".",
-        )
+    ftag = tag(m, task)
+    n = max((r.get("n_eval") or 0 for r in an["rows"]), default=0)
+    blocks = [
+        fig_block(
+            fig_scores(an["rows"], f"{m} / {task}: score per training set", out / f"scores_{ftag}.png"),
+            "scores",
+            f"{an['rows'][0]['metric'] if an['rows'] else 'score'} per training set, 95% intervals over n={n} evaluation examples.",
+            reading_scores(an["rows"]),
+        ),
+    ]
+    used = [r for r in an["rows"] if r["set"] in an.get("sets", [])]
+    reading = reading_correlation(an["recall_vs_score"], [r["recall"] for r in used], "Head recall")
+    reading += " " + reading_correlation(an["cosine_vs_score"], [r["cosine"] for r in used], "Cosine")
+    cap = f"n={an['recall_vs_score']['n']} training sets (reference and no fine-tuning left out); bars: 95% intervals over {n} examples."
+    blocks.append(
+        fig_block(fig_scatter(an, f"{m} / {task}: recall vs score", out / f"scatter_{ftag}.png"), "recall vs score", cap, reading)
     )
+    blocks.append(_corr_table(an))
     loo = an["loo"]
-    parts.append(
-        f"<p>Leave-one-out prediction of each set's score from its recall (linear fit on the others), "
-        f"mean absolute error {fmt(loo['mae'])}:</p>"
+    blocks.append(
+        {
+            "kind": "text",
+            "text": f"Leave-one-out prediction of each set's score from its recall (a line fitted on the others), "
+            f"mean absolute error {fmt(loo['mae'])}:",
+        }
     )
-    parts.append(
-        table(
-            ["training set", "recall", "actual", "predicted", "error"],
-            [[r["set"], fmt(r["x"]), fmt(r["actual"]), fmt(r["predicted"]), fmt(r["error"])] for r in loo["rows"]],
-            n_left=1,
-        )
-    )
-    tables = {}
+    loo_rows = [[r["set"], fmt(r["x"]), fmt(r["actual"]), fmt(r["predicted"]), fmt(r["error"])] for r in loo["rows"]]
+    blocks.append(table_block(["training set", "recall", "actual", "predicted", "error"], loo_rows, n_left=1))
+    tables, ref_label, n_scored = {}, None, 0
     for r in an["rows"]:
         node = score_nodes.get((m, task, r["set"]))
-        scores = _read(study_dir, node, HeadScores) if node else None
+        scores = read(study_dir, node, HeadScores) if node else None
         if scores is not None:
             tables[r["label"]] = scores.heads
+            ref_label = r["label"] if r["reference"] else ref_label
+            n_scored = max(n_scored, int(scores.heads["n"].max()) if "n" in scores.heads and len(scores.heads) else 0)
     if tables:
-        src = fig_heatmaps(tables, f"{m} / {task}: retrieval score per layer x head", out / f"heatmap_{tag}.png")
-        parts.append(figure(src, "heatmaps", reading_heads(tables, k)))
-    return parts
-
-
-def _knockout_parts(study_dir: Path, ko: list[dict], out: Path) -> list[str]:
-    """The knockout section: one figure per finished knockout node (nothing when there are none)."""
-    parts = []
-    if ko:
-        parts.append("<h2>Knockout: are the heads necessary?</h2>")
-        for n in ko:
-            res = _read(study_dir, n, KnockoutResult)
-            if res is None:
-                continue
-            summ = res.summary
-            src = fig_knockout(summ, n["task"], f"knockout: {n['label']}", out / f"knockout_{n['label'].replace('/', '_')}.png")
-            parts.append(figure(src, "knockout", f"{n['label']}: " + reading_knockout(summ, n["task"])))
-    return parts
-
-
-def _patch_parts(study_dir: Path, pa: list[dict]) -> list[str]:
-    """The patching section: one table over the finished patch nodes and its reading (nothing when none)."""
-    parts = []
-    if pa:
-        parts.append("<h2>Patching reference heads into each model: are the heads sufficient?</h2>")
-        prow = []
-        for n in pa:
-            p = _read(study_dir, n, PatchResult)
-            for r in p.rows() if p else []:
-                prow.append(
-                    [
-                        n["label"],
-                        r["condition"],
-                        r["kind"],
-                        "" if r.get("n_heads") is None else str(r["n_heads"]),
-                        ci(r["score"], r["lo"], r["hi"]),
-                        ci(r["delta"], r["delta_lo"], r["delta_hi"]),
-                        fmt(r.get("recovered")),
-                    ]
-                )
-        parts.append(
-            table(["target model", "condition", "set", "heads", "score [CI]", "delta vs target [CI]", "gap recovered"], prow, n_left=3)
+        src = fig_heatmaps(tables, f"{m} / {task}: retrieval score per layer x head", out / f"heatmap_{ftag}.png")
+        blocks.append(
+            fig_block(
+                src,
+                "heatmaps",
+                f"Mean retrieval score per head over n={n_scored} scored examples per set.",
+                reading_heads(tables, k, ref_label),
+            )
         )
-        parts.append("<p class='reading'>" + html.escape(reading_patch(pa, study_dir)) + "</p>")
-    return parts
+    return {"id": f"a-{ftag}", "title": f"{m} · {task}", "blocks": blocks}
+
+
+# ----------------------------------------------------------------------------------- the page
+
+
+def write_results_csv(runs: list[SetRun], analyses: list[dict], path: Path) -> Path:
+    """The study-level results table: one row per model x task x training set (`gather.results_rows`)."""
+    import pandas as pd
+
+    write_text(path, pd.DataFrame(results_rows(runs, analyses)).to_csv(index=False))
+    return path
+
+
+def _render(name: str, sections: list[dict], intro: str) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    tpl = env.from_string(files("needlework.report").joinpath("templates/report.html.j2").read_text(encoding="utf-8"))
+    return tpl.render(name=name, css=CSS, intro=intro, sections=sections)
+
+
+def _results_section(analyses: list[dict], by_key: dict) -> dict:
+    """The main table (one row per set, with n and F1) and the link to results.csv."""
+    for an in analyses:  # n per row, for captions and the table
+        for r in an["rows"]:
+            run = by_key.get((an["model"], an["task"], r["set"]))
+            r.setdefault("n_eval", run.eval.summary["tasks"][an["task"]]["n"] if run is not None else None)
+    rows, refs = main_table_rows(analyses, by_key)
+    none = {"kind": "text", "text": "No analysis yet (run the study to the end)."}
+    main = [table_block(MAIN_HEADERS, rows, n_left=4, ref_rows=refs, id="results-table")] if rows else [none]
+    link = {"kind": "link", "before": "Every metric with its interval, per model × task × set: ", "href": STUDY_RESULTS}
+    main.append({**link, "text": STUDY_RESULTS, "after": "."})
+    return {"id": "results", "title": "Scores and head overlap with the reference model", "blocks": main}
+
+
+INTRO = (
+    "Head-set rule: {rule} (k={top}, threshold={threshold}). Intervals are 95% bootstrap intervals over examples (scores, "
+    "head comparisons, knockout, patching) or over training sets (correlations). A difference is read as one only when the "
+    "intervals separate; otherwise the reading says there is no conclusion at this size."
+)
 
 
 def write_report(study_dir: str | os.PathLike) -> Path:
-    """Write `study_dir/report/index.html` (+ PNGs) from the study's outputs; returns the page path.
+    """Write `study_dir/report/index.html` (+ PNGs and the results CSV) from the study's outputs;
+    returns the page path.
 
     Raises:
         NeedleworkError: the folder holds no study.json.
@@ -331,54 +258,25 @@ def write_report(study_dir: str | os.PathLike) -> Path:
     cfg = manifest["config"]
     out = study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    thr = cfg["heads"]["threshold"]
-    k = cfg["heads"]["top"]
-    parts = [
-        f"<h1>needlework study: {html.escape(manifest['name'])}</h1>",
-        f"<p class='muted'>Head-set rule: {html.escape(cfg['heads']['rule'])} (k={k}, threshold={thr}). "
-        "Retrieval heads counted as heads with mean score above the threshold. Intervals are 95% bootstrap "
-        "intervals over examples (scores, head comparisons) or over training sets (correlations).</p>",
-    ]
-
-    analyses = _analyses(study_dir, manifest)
-    rows, refs = main_table_rows(analyses)
-    parts.append("<h2>Scores and head overlap with the reference model</h2>")
-    parts.append(table(MAIN_HEADERS, rows, refs) if rows else "<p>No analysis yet (run the study to the end).</p>")
-
-    score_nodes = {(n["model"], n["task"], n["set"]): n for n in _done(study_dir, manifest, "score")}
-    for an in analyses:
-        parts += _analysis_parts(study_dir, an, score_nodes, out, k)
-
+    analyses, runs = _analyses(study_dir, manifest), set_runs(study_dir, manifest)
+    by_key = {(r.model, r.task, r.set): r for r in runs}
+    sections: list[dict | None] = [_methods_section(study_dir, manifest, runs), _results_section(analyses, by_key)]
+    write_results_csv(runs, analyses, out / STUDY_RESULTS)
+    score_nodes = {(n["model"], n["task"], n["set"]): n for n in done(study_dir, manifest, "score")}
+    sections += [_analysis_section(study_dir, an, score_nodes, out, cfg["heads"]["top"]) for an in analyses]
+    sections += [depth_section(runs, out), examples_section(runs), loss_section(runs, cfg, out)]
     early = [part for an in analyses for part in early_parts(an, out)]
     if early:
-        parts += ["<h2 id='early'>Early prediction: does head recall early in training predict the final score?</h2>", *early]
-
-    parts += _knockout_parts(study_dir, _done(study_dir, manifest, "knockout"), out)
-
-    parts += _patch_parts(study_dir, _done(study_dir, manifest, "patch"))
-
-    page = (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>needlework report: "
-        f"{html.escape(manifest['name'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
-    )
-    write_text(out / "index.html", page)
+        title = "Early prediction: does head recall early in training predict the final score?"
+        sections.append({"id": "early", "title": title, "blocks": early})
+    n_eval = cfg["sizes"]["n_eval"]
+    sections += [
+        knockout_section(study_dir, done(study_dir, manifest, "knockout"), out, n_eval),
+        patch_section(study_dir, done(study_dir, manifest, "patch"), n_eval),
+    ]
+    intro = INTRO.format(**cfg["heads"])
+    write_text(out / "index.html", _render(manifest["name"], [s for s in sections if s], intro))
     return out / "index.html"
-
-
-def reading_patch(nodes: list[dict], study_dir: Path) -> str:
-    rec = {}
-    for n in nodes:
-        p = _read(study_dir, n, PatchResult)
-        for r in p.rows() if p else []:
-            if finite(r.get("recovered")):
-                rec.setdefault(r["kind"], []).append(r["recovered"])
-    if not rec:
-        return "Source and target score alike here, so no gap to recover."
-    return (
-        "Mean share of the source-target gap recovered by patching: "
-        + ", ".join(f"{k} {fmt(sum(v) / len(v))}" for k, v in rec.items())
-        + " (1 = all of it)."
-    )
 
 
 def summary_lines(study_dir: str | os.PathLike) -> list[str]:
@@ -390,13 +288,14 @@ def summary_lines(study_dir: str | os.PathLike) -> list[str]:
     rows, _ = main_table_rows(analyses)
     if not rows:
         return ["(no results yet)"]
-    cols = [0, 1, 2, 4, 5, 6, 8]
+    cols = [0, 1, 2, 5, 7, 8, 10]
     head = [MAIN_HEADERS[i] for i in cols]
     body = [[r[i] for i in cols] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *body]]
     for an in analyses:
-        lines.append(f"{an['model']}/{an['task']}: head recall {_corr_words(an['recall_vs_score'])}")
+        used = [r["recall"] for r in an["rows"] if r["set"] in an.get("sets", [])]
+        lines.append(f"{an['model']}/{an['task']}: {reading_correlation(an['recall_vs_score'], used, 'head recall')}")
         if an.get("early"):
             lines.append(f"{an['model']}/{an['task']}: early prediction: {reading_earliest(an['early'])}")
     return lines
