@@ -22,3 +22,8 @@ def test_license_file_matches_pyproject():
     assert meta["license"] == {"text": "Apache-2.0"} and meta["version"] == needlework.__version__
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+
+
+def test_help_shows_literal_brackets():
+    r = CliRunner().invoke(app, ["heads", "export", "--help"], terminal_width=200)
+    assert r.exit_code == 0 and "{'L-H': [scores]}" in r.output  # not eaten as rich markup

@@ -103,7 +103,7 @@ def plot_cmd(
 ) -> None:
     """Layer x head heatmap of mean scores.
 
-    Example: needlework heads plot runs/heads/3f2a9c1b0d4e
+    Example: needlework heads plot runs/heads/smollm2-mdqa_test-3f2a9c1b
     """
     from needlework.heads.plot import heatmap
 
@@ -113,13 +113,15 @@ def plot_cmd(
 @heads_app.command("export")
 def export_cmd(
     result: Path = typer.Argument(..., help="result directory"),
-    format: str = typer.Option(..., "--format", help="wu (JSON {'L-H': [scores]}) | duo (layer x kv-head TSV)"),
+    format: str = typer.Option(
+        ..., "--format", help="wu (JSON {'L-H': \\[scores]}) | duo (layer x kv-head TSV)"
+    ),  # \\[: a bracket, not rich markup
     out: Path = typer.Option(..., help="output file"),
     kv_agg: str = typer.Option("max", help="duo: max | mean over a kv group's query heads"),
 ) -> None:
     """Write scores in Wu et al.'s JSON or DuoAttention's TSV.
 
-    Example: needlework heads export runs/heads/3f2a9c1b0d4e --format wu --out heads.json
+    Example: needlework heads export runs/heads/smollm2-mdqa_test-3f2a9c1b --format wu --out heads.json
     """
     from needlework.heads.io import export_scores
 
