@@ -9,6 +9,7 @@ answer's token subsequence, which breaks when the same string tokenises differen
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from needlework.data.records import Record
@@ -47,6 +48,10 @@ class Rendered:
     needle_spans: list[tuple[int, int] | None]
     needle_chars: list[tuple[int, int]] = field(default_factory=list)  # needle char spans in `text`
     needle_roles: list[str] = field(default_factory=list)  # role of needle i (missing entries: "answer")
+    # token spans (start, end exclusive) of each document's block "Document [i] (Title: ...) text"
+    # and of the question text (the query and output scores' query rows and keys); None: no token
+    doc_spans: list[tuple[int, int] | None] = field(default_factory=list)
+    question_span: tuple[int, int] | None = None
 
     def role(self, i: int) -> str:
         return self.needle_roles[i] if i < len(self.needle_roles) else "answer"
@@ -72,6 +77,19 @@ class Rendered:
                 pos.update(range(*s))
         return sorted(pos)
 
+    def doc_positions(self, docs=None) -> list[int]:
+        """Prompt token positions of the documents `docs` (indices; None: every document), sorted:
+        the key sets of the query score (gold documents vs all documents)."""
+        pos: set[int] = set()
+        for i, s in enumerate(self.doc_spans):
+            if s is not None and (docs is None or i in docs):
+                pos.update(range(*s))
+        return sorted(pos)
+
+    def question_positions(self) -> list[int]:
+        """Prompt token positions of the question text (the query score's query rows)."""
+        return list(range(*self.question_span)) if self.question_span is not None else []
+
 
 def answer_text(record: Record) -> str:
     """The completion for a record: the canonical answer (SummHay: cited document numbers)."""
@@ -83,11 +101,21 @@ def answer_text(record: Record) -> str:
 
 def build_prompt(record: Record) -> tuple[str, list[tuple[int, int]]]:
     """The task prompt as text, and each needle's character span inside it."""
+    text, needle_chars, _docs, _question = prompt_layout(record)
+    return text, needle_chars
+
+
+def prompt_layout(record: Record) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]], tuple[int, int]]:
+    """`build_prompt`'s text and needle character spans, plus the character span of each document's
+    block (its `Document [i] (Title: ...) ` header and text, without the newline after it) and of
+    the question text."""
     parts: list[str] = [INSTRUCTIONS.get(record.task, INSTRUCTIONS["mdqa"]), "\n\n"]
     pos = sum(len(p) for p in parts)
     doc_start: list[int] = []
+    doc_chars: list[tuple[int, int]] = []
     for i, d in enumerate(record.documents):
         head = f"Document [{i + 1}] (Title: {d.title}) " if d.title else f"Document [{i + 1}] "
+        doc_chars.append((pos, pos + len(head) + len(d.text)))
         parts.append(head)
         pos += len(head)
         doc_start.append(pos)
@@ -96,9 +124,10 @@ def build_prompt(record: Record) -> tuple[str, list[tuple[int, int]]]:
         pos += len(d.text) + 1
     label = QUESTION_LABEL.get(record.task, "Question")
     tail = f"\n{label}: {record.question}\n" + ("Documents:" if record.task == "summhay" else "Answer:")
+    q0 = pos + len(f"\n{label}: ")
     parts.append(tail)
     needle_chars = [(doc_start[n.doc] + n.start, doc_start[n.doc] + n.end) for n in record.needles]
-    return "".join(parts), needle_chars
+    return "".join(parts), needle_chars, doc_chars, (q0, q0 + len(record.question))
 
 
 def to_messages(record: Record) -> list[dict[str, str]]:
@@ -112,6 +141,21 @@ def _token_spans(offsets, char_spans) -> list[tuple[int, int] | None]:
     for cs, ce in char_spans:
         hit = [t for t, (a, b) in enumerate(offsets) if b > a and a < ce and b > cs]
         spans.append((hit[0], hit[-1] + 1) if hit else None)
+    return spans
+
+
+def _block_spans(offsets, char_spans) -> list[tuple[int, int] | None]:
+    """`_token_spans` for many spans (every document of a long prompt) in O(n log n): tokens are
+    in text order, so the overlapping ones form a run found by bisection. Falls back to the linear
+    scan when a tokenizer's offsets are not monotone."""
+    toks = [(t, a, b) for t, (a, b) in enumerate(offsets) if b > a]
+    starts, ends = [a for _t, a, _b in toks], [b for _t, _a, b in toks]
+    if any(x > y for x, y in zip(starts, starts[1:])) or any(x > y for x, y in zip(ends, ends[1:])):
+        return _token_spans(offsets, char_spans)
+    spans: list[tuple[int, int] | None] = []
+    for cs, ce in char_spans:
+        first, last = bisect.bisect_right(ends, cs), bisect.bisect_left(starts, ce) - 1  # end > cs, start < ce
+        spans.append((toks[first][0], toks[last][0] + 1) if first <= last else None)
     return spans
 
 
@@ -131,7 +175,7 @@ def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = Tr
         NeedleworkError: the tokenizer has no offset mapping, or a chat template was asked for and
             the tokenizer has none.
     """
-    prompt, needle_chars = build_prompt(record)
+    prompt, needle_chars, doc_chars, question_chars = prompt_layout(record)
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise NeedleworkError(
@@ -143,6 +187,8 @@ def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = Tr
         if shift < 0:
             raise NeedleworkError("the chat template altered the prompt text", "render without --chat")
         needle_chars = [(a + shift, b + shift) for a, b in needle_chars]
+        doc_chars = [(a + shift, b + shift) for a, b in doc_chars]
+        question_chars = (question_chars[0] + shift, question_chars[1] + shift)
         add_special = False  # the template writes its own special tokens
     else:
         text = prompt
@@ -156,6 +202,7 @@ def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = Tr
         ) from None
     ids = list(enc["input_ids"])
     spans = _token_spans(enc["offset_mapping"], needle_chars)
+    *doc_spans, question_span = _block_spans(enc["offset_mapping"], [*doc_chars, question_chars])
     prompt_len = len(ids)
     if with_answer:
         ans = answer_text(record)
@@ -170,4 +217,6 @@ def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = Tr
         needle_spans=spans,
         needle_chars=needle_chars,
         needle_roles=[n.role for n in record.needles],
+        doc_spans=doc_spans,
+        question_span=question_span,
     )

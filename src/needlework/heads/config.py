@@ -10,7 +10,9 @@ from needlework.errors import NeedleworkError
 from needlework.schema import build, int_or_auto
 
 MODES = ("teacher", "generate")
-SCORES = ("retrieval", "insight", "mass")
+SCORES = ("retrieval", "insight", "mass", "query", "output")
+QUERY_NORMS = ("documents", "none")
+OUTPUT_BASELINES = ("mean", "none")
 MATCHES = ("id", "loose")
 SPANS = ("auto", "answer", "evidence", "all")
 
@@ -39,11 +41,22 @@ class ScoreConfig:
         `answer`, `evidence` or `all` to force one for insight and mass; a record without a span of
         that role is skipped (with the reason). Every run also reports span coverage: per example
         `n_citing_docs` (gold documents; SummHay: the cited ones) and `n_spans_located` (those of
-        them holding a span of the used role that rendered to tokens).
+        them holding a span of the used role that rendered to tokens). The query and output
+        scores take `auto` only (query: the keys are documents; output: no span is read).
+    query_norm: the query score (QRHead's detection score without its null-query calibration):
+        per example, the attention mass that the question's tokens put on the gold documents'
+        tokens, summed over the question's tokens and divided by the mass they put on all
+        documents' tokens (`documents`: a share in [0, 1], attention sinks and the instructions
+        left out; a head that spreads evenly over the documents scores |gold tokens| / |document
+        tokens|), or by the number of question tokens (`none`: QRHead's mean mass per query token).
+    output_baseline: the output score (direct logit attribution, in logits of the next answer
+        token): `mean` subtracts the mean logit over the vocabulary that the same head writes
+        (softmax ignores a shift common to all tokens, so a head that raises every logit alike
+        scores 0), `none` keeps the raw logit contribution.
     """
 
     mode: str = "teacher"  # teacher | generate
-    score: str = "retrieval"  # retrieval | insight | mass
+    score: str = "retrieval"  # retrieval | insight | mass | query (QRHead) | output (direct logit attribution)
     batch_size: int | str = 1  # examples per forward pass, or auto: as many as fit on the GPU
     limit: int | None = None
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
@@ -53,6 +66,8 @@ class ScoreConfig:
     stop_on_newline: bool = True
     success_threshold: float = 0.5  # stemmed ROUGE-1 recall of the answer must exceed this (Wu et al.)
     spans: str = "auto"  # auto | answer | evidence | all: the needle roles that form S (see above)
+    query_norm: str = "documents"  # query score: documents (share of the document attention) | none (mean mass)
+    output_baseline: str = "mean"  # output score: mean (logit minus the mean logit) | none (raw logit)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
@@ -65,6 +80,8 @@ class ScoreConfig:
             ("score", self.score, SCORES),
             ("match", self.match or "id", MATCHES),
             ("spans", self.spans, SPANS),
+            ("query_norm", self.query_norm, QUERY_NORMS),
+            ("output_baseline", self.output_baseline, OUTPUT_BASELINES),
         ):
             if val not in allowed:
                 raise NeedleworkError(f"unknown {name} {val!r}", f"use one of {', '.join(allowed)}")
@@ -74,16 +91,22 @@ class ScoreConfig:
                 "the retrieval score uses answer spans only (SPEC §2); use spans=auto or answer, "
                 "or the insight/mass score for evidence spans",
             )
+        if self.score in ("query", "output") and self.spans != "auto":
+            raise NeedleworkError(
+                f"spans={self.spans!r} with the {self.score} score",
+                "the query score's keys are documents and the output score reads no span; use spans=auto",
+            )
+        self.batch_size = int_or_auto(self.batch_size, "batch_size")
+        if self.max_new_tokens < 1:
+            raise NeedleworkError("max_new_tokens must be >= 1", "pass a positive value")
 
     def span_roles(self, has_evidence: bool) -> tuple[str, ...]:
         """The needle roles forming S for one record (`has_evidence`: it has an evidence span)."""
         s = self.spans
         if s == "auto":
-            s = {"retrieval": "answer", "insight": "evidence" if has_evidence else "answer", "mass": "all"}[self.score]
+            auto = {"retrieval": "answer", "insight": "evidence" if has_evidence else "answer", "mass": "all"}
+            s = auto.get(self.score, "all")  # query, output: S is only reported (span_tokens, coverage)
         return ("answer", "evidence") if s == "all" else (s,)
-        self.batch_size = int_or_auto(self.batch_size, "batch_size")
-        if self.max_new_tokens < 1:
-            raise NeedleworkError("max_new_tokens must be >= 1", "pass a positive value")
 
     def resolved(self, tokenizer) -> ScoreConfig:
         """This config with `chat` (the template when the tokenizer has one) and `match` (loose

@@ -1,15 +1,20 @@
-"""Head scores of SPEC §2 (retrieval, insight, attention mass), exact and fast.
+"""Head scores of SPEC §2 (retrieval, insight, attention mass) and issue 14 (query, output), exact
+and fast.
 
 Every attention layer runs through the instrumented fast backend (`models.instrument`): outputs
 come from SDPA, and only the query rows that emit answer tokens get their pre-softmax logits
 computed on the side (argmax key, mass on the needle span). Teacher mode is ONE forward of the
 decoder trunk over prompt + gold answer (no LM logits); generate mode is greedy decoding with a
-KV cache (prefill probed on the last prompt row, then one probed row per step).
+KV cache (prefill probed on the last prompt row, then one probed row per step). The `query` score
+probes the question's rows instead (mass on gold and on all documents, `heads.criteria`); the
+`output` score keeps the per-head outputs and norm inputs at the answer rows (`row_outputs`) and
+attributes the next token's logit to each head after the forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,27 +22,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from needlework.errors import NeedleworkError
 from needlework.evaluate.metrics import rouge1_recall  # the generate-mode success gate (Wu et al.'s ROUGE-1)
 from needlework.heads.config import MATCHES, MODES, SCORES, SPANS, ScoreConfig  # noqa: F401  (re-exported)
+from needlework.heads.criteria import check_output_path, logit_attribution, query_tally, unembedding_mean
+from needlework.heads.examples import Canon, Example, prepare_examples, span_coverage  # noqa: F401  (re-exported)
 from needlework.models.batching import for_batches
 from needlework.models.decode import StopWhen, decode_loop, eos_token_ids
-from needlework.models.instrument import RowProbe, instrumented, set_probe
-from needlework.models.sites import attention_modules, cache_of, model_device, model_shape, with_cache
-
-
-@dataclass
-class Example:
-    """One example at token level. `span` = S (sorted prompt positions). Teacher mode scores
-    `answer_ids` (gold, final EOS excluded); generate mode decodes from `prompt_ids`."""
-
-    id: str
-    prompt_ids: list[int]
-    answer_ids: list[int]
-    span: list[int]
-    answer_text: str = ""
-    n_citing_docs: int = 0  # gold (SummHay: cited) documents
-    n_spans_located: int = 0  # of them, those holding a span of the scored role(s) that rendered to tokens
+from needlework.models.instrument import RowProbe, instrumented, row_outputs, set_probe
+from needlework.models.sites import attention_modules, cache_of, decoder_trunk, model_device, model_shape, with_cache
 
 
 @dataclass
@@ -54,105 +46,12 @@ class ScoreResult:
     coverage: dict = field(default_factory=dict)
 
 
-def span_coverage(per_record: dict[str, tuple[int, int]]) -> dict:
-    """{record id: (located, citing)} -> {"n_spans_located", "n_citing_docs", "fraction" (None
-    when there is no citing document), "n_records_partial" (records with a document unlocated)}."""
-    located = sum(a for a, _b in per_record.values())
-    citing = sum(b for _a, b in per_record.values())
-    return {
-        "n_spans_located": located,
-        "n_citing_docs": citing,
-        "fraction": round(located / citing, 4) if citing else None,
-        "n_records_partial": sum(1 for a, b in per_record.values() if a < b),
-    }
-
-
-def _located(rec, r, roles: tuple[str, ...]) -> tuple[int, int]:
-    """(citing documents holding a rendered span of `roles`, citing documents) of one record."""
-    docs = [n.doc for n in getattr(rec, "needles", None) or []]
-    citing = set(getattr(rec, "gold_docs", None) or docs)
-    hit = {d for i, d in enumerate(docs) if i < len(r.needle_spans) and r.needle_spans[i] is not None and r.role(i) in roles}
-    return len(citing & hit), len(citing)
-
-
-# ---------------------------------------------------------------------------- token matching
-
-
-class Canon:
-    """Maps token ids to integers compared by the identity test (`id`: the id itself; `loose`:
-    one integer per distinct stripped, lower-cased decoded string)."""
-
-    def __init__(self, match: str, decode: Callable[[list[int]], str] | None):
-        if match == "loose" and decode is None:
-            raise NeedleworkError("match='loose' needs a tokenizer to decode tokens", "use match='id'")
-        self.match, self.decode = match, decode
-        self._ids: dict[int, int] = {}
-        self._strings: dict[str, int] = {}
-
-    def __call__(self, ids: Iterable[int]) -> list[int]:
-        if self.match == "id":
-            return list(ids)
-        out = []
-        for t in ids:
-            if t not in self._ids:
-                s = self.decode([t]).strip().lower()
-                self._ids[t] = self._strings.setdefault(s, len(self._strings))
-            out.append(self._ids[t])
-        return out
-
-
-# ---------------------------------------------------------------------------- preparing examples
-
-
-def prepare_examples(
-    records, tokenizer, cfg: ScoreConfig, coverage: dict[str, tuple[int, int]] | None = None
-) -> tuple[list[Example], dict[str, str]]:
-    """Render records into Examples; returns (examples, skipped {id: reason}). S is the token
-    positions of the needles whose role `cfg.span_roles` picks (retrieval: answer spans only). A
-    record is skipped (never scored as zero) when it has no needle of those roles, when none of
-    them is found after rendering, or, for the retrieval score, when no answer token occurs in S
-    (the answer is absent from the context). `coverage`, when given, is filled with
-    {record id: (located, citing documents)} for every record."""
-    from needlework.data.render import render
-
-    cfg = cfg.resolved(tokenizer)
-    chat = cfg.chat
-    canon = Canon(cfg.match, tokenizer.decode)
-    examples, skipped = [], {}
-    for rec in records:
-        r = render(rec, tokenizer, chat=chat)
-        all_roles = [r.role(i) for i in range(len(r.needle_spans))]
-        roles = cfg.span_roles("evidence" in all_roles)
-        span = r.needle_positions(roles)
-        located, citing = _located(rec, r, roles)
-        if coverage is not None:
-            coverage[rec.id] = (located, citing)
-        ans = list(r.answer_ids)
-        if ans and tokenizer.eos_token_id is not None and ans[-1] == tokenizer.eos_token_id:
-            ans = ans[:-1]  # the final EOS is no copy target
-        if not any(x in roles for x in all_roles):
-            skipped[rec.id] = f"no needle span of role {'/'.join(roles)}"
-            continue
-        if not span:
-            skipped[rec.id] = "needle span not found after rendering"
-            continue
-        if not ans:
-            skipped[rec.id] = "empty answer"
-            continue
-        if cfg.score == "retrieval" and not set(canon(ans)) & set(canon(r.input_ids[i] for i in span)):
-            skipped[rec.id] = "answer tokens absent from the needle span"
-            continue
-        examples.append(Example(rec.id, r.prompt_ids, ans, span, rec.answers[0], citing, located))
-    return examples, skipped
-
-
 # ---------------------------------------------------------------------------- scoring core
 
 
 def _decoder(model):
     """The decoder trunk (no LM head): teacher mode never needs the vocabulary logits."""
-    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
-    return dec if dec is not None else model.model
+    return decoder_trunk(model)
 
 
 def _tally(cfg, argmax, mass, span_mask, key_canon, emit_canon, n_steps) -> tuple[np.ndarray, np.ndarray]:
@@ -177,43 +76,97 @@ def _tally(cfg, argmax, mass, span_mask, key_canon, emit_canon, n_steps) -> tupl
 
 
 def _stack(probe: RowProbe, n_layers: int, what: str) -> torch.Tensor:
-    d = probe.argmax if what == "argmax" else probe.mass
+    d = probe.argmax if what == "argmax" else probe.mass if what == "mass" else probe.log_masses[what]
     return torch.stack([d[l] for l in range(n_layers)]).cpu()  # L, b, h, r
 
 
+def _pad_rows(lists: list[list[int]], fill: int = -1, width: int = 1) -> torch.Tensor:
+    """(b, r) long, r = the longest list (at least `width`), row i holding lists[i] then `fill`
+    (-1 marks padding rows for the probes)."""
+    out = torch.full((len(lists), max(width, max(map(len, lists)))), fill, dtype=torch.long)
+    for i, xs in enumerate(lists):
+        out[i, : len(xs)] = torch.tensor(xs, dtype=torch.long)
+    return out
+
+
+def _make_probe(cfg, rows, span, batch: list[Example], width: int, shift: list[int], dev) -> RowProbe:
+    """The probe a score needs. `span` (b, width) marks S; the query score's key sets (gold and all
+    documents) are built at prompt position + shift[i] (left padding) in the same width."""
+    if cfg.score == "query":
+        keys = {name: torch.zeros(len(batch), width, dtype=torch.bool) for name in ("gold", "docs")}
+        for i, e in enumerate(batch):
+            keys["gold"][i, [shift[i] + j for j in e.span]] = True
+            keys["docs"][i, [shift[i] + j for j in e.doc_tokens]] = True
+        return RowProbe(rows=rows, want_argmax=False, key_masks={k: v.to(dev) for k, v in keys.items()})
+    if cfg.score == "output":
+        return RowProbe(rows=rows, want_argmax=False)  # nothing from attention: `row_outputs` does the work
+    return RowProbe(rows=rows, span_mask=span.to(dev) if cfg.score == "mass" else None, want_argmax=cfg.score != "mass")
+
+
+def _collect(probe: RowProbe, n_layers: int, cfg) -> dict[str, torch.Tensor]:
+    """What one forward's probe recorded, each (L, b, h, r) on the CPU; the output score's row
+    captures (per-layer dicts) are kept as they are, to be attributed once the targets are known."""
+    if cfg.score == "query":
+        return {name: _stack(probe, n_layers, name) for name in ("gold", "docs")}
+    if cfg.score == "output":
+        return {"head_out": dict(probe.head_out), "attn_norm_in": dict(probe.attn_norm_in), "final_in": probe.final_in}
+    return {"argmax": _stack(probe, n_layers, "argmax")} if probe.want_argmax else {"mass": _stack(probe, n_layers, "mass")}
+
+
+def _attribute(model, caps: list[dict], targets: torch.Tensor, baseline) -> torch.Tensor:
+    """(L, b, h, r) direct logit attribution of the captures of one or more forwards (their rows
+    concatenated in order) onto `targets` (b, r)."""
+    cat = lambda k, l: torch.cat([c[k][l] for c in caps], 1)  # noqa: E731  (rows are dim 1)
+    head_out = {l: cat("head_out", l) for l in caps[0]["head_out"]}
+    norm_in = {l: cat("attn_norm_in", l) for l in caps[0]["attn_norm_in"]}
+    final_in = torch.cat([c["final_in"] for c in caps], 1)
+    return logit_attribution(model, head_out, norm_in, final_in, targets.to(final_in.device), baseline).cpu()
+
+
+def _score_one(cfg, parts: dict, i: int, n_steps: int, span_row, key_canon, emit) -> tuple[np.ndarray, np.ndarray]:
+    """(hits, score), each (L, h), of batch row i from the batch's recorded parts."""
+    if cfg.score == "query":
+        return query_tally(parts["gold"][:, i], parts["docs"][:, i], n_steps, cfg.query_norm)
+    if cfg.score == "output":
+        total = parts["dla"][:, i, :, :n_steps].double().sum(-1)  # logits summed over the answer steps
+        return total.numpy(), (total / max(n_steps, 1)).numpy()
+    am, ms = parts.get("argmax"), parts.get("mass")
+    return _tally(cfg, am[:, i] if am is not None else None, ms[:, i] if ms is not None else None, span_row, key_canon, emit, n_steps)
+
+
 @torch.no_grad()
-def _teacher_batch(model, batch: list[Example], cfg, canon, pad_id) -> list[dict]:
-    """One forward over prompt + gold answer, right-padded; probe rows p-1 for answer positions p."""
+def _teacher_batch(model, batch: list[Example], cfg, canon, pad_id, baseline=None) -> list[dict]:
+    """One forward over prompt + gold answer, right-padded; probe rows p-1 for answer positions p
+    (the query score: the question's rows, n_steps = their number)."""
     dev, L = model_device(model), model_shape(model).n_layers
     seqs = [e.prompt_ids + e.answer_ids for e in batch]
     n = max(map(len, seqs))
     ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), n, dtype=torch.long)
-    r = max(len(e.answer_ids) for e in batch)
-    rows = torch.full((len(batch), r), -1, dtype=torch.long)
     span = torch.zeros(len(batch), n, dtype=torch.bool)
     for i, (e, s) in enumerate(zip(batch, seqs)):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-        p0 = len(e.prompt_ids)
-        rows[i, : len(e.answer_ids)] = torch.arange(p0 - 1, p0 - 1 + len(e.answer_ids))  # query at t predicts t+1
         span[i, e.span] = True
-    probe = RowProbe(rows=rows.to(dev), span_mask=span.to(dev) if cfg.score == "mass" else None, want_argmax=cfg.score != "mass")
+    if cfg.score == "query":
+        steps = [e.query_rows for e in batch]
+    else:  # the query at t predicts t+1
+        steps = [list(range(len(e.prompt_ids) - 1, len(e.prompt_ids) - 1 + len(e.answer_ids))) for e in batch]
+    probe = _make_probe(cfg, _pad_rows(steps).to(dev), span, batch, n, [0] * len(batch), dev)
     set_probe(model, probe)
     # no mask when nothing is padded: SDPA then takes its causal (flash / memory-efficient) path
     am = None if bool(mask.all()) else mask.to(dev)
-    _decoder(model)(input_ids=ids.to(dev), attention_mask=am, use_cache=False)
+    with row_outputs(model, probe) if cfg.score == "output" else contextlib.nullcontext():
+        _decoder(model)(input_ids=ids.to(dev), attention_mask=am, use_cache=False)
     set_probe(model, None)
-    am_ = _stack(probe, L, "argmax") if probe.want_argmax else None
-    ms_ = _stack(probe, L, "mass") if cfg.score == "mass" else None
+    parts = _collect(probe, L, cfg)
+    if cfg.score == "output":
+        parts = {"dla": _attribute(model, [parts], _pad_rows([e.answer_ids for e in batch], fill=0), baseline)}
     out = []
     for i, e in enumerate(batch):
-        key_canon = torch.tensor(canon(ids[i].tolist()))
-        emit = torch.tensor(canon(e.answer_ids))
-        hits, score = _tally(
-            cfg, am_[:, i] if am_ is not None else None, ms_[:, i] if ms_ is not None else None, span[i], key_canon, emit, len(e.answer_ids)
-        )
-        out.append(dict(hits=hits, score=score, n_steps=len(e.answer_ids), success=None, answer=e.answer_text))
+        key_canon = torch.tensor(canon(ids[i].tolist())) if parts.get("argmax") is not None else None
+        hits, score = _score_one(cfg, parts, i, len(steps[i]), span[i], key_canon, torch.tensor(canon(e.answer_ids)))
+        out.append(dict(hits=hits, score=score, n_steps=len(steps[i]), success=None, answer=e.answer_text))
     return out
 
 
@@ -226,11 +179,12 @@ def greedy_decode(
     is_stop: Callable[[int, int], bool],
     probe: RowProbe | None = None,
     on_step=None,
+    prefill_rows: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Greedy decoding of left-padded prompts with a KV cache (`models.decode.decode_loop`);
     returns each row's emitted tokens up to (excluding) its stop token. With `probe`, the prefill
-    probes only the last prompt row and each step its single row; `on_step(k)` runs after the
-    forward that emits token k."""
+    probes only the last prompt row (or `prefill_rows`, (b, r) in left-padded coordinates) and each
+    step its single row; `on_step(k)` runs after the forward that emits token k."""
     b, P = len(prompts), max(map(len, prompts))
     dev = model_device(model)
     cache = [None]
@@ -238,7 +192,8 @@ def greedy_decode(
     def step(ids, mask, pos, k):
         if probe is not None:
             if k == 0:
-                probe.rows, probe.seq_len = torch.full((b, 1), P - 1, dtype=torch.long, device=dev), P
+                first = prefill_rows.to(dev) if prefill_rows is not None else torch.full((b, 1), P - 1, dtype=torch.long, device=dev)
+                probe.rows, probe.seq_len = first, P
             else:
                 probe.rows, probe.seq_len = None, P + k  # one query row; absolute keys for window caches
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **with_cache(model, cache[0]))
@@ -256,36 +211,40 @@ def greedy_decode(
             set_probe(model, None)
 
 
-def _generate_batch(model, batch: list[Example], cfg, canon, pad_id, is_stop, decode) -> list[dict]:
-    L = model_shape(model).n_layers
+def _generate_batch(model, batch: list[Example], cfg, canon, pad_id, is_stop, decode, baseline=None) -> list[dict]:
+    """Greedy decoding with probes: every step's row (retrieval, insight, mass, output), or the
+    question's rows in the prefill only (query: the prompt's attention; decoding gives the gate)."""
+    L, dev = model_shape(model).n_layers, model_device(model)
     P = max(len(e.prompt_ids) for e in batch)
+    shift = [P - len(e.prompt_ids) for e in batch]
     span = torch.zeros(len(batch), P, dtype=torch.bool)  # padded coordinates; later keys are outside S
     for i, e in enumerate(batch):
-        span[i, [P - len(e.prompt_ids) + j for j in e.span]] = True
-    probe = RowProbe(span_mask=span.to(model_device(model)) if cfg.score == "mass" else None, want_argmax=cfg.score != "mass")
-    steps_arg, steps_mass = [], []
+        span[i, [shift[i] + j for j in e.span]] = True
+    query = cfg.score == "query"
+    prefill = _pad_rows([[s + j for j in e.query_rows] for e, s in zip(batch, shift)]) if query else None
+    probe = _make_probe(cfg, None, span, batch, P, shift, dev)
+    steps: list[dict] = []
 
-    def on_step(_k):
-        if probe.want_argmax:
-            steps_arg.append(_stack(probe, L, "argmax"))  # L, b, h, 1
-        if cfg.score == "mass":
-            steps_mass.append(_stack(probe, L, "mass"))
+    def on_step(k):
+        if not query or k == 0:
+            steps.append(_collect(probe, L, cfg))
+        if query:
+            probe.layers = frozenset()  # the prefill's question rows only
         probe.clear()
 
-    emitted = greedy_decode(model, [e.prompt_ids for e in batch], cfg.max_new_tokens, pad_id, is_stop, probe, on_step)
-    am_ = torch.cat(steps_arg, -1) if steps_arg else None  # L, b, h, steps
-    ms_ = torch.cat(steps_mass, -1) if steps_mass else None
+    with row_outputs(model, probe) if cfg.score == "output" else contextlib.nullcontext():
+        emitted = greedy_decode(model, [e.prompt_ids for e in batch], cfg.max_new_tokens, pad_id, is_stop, probe, on_step, prefill)
+    if cfg.score == "output":
+        parts = {"dla": _attribute(model, steps, _pad_rows(emitted, fill=0, width=len(steps)), baseline)}  # one row per step
+    else:
+        parts = {name: torch.cat([st[name] for st in steps], -1) for name in steps[0]}  # L, b, h, steps
     out = []
     for i, e in enumerate(batch):
-        pad = P - len(e.prompt_ids)
-        seq = [pad_id] * pad + e.prompt_ids + emitted[i]
-        key_canon = torch.tensor(canon(seq))
-        emit = torch.tensor(canon(emitted[i]), dtype=torch.long)
-        n = len(emitted[i])
+        seq = [pad_id] * shift[i] + e.prompt_ids + emitted[i]
+        key_canon = torch.tensor(canon(seq)) if "argmax" in parts else None
+        n = len(e.query_rows) if query else len(emitted[i])
         span_full = torch.nn.functional.pad(span[i], (0, len(seq) - P))
-        hits, score = _tally(
-            cfg, am_[:, i] if am_ is not None else None, ms_[:, i] if ms_ is not None else None, span_full, key_canon, emit, n
-        )
+        hits, score = _score_one(cfg, parts, i, n, span_full, key_canon, torch.tensor(canon(emitted[i]), dtype=torch.long))
         text = decode(emitted[i]) if decode else " ".join(map(str, emitted[i]))
         ok = rouge1_recall(e.answer_text, text) > cfg.success_threshold if decode else None
         out.append(dict(hits=hits, score=score, n_steps=n, success=ok, answer=text))
@@ -311,6 +270,15 @@ def stop_rule(tokenizer, cfg: ScoreConfig, model=None) -> Callable[[int, int], b
     return is_stop
 
 
+def _output_baseline(model, cfg: ScoreConfig) -> torch.Tensor | None:
+    """The output score's path checked before any forward (a clear error for a model it cannot
+    follow), and its baseline: the mean unembedding row (logit minus the mean logit), or None."""
+    if cfg.score != "output":
+        return None
+    check_output_path(model)
+    return unembedding_mean(model) if cfg.output_baseline == "mean" else None
+
+
 def score_examples(
     model,
     examples: list[Example],
@@ -334,13 +302,14 @@ def score_examples(
     results: dict[int, dict] = {}
     was_training = model.training
     model.eval()
+    baseline = _output_baseline(model, cfg)
 
     def run(idx: list[int]) -> None:
         batch = [examples[i] for i in idx]
         if cfg.mode == "teacher":
-            res = _teacher_batch(model, batch, cfg, canon, pad_id)
+            res = _teacher_batch(model, batch, cfg, canon, pad_id, baseline)
         else:
-            res = _generate_batch(model, batch, cfg, canon, pad_id, is_stop, decode)
+            res = _generate_batch(model, batch, cfg, canon, pad_id, is_stop, decode, baseline)
         results.update(zip(idx, res))
 
     bar = tqdm(total=len(order), desc=f"heads {cfg.mode}", unit="ex", leave=False)

@@ -13,6 +13,9 @@ at the attention site, the attention call's inputs. `Zero`, `Mean`, `Patch` and 
 the `head_output` site (the input of `o_proj`, a forward pre-hook); `Uniform` on the `attention`
 site (it needs the values and the mask). `intervened(model, iv, heads)` installs one on the layers
 `heads` touch and removes it in `finally`, whichever the site.
+
+`row_outputs(model, probe)` keeps, at the probe's rows only, the per-head outputs and the norm
+inputs on a head's direct path to the logits (the output score's direct logit attribution).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from needlework.errors import NeedleworkError
-from needlework.models.sites import HeadId, attention_modules, heads_by_layer, model_shape, site
+from needlework.models.sites import HeadId, attention_modules, attn_output_norms, final_norm, heads_by_layer, model_shape, site
 
 PREFIX = "needlework_"
 _STATE = "_needlework_state"
@@ -41,7 +44,14 @@ class RowProbe:
         those keys is recorded. Keys past its width count as outside the span.
     seq_len: tokens in the sequence so far, this call's included. Layers with a sliding-window
         cache hold only the last keys; with `seq_len` set, key indices are made absolute.
+    key_masks: named (b, k) bool key sets; the log of the mass on each goes to
+        `log_masses[name][l]` (b, h, r), -inf where none of its keys is visible (the query score's
+        gold documents and all documents, from one logits computation; logs, so that a ratio of
+        two tiny masses stays exact).
     Results (per layer index): `argmax[l]` (b, h, r) long absolute key position; `mass[l]` (b, h, r).
+    `row_outputs(model, probe)` fills, at the same rows: `head_out[l]` (b, r, n_heads, head_dim),
+    the head_output site; `attn_norm_in[l]` (b, r, hidden), the input of the norm that sandwich
+    layers (Gemma2) put on the attention output; `final_in` (b, r, hidden), the final norm's input.
     """
 
     rows: torch.Tensor | None = None
@@ -51,10 +61,23 @@ class RowProbe:
     seq_len: int | None = None
     argmax: dict[int, torch.Tensor] = field(default_factory=dict)
     mass: dict[int, torch.Tensor] = field(default_factory=dict)
+    key_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    log_masses: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    head_out: dict[int, torch.Tensor] = field(default_factory=dict)
+    attn_norm_in: dict[int, torch.Tensor] = field(default_factory=dict)
+    final_in: torch.Tensor | None = None
 
     def clear(self) -> None:
         self.argmax.clear()
         self.mass.clear()
+        self.log_masses.clear()
+        self.head_out.clear()
+        self.attn_norm_in.clear()
+        self.final_in = None
+
+    def wants_logits(self) -> bool:
+        """Whether the attention side has anything to compute (argmax or a mass)."""
+        return self.want_argmax or self.span_mask is not None or bool(self.key_masks)
 
 
 @dataclass
@@ -139,13 +162,25 @@ def _probe(module, query, key, attention_mask, scaling, kwargs, probe: RowProbe)
     offset = max(0, probe.seq_len - k) if probe.seq_len is not None else 0  # sliding-window caches
     if probe.want_argmax:
         probe.argmax[layer] = logits.argmax(-1) + offset  # b, h, r
+    if probe.span_mask is None and not probe.key_masks:
+        return
+    total = torch.logsumexp(logits, -1)
     if probe.span_mask is not None:
-        span = probe.span_mask[:, offset : offset + k]
-        if span.shape[1] < k:
-            span = torch.nn.functional.pad(span, (0, k - span.shape[1]), value=False)
-        total = torch.logsumexp(logits, -1)
-        inside = torch.logsumexp(logits.masked_fill(~span[:, None, None, :], float("-inf")), -1)
-        probe.mass[layer] = torch.exp(inside - total).nan_to_num(0.0)  # b, h, r
+        probe.mass[layer] = torch.exp(_log_mass_on(logits, total, probe.span_mask, offset)).nan_to_num(0.0)  # b, h, r
+    for name, keys in probe.key_masks.items():
+        probe.log_masses.setdefault(name, {})[layer] = _log_mass_on(logits, total, keys, offset)
+
+
+def _log_mass_on(logits: torch.Tensor, total: torch.Tensor, mask: torch.Tensor, offset: int) -> torch.Tensor:
+    """(b, h, r) log of the attention probability on the keys `mask` (b, >= offset + k) marks, from
+    row logits (b, h, r, k) and their logsumexp `total`; mask columns past its width count as
+    outside; -inf when no marked key is visible."""
+    k = logits.shape[-1]
+    span = mask[:, offset : offset + k]
+    if span.shape[1] < k:
+        span = torch.nn.functional.pad(span, (0, k - span.shape[1]), value=False)
+    inside = torch.logsumexp(logits.masked_fill(~span[:, None, None, :], float("-inf")), -1)
+    return inside - total
 
 
 def _uniform(out: torch.Tensor, heads: Sequence[int], call: SiteCall) -> torch.Tensor:
@@ -177,7 +212,7 @@ def _make_attention(backend: str) -> Callable:
         out, weights = inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         st: LayerState | None = getattr(module, _STATE, None)
         if st is not None:
-            if st.probe is not None and (st.probe.layers is None or module.layer_idx in st.probe.layers):
+            if st.probe is not None and st.probe.wants_logits() and (st.probe.layers is None or module.layer_idx in st.probe.layers):
                 with torch.no_grad():
                     _probe(module, query, key, attention_mask, scaling, kwargs, st.probe)
             if st.edits:
@@ -245,6 +280,49 @@ def instrumented(model, backend: str | None = None) -> Iterator[list]:
 def set_probe(model, probe: RowProbe | None) -> None:
     for m in attention_modules(model):
         _state(m).probe = probe
+
+
+def _gather_rows(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """x (b, q, ...) at the rows (b, r) of each batch row (-1, padding, reads row 0); None: every
+    row, copied (a decoding step has one; a later in-place intervention must not reach the copy)."""
+    if rows is None:
+        return x.detach().clone()
+    idx = rows.clamp(min=0).reshape(*rows.shape, *([1] * (x.dim() - 2))).expand(*rows.shape, *x.shape[2:])
+    return torch.gather(x.detach(), 1, idx)
+
+
+@contextlib.contextmanager
+def row_outputs(model, probe: RowProbe) -> Iterator[None]:
+    """Record, at the query rows `probe.rows` selects (the rows the attention probes read), what a
+    head's direct path to the logits goes through: every layer's per-head outputs (the head_output
+    site, a pre-hook on the output projection), the input of sandwich layers' attention-output norm
+    (Gemma2) and the final norm's input. Only the selected rows are kept, never the whole sequence.
+    Hooks are removed on exit, also after an exception."""
+    shape = model_shape(model)
+
+    def keep(store: dict[int, torch.Tensor] | None, layer: int, split: bool) -> Callable:
+        def pre_hook(_mod, args):
+            x = _gather_rows(args[0], probe.rows)
+            if split:
+                x = x.reshape(*x.shape[:2], shape.n_heads, shape.head_dim)  # b, r, h, d
+            if store is None:
+                probe.final_in = x
+            else:
+                store[layer] = x
+
+        return pre_hook
+
+    hooks = [(proj, keep(probe.head_out, l, True)) for l, proj in enumerate(site("head_output").modules(model))]
+    hooks += [(norm, keep(probe.attn_norm_in, l, False)) for l, norm in enumerate(attn_output_norms(model)) if norm is not None]
+    hooks.append((final_norm(model), keep(None, -1, False)))
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for hd in handles:
+            hd.remove()
 
 
 def write_heads(x: torch.Tensor, heads: Sequence[int], value: torch.Tensor | float) -> torch.Tensor:

@@ -10,6 +10,10 @@ frozenset of HeadId). `SITES` names the two places needlework reads or changes a
   (`models.instrument`): the pre-softmax scores of selected rows (probes) and the per-head output
   `(b, q, n_heads, head_dim)` with the call's query/key/value at hand (`uniform` knockout).
 
+The direct path from a head to the logits (the output score) is named here too: `final_norm` (the
+norm before the LM head), `attn_output_norms` (the norm some architectures put on the attention
+output before the residual add: Gemma2/3, OLMo2) and `unembedding` (the LM head).
+
 `select_heads` is the only ranking rule (top-k, threshold, explicit list): knockout, patching and
 `heads compare` all pick "the top 10" through it (`rank_mask` is its vectorised core).
 """
@@ -258,3 +262,50 @@ def cache_of(out):
     """The KV cache a forward returned (`out.cache`, or `out.past_key_values` on older versions)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+# --- the direct path from a head's output to the logits (the output score) -----------------------
+
+FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_norm", "ln_f")
+
+
+def decoder_trunk(model) -> nn.Module:
+    """The decoder stack without the LM head (`model.model` in transformers' causal LMs)."""
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return dec if dec is not None else model.model
+
+
+def final_norm(model) -> nn.Module:
+    """The norm between the last decoder layer and the LM head; NeedleworkError when not found."""
+    trunk = decoder_trunk(model)
+    for name in FINAL_NORM_NAMES:
+        m = getattr(trunk, name, None)
+        if isinstance(m, nn.Module):
+            return m
+    raise NeedleworkError(
+        f"cannot find the final norm of {type(model).__name__} (looked for {'/'.join(FINAL_NORM_NAMES)})",
+        "the output score needs a Llama/Mistral/Qwen/Gemma-style decoder",
+    )
+
+
+def attn_output_norms(model) -> list[nn.Module | None]:
+    """Per layer, the norm applied to the attention output before it joins the residual stream, or
+    None. "Sandwich" layers (Gemma2/3, OLMo2) normalise both sublayers' outputs and have a
+    `post_feedforward_layernorm`; there `post_attention_layernorm` acts on the attention output. In
+    Llama/Mistral/Qwen the same name is the norm before the MLP, off the head's direct path."""
+    attn = attention_modules(model)
+    layer_of = {id(m): i for i, m in enumerate(attn)}
+    out: list[nn.Module | None] = [None] * len(attn)
+    for _, m in model.named_modules():
+        i = layer_of.get(id(getattr(m, "self_attn", None)))
+        if i is not None and isinstance(getattr(m, "post_feedforward_layernorm", None), nn.Module):
+            out[i] = m.post_attention_layernorm
+    return out
+
+
+def unembedding(model) -> nn.Module:
+    """The LM head (its weight is vocabulary x hidden)."""
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None:
+        raise NeedleworkError(f"{type(model).__name__} has no output embedding", "the output score needs a causal LM with an LM head")
+    return head

@@ -1,0 +1,77 @@
+"""SmolLM2 (the real embedded model) on two rendered needle records, batched and padded: the query
+and output scores equal the slow references of criteria_reference.py (float64, the eager kernel;
+tolerances as in test_criteria.py)."""
+
+import pytest
+
+from criteria_reference import by_head, output_tol, query_rtol, query_tol, reference_output, reference_query
+from needlework.data.records import Document, Needle, Record
+from needlework.heads.score import ScoreConfig, prepare_examples, score_examples
+
+pytestmark = pytest.mark.slow
+
+FILLER = [
+    "The harbour town woke slowly, its fishing boats knocking against the old stone pier while gulls argued overhead.",
+    "In the valley the orchards were heavy with apples, and the farmers spoke of little but the coming frost.",
+    "A small museum near the station keeps maps of railways that were planned but never built.",
+]
+
+
+def _record(i: int, answer: str, fact: str, question: str) -> Record:
+    text = f"{FILLER[i % 3]} {fact} {FILLER[(i + 1) % 3]}"
+    start = text.index(answer)
+    docs = [
+        Document("d0", "Notes", FILLER[(i + 2) % 3]),
+        Document("d1", "Facts", text),
+        Document("d2", "More", FILLER[(i + 1) % 3] + " " + FILLER[i % 3]),
+    ]
+    return Record(f"r{i}", "mdqa", "high", "high", docs, question, [answer], [Needle(1, start, start + len(answer))], gold_docs=[1])
+
+
+@pytest.fixture(scope="module")
+def smol64():
+    from needlework.models.load import load_model
+
+    model, tok = load_model("smollm2")
+    model = model.double()
+    model.set_attn_implementation("eager")  # the reference's kernel (test_criteria.py's docstring)
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def records():
+    return [
+        _record(0, "Marlowe", "The lighthouse keeper of Quillby was named Marlowe.", "Who kept the lighthouse of Quillby?"),
+        _record(1, "Tarragon Bay", "The painter Ilse Varn was born in Tarragon Bay.", "Where was Ilse Varn born?"),
+    ]
+
+
+def test_query_equals_reference(smol64, records):
+    model, tok = smol64
+    cfg = ScoreConfig(score="query", batch_size=2)  # chat template (SmolLM2's default rendering)
+    exs, skipped = prepare_examples(records, tok, cfg)
+    assert not skipped and len({len(e.prompt_ids) for e in exs}) == 2  # different lengths: padded
+    df = score_examples(model, exs, cfg, pad_id=tok.pad_token_id)
+    looked = 0
+    for e in exs:
+        ref, hits, doc_mass = reference_query(model, e.prompt_ids, e.query_rows, e.span, e.doc_tokens, "documents")
+        got, rtol = by_head(df, e.id, "score"), query_rtol(model, e)
+        for key in ref:
+            assert abs(got[key] - ref[key]) <= query_tol(rtol, e, ref[key], doc_mass[key]), (e.id, key, got[key], ref[key])
+        looked += sum(v > 0.5 for v in ref.values())
+    assert looked > 0  # some of SmolLM2's heads put most of their document attention on the gold document
+
+
+def test_output_equals_reference(smol64, records):
+    model, tok = smol64
+    cfg = ScoreConfig(score="output", batch_size=2)
+    exs, _ = prepare_examples(records, tok, cfg)
+    df = score_examples(model, exs, cfg, pad_id=tok.pad_token_id)
+    for e in exs:
+        p0 = len(e.prompt_ids)
+        rows = list(range(p0 - 1, p0 - 1 + len(e.answer_ids)))
+        ref, size = reference_output(model, e.prompt_ids + e.answer_ids, rows, e.answer_ids, "mean")
+        got = by_head(df, e.id, "hits")
+        for key in ref:
+            assert abs(got[key] - ref[key]) <= output_tol(model, p0 + len(rows), size[key]), (e.id, key, got[key], ref[key])
+        assert max(ref.values()) > 1.0  # some heads write the answer's logits up by more than a nat
