@@ -26,3 +26,27 @@ def make_example(seed: int, n_prompt: int, answer=(7, 9, 7, 11), span_at: int = 
     prompt[span_at : span_at + span_len] = fill
     span = list(range(span_at, span_at + span_len))
     return Example(id=f"ex{seed}", prompt_ids=prompt.tolist(), answer_ids=list(answer), span=span, answer_text="")
+
+
+def scored_result(tmp_path, name="a", seed=0, L=2, H=4, K=2, n=5, order=None):
+    """A written HeadScores folder with random per-example scores (deeper layers score higher);
+    `order` numbers the example ids, so that ids need not sort in scoring order (e10 < e2)."""
+    import numpy as np
+    import pandas as pd
+
+    from needlework.artifacts import HeadScores
+    from needlework.heads.score import head_table
+
+    rng = np.random.default_rng(seed)
+    ids = [f"e{i}" for i in (order if order is not None else range(n))]
+    rows = [
+        {"example_id": e, "layer": l, "head": h, "hits": 1.0, "n_steps": 3, "span_tokens": 4, "success": True, "answer": "x"}
+        | {"score": float(rng.random() * (l + 1) / 4), "kept": True}
+        for e in ids
+        for l in range(L)
+        for h in range(H)
+    ]
+    per = pd.DataFrame(rows)
+    out = tmp_path / name
+    HeadScores(heads=head_table(per), per_example=per, meta={"shape": {"n_layers": L, "n_heads": H, "n_kv_heads": K}}).write(out)
+    return out

@@ -5,30 +5,18 @@ instead of printing [nan, nan]."""
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from heads_helpers import scored_result
 from needlework.artifacts import HeadScores
 from needlework.errors import NeedleworkError
 from needlework.heads.compare import CompareConfig, compare, compare_dirs, load_scores, wu_ids_path
 from needlework.heads.io import export_scores, import_scores
-from needlework.heads.score import head_table
 
 
 def _result(tmp_path, name="src", n=20, L=2, H=4, K=2, seed=0, order=None):
     """A scored result whose example ids do not sort in scoring order (e10 < e2), as real ids rarely do."""
-    rng = np.random.default_rng(seed)
-    ids = [f"e{i}" for i in (order if order is not None else range(n))]
-    rows = [
-        {"example_id": e, "layer": l, "head": h, "score": float(rng.random() * (l + 1) / 4), "kept": True}
-        for e in ids
-        for l in range(L)
-        for h in range(H)
-    ]
-    per = pd.DataFrame(rows)
-    out = tmp_path / name
-    HeadScores(heads=head_table(per), per_example=per, meta={"shape": {"n_layers": L, "n_heads": H, "n_kv_heads": K}}).write(out)
-    return out
+    return scored_result(tmp_path, name, seed, L, H, K, n, order)
 
 
 def _stats(df):

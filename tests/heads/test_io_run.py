@@ -4,43 +4,17 @@ export/import round trips, the heatmap, and the CLI."""
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from heads_helpers import scored_result
 from needlework.artifacts import HeadScores
 from needlework.errors import NeedleworkError
 from needlework.heads.compare import compare_dirs
 from needlework.heads.io import export_scores, import_scores
-from needlework.heads.score import head_table
-
-
-def _fake_result(tmp_path, name="a", seed=0, L=2, H=4, K=2, n=5):
-    rng = np.random.default_rng(seed)
-    rows = [
-        {
-            "example_id": f"e{i}",
-            "layer": l,
-            "head": h,
-            "hits": 1.0,
-            "n_steps": 3,
-            "span_tokens": 4,
-            "score": float(rng.random() * (l + 1) / 4),
-            "success": True,
-            "kept": True,
-            "answer": "x",
-        }
-        for i in range(n)
-        for l in range(L)
-        for h in range(H)
-    ]
-    per = pd.DataFrame(rows)
-    out = tmp_path / name
-    HeadScores(heads=head_table(per), per_example=per, meta={"shape": {"n_layers": L, "n_heads": H, "n_kv_heads": K}}).write(out)
-    return out
 
 
 def test_wu_round_trip(tmp_path):
-    d = _fake_result(tmp_path)
+    d = scored_result(tmp_path)
     f = export_scores(d, "wu", tmp_path / "wu.json")
     obj = json.loads(f.read_text())
     assert set(obj) == {f"{l}-{h}" for l in range(2) for h in range(4)} and len(obj["1-3"]) == 5
@@ -52,7 +26,7 @@ def test_wu_round_trip(tmp_path):
 
 
 def test_duo_round_trip(tmp_path):
-    d = _fake_result(tmp_path)
+    d = scored_result(tmp_path)
     f = export_scores(d, "duo", tmp_path / "duo.tsv", kv_agg="max")
     lines = f.read_text().strip().split("\n")
     assert len(lines) == 2 and all(len(x.split("\t")) == 2 for x in lines)
@@ -73,13 +47,13 @@ def test_bad_import_and_mismatch(tmp_path):
     with pytest.raises(NeedleworkError):
         import_scores(bad, "wu", tmp_path / "o")
     with pytest.raises(NeedleworkError, match="different shapes"):
-        compare_dirs(_fake_result(tmp_path, "a"), _fake_result(tmp_path, "b", L=3))
+        compare_dirs(scored_result(tmp_path, "a"), scored_result(tmp_path, "b", L=3))
 
 
 def test_plot_writes_png(tmp_path):
     from needlework.heads.plot import heatmap
 
-    png = heatmap(_fake_result(tmp_path))
+    png = heatmap(scored_result(tmp_path))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,7 +62,7 @@ def test_cli_compare_plot_export(tmp_path):
 
     from needlework.cli import app
 
-    a, b = _fake_result(tmp_path, "a", 0), _fake_result(tmp_path, "b", 1)
+    a, b = scored_result(tmp_path, "a", 0), scored_result(tmp_path, "b", 1)
     r = CliRunner().invoke(app, ["heads", "compare", str(a), str(b), "--top", "3", "--n-boot", "50"])
     assert r.exit_code == 0, r.output
     assert "jaccard" in r.output and "spearman" in r.output

@@ -98,10 +98,6 @@ def embedded_gguf(m: Embedded) -> Path:
     return path
 
 
-def smollm2_gguf() -> Path:
-    return embedded_gguf(EMBEDDED["smollm2"])
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,10 +144,6 @@ def embedded_dir(m: Embedded) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
-
-
-def smollm2_dir() -> Path:
-    return embedded_dir(EMBEDDED["smollm2"])
 
 
 def resolve(name: str | os.PathLike) -> tuple[str, dict[str, Any]]:
