@@ -25,8 +25,16 @@ FILLER = [
     "Most of the shops close early on Wednesdays in the winter months.",
     "The old lighthouse was restored by volunteers from the harbour town.",
 ]
-NEEDLES = [("password", "Marigold"), ("city", "Lisbon"), ("animal", "giraffe"), ("colour", "turquoise"),
-           ("river", "Danube"), ("planet", "Neptune"), ("fruit", "mango"), ("metal", "cobalt")]
+NEEDLES = [
+    ("password", "Marigold"),
+    ("city", "Lisbon"),
+    ("animal", "giraffe"),
+    ("colour", "turquoise"),
+    ("river", "Danube"),
+    ("planet", "Neptune"),
+    ("fruit", "mango"),
+    ("metal", "cobalt"),
+]
 
 
 def make_records(tokenizer, n_examples: int, n_tokens: int, chat: bool):
@@ -47,9 +55,16 @@ def make_records(tokenizer, n_examples: int, n_tokens: int, chat: bool):
             text = gdoc.text + " " + fact
             start = len(gdoc.text) + 1 + fact.index(value)
             docs_n = docs[:gold] + [Document(id=gdoc.id, title=gdoc.title, text=text)] + docs[gold + 1 :]
-            rec = Record(id=f"b{i}", task="mdqa", concept="low", context="low", documents=docs_n,
-                         question=f"What is the secret {key}?", answers=[value],
-                         needles=[Needle(doc=gold, start=start, end=start + len(value))])
+            rec = Record(
+                id=f"b{i}",
+                task="mdqa",
+                concept="low",
+                context="low",
+                documents=docs_n,
+                question=f"What is the secret {key}?",
+                answers=[value],
+                needles=[Needle(doc=gold, start=start, end=start + len(value))],
+            )
             if len(render(rec, tokenizer, chat=chat, with_answer=False).prompt_ids) >= n_tokens:
                 recs.append(rec)
                 break
@@ -93,19 +108,39 @@ def main() -> None:
             cpu_rates.append(len(recs) / (time.process_time() - c0))
             acc = float(df["subspan_acc"].mean())
             mean_tokens = float(df["n_prompt_tokens"].mean())
-        results[b] = {"examples_per_s": statistics.median(rates), "runs": rates,
-                      "examples_per_cpu_s": statistics.median(cpu_rates), "subspan_acc": acc,
-                      "mean_prompt_tokens": mean_tokens}
+        results[b] = {
+            "examples_per_s": statistics.median(rates),
+            "runs": rates,
+            "examples_per_cpu_s": statistics.median(cpu_rates),
+            "subspan_acc": acc,
+            "mean_prompt_tokens": mean_tokens,
+        }
     base = results[sizes[0]]["examples_per_s"]
     base_cpu = results[sizes[0]]["examples_per_cpu_s"]
-    print(json.dumps({
-        "bench": "eval_speed", "model": args.model, "device": args.device, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "n_examples": len(recs), "n_tokens": args.n_tokens,
-        "logprob": args.logprob, "baseline_batch_size": sizes[0],
-        "load_avg_1min_at_end": os.getloadavg()[0],  # other processes on the machine skew CPU figures
-        "results": {str(b): {**r, "ratio_vs_baseline": r["examples_per_s"] / base,
-                             "cpu_ratio_vs_baseline": r["examples_per_cpu_s"] / base_cpu} for b, r in results.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "eval_speed",
+                "model": args.model,
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "machine": platform.processor() or platform.machine(),
+                "n_examples": len(recs),
+                "n_tokens": args.n_tokens,
+                "logprob": args.logprob,
+                "baseline_batch_size": sizes[0],
+                "load_avg_1min_at_end": os.getloadavg()[0],  # other processes on the machine skew CPU figures
+                "results": {
+                    str(b): {
+                        **r,
+                        "ratio_vs_baseline": r["examples_per_s"] / base,
+                        "cpu_ratio_vs_baseline": r["examples_per_cpu_s"] / base_cpu,
+                    }
+                    for b, r in results.items()
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

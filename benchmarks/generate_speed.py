@@ -36,9 +36,9 @@ def main() -> None:
     from needlework.models.load import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    cfg = GenerateConfig(task=args.task, concept=args.concept, context=args.context, n=args.n,
-                         length=args.length, tokenizer=args.tokenizer)
-    generate(GenerateConfig(task=args.task, concept=args.concept, context=args.context, n=2, length=args.length), tokenizer=tok)  # warm caches
+    cfg = GenerateConfig(task=args.task, concept=args.concept, context=args.context, n=args.n, length=args.length, tokenizer=args.tokenizer)
+    warm = GenerateConfig(task=args.task, concept=args.concept, context=args.context, n=2, length=args.length)
+    generate(warm, tokenizer=tok)  # warm caches
     times, cpu, recs = [], [], []
     for _ in range(args.runs):
         t, c = time.perf_counter(), time.process_time()
@@ -55,17 +55,31 @@ def main() -> None:
         base_cpu.append(time.process_time() - c)
     toks = [r.meta["n_tokens"] for r in recs]
     med, med_base = statistics.median(times), statistics.median(base)
-    print(json.dumps({
-        "benchmark": "generate_speed", "task": args.task, "variant": f"{args.concept}/{args.context}",
-        "n": args.n, "length": args.length, "tokenizer": args.tokenizer, "runs": args.runs,
-        "median_s": round(med, 2), "all_s": [round(x, 2) for x in times], "examples_per_s": round(args.n / med, 1),
-        "median_cpu_s": round(statistics.median(cpu), 2),
-        "baseline_tokenize_once_s": round(med_base, 2), "baseline_cpu_s": round(statistics.median(base_cpu), 2),
-        "ratio": round(med / med_base, 2), "ratio_cpu": round(statistics.median(cpu) / statistics.median(base_cpu), 2),
-        "load_avg_1m": round(os.getloadavg()[0], 1),
-        "max_abs_len_error": max(abs(x - args.length) for x in toks),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu", "python": platform.python_version(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "generate_speed",
+                "task": args.task,
+                "variant": f"{args.concept}/{args.context}",
+                "n": args.n,
+                "length": args.length,
+                "tokenizer": args.tokenizer,
+                "runs": args.runs,
+                "median_s": round(med, 2),
+                "all_s": [round(x, 2) for x in times],
+                "examples_per_s": round(args.n / med, 1),
+                "median_cpu_s": round(statistics.median(cpu), 2),
+                "baseline_tokenize_once_s": round(med_base, 2),
+                "baseline_cpu_s": round(statistics.median(base_cpu), 2),
+                "ratio": round(med / med_base, 2),
+                "ratio_cpu": round(statistics.median(cpu) / statistics.median(base_cpu), 2),
+                "load_avg_1m": round(os.getloadavg()[0], 1),
+                "max_abs_len_error": max(abs(x - args.length) for x in toks),
+                "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+                "python": platform.python_version(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

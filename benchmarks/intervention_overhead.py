@@ -22,10 +22,25 @@ import statistics
 import time
 
 SHAPES = {  # random models built from a config (no download)
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072),
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=8,
-                 num_key_value_heads=2, vocab_size=1024, max_position_embeddings=4096),
+    "llama3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        max_position_embeddings=4096,
+    ),
 }
 
 
@@ -109,6 +124,7 @@ def main() -> None:
         def run():
             with knocked_out(target, heads, mode, means):
                 return greedy_generate(target, prompts, n_new, pad_id=0, batch_size=args.batch_size, progress=False)
+
         return run
 
     def patch():
@@ -117,8 +133,7 @@ def main() -> None:
         with torch.inference_mode(), patching(src, tgt, heads) as st:
             for s in range(0, len(prompts), args.batch_size):
                 b = prompts[s : s + args.batch_size]
-                gen, _ = lockstep_batch(src, tgt, st, b, [n_new] * len(b), [False] * len(b), 0, frozenset(),
-                                        frozenset(), frozenset())
+                gen, _ = lockstep_batch(src, tgt, st, b, [n_new] * len(b), [False] * len(b), 0, frozenset(), frozenset(), frozenset())
                 out += gen
         return out
 
@@ -138,15 +153,34 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
     base, base_cpu = statistics.median(times["baseline"]), statistics.median(cpu["baseline"])
-    print(json.dumps({
-        "bench": "intervention_overhead", "model": shape_name or args.model, "device": str(device), "dtype": str(dtype),
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "n_examples": len(prompts), "n_tokens": args.n_tokens, "max_new_tokens": n_new, "batch_size": args.batch_size,
-        "heads": sorted(str(h) for h in heads), "repeats": args.repeats,
-        "results": {k: {"median_s": statistics.median(v), "runs_s": [round(x, 4) for x in v],
-                        "ratio_vs_baseline": statistics.median(v) / base, "median_cpu_s": statistics.median(cpu[k]),
-                        "cpu_ratio_vs_baseline": statistics.median(cpu[k]) / base_cpu} for k, v in times.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "intervention_overhead",
+                "model": shape_name or args.model,
+                "device": str(device),
+                "dtype": str(dtype),
+                "threads": torch.get_num_threads(),
+                "machine": platform.processor() or platform.machine(),
+                "n_examples": len(prompts),
+                "n_tokens": args.n_tokens,
+                "max_new_tokens": n_new,
+                "batch_size": args.batch_size,
+                "heads": sorted(str(h) for h in heads),
+                "repeats": args.repeats,
+                "results": {
+                    k: {
+                        "median_s": statistics.median(v),
+                        "runs_s": [round(x, 4) for x in v],
+                        "ratio_vs_baseline": statistics.median(v) / base,
+                        "median_cpu_s": statistics.median(cpu[k]),
+                        "cpu_ratio_vs_baseline": statistics.median(cpu[k]) / base_cpu,
+                    }
+                    for k, v in times.items()
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

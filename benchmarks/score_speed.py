@@ -75,12 +75,26 @@ def build_model(kind: str, dev, dtype):
         model, _ = load_model("smollm2")
         return model.to(dev).eval()
     if kind == "tiny":
-        cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=8,
-                          num_key_value_heads=2, vocab_size=512, max_position_embeddings=1 << 20)
+        cfg = LlamaConfig(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            vocab_size=512,
+            max_position_embeddings=1 << 20,
+        )
     else:  # Llama-3-8B shape
-        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=1 << 20,
-                          rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+        cfg = LlamaConfig(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=1 << 20,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        )
     cfg._attn_implementation = "sdpa"
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -91,7 +105,7 @@ def build_model(kind: str, dev, dtype):
         torch.set_default_dtype(old)
     model = model.to_empty(device=dev)
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             p.fill_(1.0) if p.ndim == 1 else p.normal_(0.0, 0.02)
     model.model.rotary_emb = LlamaRotaryEmbedding(cfg).to(dev)  # buffers were left empty by to_empty
     model.set_attn_implementation("sdpa")
@@ -167,10 +181,19 @@ def suite_cpu(args, dev, dtype) -> dict:
     t_score, _ = timed(f_score, dev, args.repeats)
     t_ref, _ = timed(f_ref, dev, args.repeats)
     c_score, c_ref = CPU_TIMES[id(f_score)], CPU_TIMES[id(f_ref)]
-    return {"suite": "cpu", "model": "tiny" if args.tiny else "smollm2", "tokens": args.length,
-            "answer_len": args.answer_len, "score_s": round(t_score, 4), "eager_reference_s": round(t_ref, 4),
-            "speedup": round(t_ref / t_score, 2), "score_cpu_s": round(c_score, 4), "eager_reference_cpu_s": round(c_ref, 4),
-            "speedup_cpu_time": round(c_ref / c_score, 2), "threads": torch.get_num_threads()}
+    return {
+        "suite": "cpu",
+        "model": "tiny" if args.tiny else "smollm2",
+        "tokens": args.length,
+        "answer_len": args.answer_len,
+        "score_s": round(t_score, 4),
+        "eager_reference_s": round(t_ref, 4),
+        "speedup": round(t_ref / t_score, 2),
+        "score_cpu_s": round(c_score, 4),
+        "eager_reference_cpu_s": round(c_ref, 4),
+        "speedup_cpu_time": round(c_ref / c_score, 2),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _fits(fn) -> bool:
@@ -198,20 +221,34 @@ def suite_gpu(args, dev, dtype) -> dict:
     t_score, m_score = timed(lambda: score_one(model, [e]), dev, args.repeats)
     t_wu, m_wu = timed(lambda: wu_procedure(model, e, dev), dev, args.repeats)
     peak = args.peak_tflops * 1e12
-    res.update({"tokens": T,
-           "answer_len": args.answer_len, "plain_s": round(t_plain, 4), "score_s": round(t_score, 4), "wu_s": round(t_wu, 4),
-           "score_over_plain": round(t_score / t_plain, 3), "wu_over_score": round(t_wu / t_score, 3),
-           "wu_over_plain": round(t_wu / t_plain, 3),
-           "peak_gib": {"plain": round(m_plain, 2), "score": round(m_score, 2), "wu": round(m_wu, 2)},
-           "peak_score_over_plain": round(m_score / m_plain, 3) if m_plain else None,
-           "mfu_score": round(flops(model, T) / t_score / peak, 4), "mfu_plain": round(flops(model, T) / t_plain / peak, 4)})
+    res.update(
+        {
+            "tokens": T,
+            "answer_len": args.answer_len,
+            "plain_s": round(t_plain, 4),
+            "score_s": round(t_score, 4),
+            "wu_s": round(t_wu, 4),
+            "score_over_plain": round(t_score / t_plain, 3),
+            "wu_over_score": round(t_wu / t_score, 3),
+            "wu_over_plain": round(t_wu / t_plain, 3),
+            "peak_gib": {"plain": round(m_plain, 2), "score": round(m_score, 2), "wu": round(m_wu, 2)},
+            "peak_score_over_plain": round(m_score / m_plain, 3) if m_plain else None,
+            "mfu_score": round(flops(model, T) / t_score / peak, 4),
+            "mfu_plain": round(flops(model, T) / t_plain / peak, 4),
+        }
+    )
     # batched throughput at a short length
     B, n = args.batch_size, args.batch_size * 2
     exs = [example(i, args.batch_length - (i % 3) * (args.batch_length // 32), args.answer_len, vocab) for i in range(n)]  # mixed lengths
     t_b, _ = timed(lambda: score_one(model, exs, batch_size=B), dev, args.repeats)
     t_w, _ = timed(lambda: [wu_procedure(model, x, dev) for x in exs], dev, args.repeats)
-    res.update(batch_tokens=args.batch_length, batch_size=B, batched_ex_per_s=round(n / t_b, 3),
-               wu_ex_per_s=round(n / t_w, 3), batched_over_wu=round(t_w / t_b, 3))
+    res.update(
+        batch_tokens=args.batch_length,
+        batch_size=B,
+        batched_ex_per_s=round(n / t_b, 3),
+        wu_ex_per_s=round(n / t_w, 3),
+        batched_over_wu=round(t_w / t_b, 3),
+    )
     return _find_max(args, model, vocab, dev, res)
 
 
@@ -222,7 +259,7 @@ def _find_max(args, model, vocab, dev, res) -> dict:
         while L <= args.max_length and (best["score"] == L // 2 or best["plain"] == L // 2 or L == args.length):
             x = example(1, L, args.answer_len, vocab)
             xi = torch.tensor([x.prompt_ids + x.answer_ids], device=dev)
-            for name, fn in (("score", lambda: score_one(model, [x])), ("plain", lambda: plain_forward(model, xi))):
+            for name, fn in (("score", lambda x=x: score_one(model, [x])), ("plain", lambda xi=xi: plain_forward(model, xi))):
                 if (best[name] == L // 2 or L == args.length) and _fits(fn):
                     best[name] = L
             del xi
@@ -249,8 +286,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if args.tiny:
         args.length = args.length or 256

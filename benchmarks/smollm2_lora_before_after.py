@@ -54,12 +54,24 @@ def measure(model, tok, records, chat: bool, batch_size: int, gen_max_new: int, 
     gen = records[:n_gen]
     for r in gen:
         ids = torch.tensor([render(r, tok, chat=chat, with_answer=False).input_ids], device=device)
-        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen_max_new, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, ids.shape[1]:]
+        new = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=gen_max_new,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )[0, ids.shape[1] :]
         text = normalize(tok.decode(new, skip_special_tokens=True))
         hits += any(normalize(a) and normalize(a) in text for a in r.answers)
-    return {"exact_tf": out["eval_exact"], "loss_tf": out["eval_loss"], "token_acc_tf": out["eval_token_acc"],
-            "gen_acc": hits / max(len(gen), 1), "n_eval": len(records), "n_gen": len(gen)}
+    return {
+        "exact_tf": out["eval_exact"],
+        "loss_tf": out["eval_loss"],
+        "token_acc_tf": out["eval_token_acc"],
+        "gen_acc": hits / max(len(gen), 1),
+        "n_eval": len(records),
+        "n_gen": len(gen),
+    }
 
 
 def main() -> None:
@@ -93,21 +105,43 @@ def main() -> None:
     t0 = time.perf_counter()
     before = measure(model, tok, eval_records, args.chat, 4, args.gen_max_new, args.n_gen)
     del model
-    cfg = TrainConfig(method="lora", lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lr=args.lr, epochs=args.epochs,
-                      max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup_ratio=0.1,
-                      chat=args.chat, seed=args.seed, gradient_checkpointing=False)
+    cfg = TrainConfig(
+        method="lora",
+        lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        lr=args.lr,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        warmup_ratio=0.1,
+        chat=args.chat,
+        seed=args.seed,
+        gradient_checkpointing=False,
+    )
     t1 = time.perf_counter()
     res = train(ModelConfig(name=args.model, device="cpu"), train_records, cfg, args.out)
     t2 = time.perf_counter()
     model, tok = load_model(ModelConfig(name=args.model, device="cpu", adapter=str(res.saved)))
     after = measure(model, tok, eval_records, args.chat, 4, args.gen_max_new, args.n_gen)
-    print(json.dumps({
-        "command": " ".join(sys.argv), "model": args.model, "n_train": len(train_records), "n_eval": len(eval_records),
-        "steps": res.steps, "final_train_loss": res.final_loss, "train_s": t2 - t1, "measure_s": (t1 - t0),
-        "before": before, "after": after,
-        "delta": {k: after[k] - before[k] for k in ("exact_tf", "loss_tf", "token_acc_tf", "gen_acc")},
-        "adapter": str(res.saved),
-    }))
+    print(
+        json.dumps(
+            {
+                "command": " ".join(sys.argv),
+                "model": args.model,
+                "n_train": len(train_records),
+                "n_eval": len(eval_records),
+                "steps": res.steps,
+                "final_train_loss": res.final_loss,
+                "train_s": t2 - t1,
+                "measure_s": (t1 - t0),
+                "before": before,
+                "after": after,
+                "delta": {k: after[k] - before[k] for k in ("exact_tf", "loss_tf", "token_acc_tf", "gen_acc")},
+                "adapter": str(res.saved),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,10 +48,16 @@ except ModuleNotFoundError:
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                 intermediate_size=14336, vocab_size=128256, rope_theta=500000.0)
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=128, vocab_size=32000)
+LLAMA3_8B = dict(
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=14336,
+    vocab_size=128256,
+    rope_theta=500000.0,
+)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=32000)
 
 
 def build_model(args, device, dtype):
@@ -169,19 +175,23 @@ def run_path(path: str, model, t: int, answer: int, steps: int, warmup: int, dev
                 if i >= warmup:
                     times.append(time.perf_counter() - t0)
     except torch.OutOfMemoryError:
-        opt.zero_grad(set_to_none=True)
-        del opt, batch
+        opt.zero_grad(set_to_none=True)  # the closure holds opt and batch until we return
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
         return {"context": t, "oom": True}
     step_s = statistics.median(times)
-    out = {"context": t, "oom": False, "first_loss": losses[0], "step_s": step_s, "tokens_per_s": t / step_s,
-           "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30) if cuda else rss.gib,
-           "peak_mem_above_start_gib": ((torch.cuda.max_memory_allocated(device) - base_mem) / 2**30) if cuda else rss.gib}
+    out = {
+        "context": t,
+        "oom": False,
+        "first_loss": losses[0],
+        "step_s": step_s,
+        "tokens_per_s": t / step_s,
+        "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30) if cuda else rss.gib,
+        "peak_mem_above_start_gib": ((torch.cuda.max_memory_allocated(device) - base_mem) / 2**30) if cuda else rss.gib,
+    }
     if peak_tflops:
         out["mfu"] = model_flops(model, t) / step_s / (peak_tflops * 1e12)
-    del opt
     return out
 
 
@@ -211,10 +221,16 @@ def main() -> None:
     torch.manual_seed(0)
     model = add_lora(build_model(args, device, dtype), args.lora_r)
 
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "model": args.model or ("tiny-llama" if args.tiny else "llama-3-8b-shape (random)"), "dtype": str(dtype),
-              "context": args.context, "answer": args.answer, "lora_r": args.lora_r, "steps": args.steps,
-              "torch": torch.__version__}
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": args.model or ("tiny-llama" if args.tiny else "llama-3-8b-shape (random)"),
+        "dtype": str(dtype),
+        "context": args.context,
+        "answer": args.answer,
+        "lora_r": args.lora_r,
+        "steps": args.steps,
+        "torch": torch.__version__,
+    }
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     for path in args.paths.split(","):
         with torch.no_grad():  # every path starts from the same LoRA weights, so their losses compare

@@ -155,3 +155,38 @@ def test_stop_early_resumes_after_kill_9_to_the_same_results(tmp_path):
     uninterrupted = _run(H.fake_early_config(stop_early=True), tmp_path / "whole")
     assert _hashes(nodes) == _hashes(uninterrupted)
     assert not list((out / "stages").glob("*/.work-*"))
+
+
+def test_a_segment_killed_while_carrying_over_copies_again_whole(tmp_path, monkeypatch):
+    """The kill -9 above lands while a segment copies the previous one's snapshots as often as
+    anywhere: a snapshot half copied must not count as there, or the rerun probes a torn one."""
+    import shutil
+
+    from needlework.io import write_json
+    from needlework.study.stages import _carry_over
+
+    prev, out = TrainRun(tmp_path / "prev"), TrainRun(tmp_path / "seg")
+    for f in (0.25, 0.5):
+        d = prev.snapshot_dir(f)
+        d.mkdir(parents=True)
+        write_json(d / TrainRun.SNAPSHOT_INFO, {"fraction": f, "step": int(100 * f)})  # info before weights:
+        (d / "weights.bin").write_bytes(bytes(range(256)) * 64)  # listing order decides what copies first
+    (tmp_path / "seg").mkdir()
+    real_copy, copied = shutil.copyfile, []
+
+    def dies_after_one_file(src, dst, **kw):
+        if copied:
+            raise KeyboardInterrupt("killed")
+        copied.append(src)
+        return real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copyfile", dies_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        _carry_over(prev.path, out.path, checkpoint=False)
+    assert out.snapshots() == {}  # nothing half there
+    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    _carry_over(prev.path, out.path, checkpoint=False)
+    assert list(out.snapshots()) == [0.25, 0.5]
+    for f in (0.25, 0.5):
+        assert (out.snapshot_dir(f) / "weights.bin").read_bytes() == (prev.snapshot_dir(f) / "weights.bin").read_bytes()
+    assert not [p for p in (out.path / TrainRun.SNAPSHOTS).iterdir() if p.name.startswith(".")]  # no temporary left

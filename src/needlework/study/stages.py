@@ -114,18 +114,21 @@ def _scaled(stage: str, ctx: StageContext) -> None:
 
 def _carry_over(previous: Path, out: Path, checkpoint: bool) -> None:
     """A training segment starts from the one before: its log and snapshots (kept where a killed
-    attempt of this segment already wrote them) and, to resume from, its last checkpoint."""
+    attempt of this segment already wrote them) and, to resume from, its last checkpoint. Each is
+    copied whole or not at all (`copy_atomic`): the attempt is killed as likely here as anywhere."""
+    from needlework.io import copy_atomic
     from needlework.train.checkpoint import list_checkpoints
 
     prev, run = TrainRun(previous), TrainRun(out)
     for f, src in prev.snapshots().items():
         if not (run.snapshot_dir(f) / TrainRun.SNAPSHOT_INFO).exists():
-            shutil.copytree(src, run.snapshot_dir(f), dirs_exist_ok=True)
+            shutil.rmtree(run.snapshot_dir(f), ignore_errors=True)
+            copy_atomic(src, run.snapshot_dir(f))
     if (previous / TrainRun.LOG).exists() and not (out / TrainRun.LOG).exists():
-        shutil.copy2(previous / TrainRun.LOG, out / TrainRun.LOG)
+        copy_atomic(previous / TrainRun.LOG, out / TrainRun.LOG)
     last = list_checkpoints(previous / TrainRun.CHECKPOINTS)[-1:]
     if checkpoint and last and not (out / TrainRun.CHECKPOINTS / last[0].name).exists():
-        shutil.copytree(last[0], out / TrainRun.CHECKPOINTS / last[0].name)
+        copy_atomic(last[0], out / TrainRun.CHECKPOINTS / last[0].name)
 
 
 def _stop_here(ctx: StageContext, stopped_at: float) -> None:
