@@ -8,10 +8,14 @@ process-CPU seconds of
   retrieval  needlework's teacher-forced retrieval score (argmax probes on the answer rows)
   query      the query score (mass on gold / all documents, probes on the question's rows)
   output     the output score (per-head outputs at the answer rows, direct logit attribution)
+  all        all five criteria (retrieval, insight, mass, query, output) in ONE forward
+             (`score_groups` with `criteria`)
 
-and each score's ratio to `plain`.
+and each score's ratio to `plain`. `--llama8b` runs the Llama-3-8B shape (random weights, bf16) on
+the GPU instead, the issue's target: all criteria at 32K tokens within 1.3x a plain forward.
 
     python benchmarks/criteria_speed.py --length 1536 --repeats 5 --threads 1
+    python benchmarks/criteria_speed.py --llama8b --length 32768 --repeats 5
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from needlework.heads.score import Example, ScoreConfig, score_examples
+from needlework.heads.score import Example, ScoreConfig, score_examples, score_groups
 
 SCORES = ("retrieval", "query", "output")
+ALL = ("retrieval", "insight", "mass", "query", "output")
 
 
 def timed_together(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
@@ -34,18 +41,30 @@ def timed_together(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
     all of them alike."""
     for fn in fns.values():
         fn()
+        _sync()
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t, c = time.perf_counter(), time.process_time()
             fn()
+            _sync()
             wall[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
-def build(tiny: bool):
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build(tiny: bool, llama8b: bool = False):
+    if llama8b:  # score_speed's builder: the real shape, random weights, bf16 on the GPU
+        sys.path.insert(0, str(Path(__file__).parent))
+        from score_speed import build_model
+
+        return build_model("llama8b", torch.device("cuda"), torch.bfloat16).eval()
     if not tiny:
         from needlework.models.load import load_model
 
@@ -84,22 +103,31 @@ def main() -> None:
     ap.add_argument("--answer-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--llama8b", action="store_true", help="Llama-3-8B shape, random weights, bf16, on the GPU")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build(args.tiny)
+    model = build(args.tiny, args.llama8b)
     e = example(args.length, args.question_len, args.answer_len, model.config.vocab_size)
-    ids = torch.tensor([e.prompt_ids + e.answer_ids])
+    ids = torch.tensor([e.prompt_ids + e.answer_ids], device=model.device)
+    together = {c: e for c in ALL}
 
     @torch.no_grad()
     def plain():
         model.get_decoder()(input_ids=ids, use_cache=False)
 
     fns = {"plain": plain} | {score: (lambda score=score: score_examples(model, [e], ScoreConfig(score=score))) for score in SCORES}
+    fns["all"] = lambda: score_groups(model, [together], ScoreConfig(score="retrieval", criteria=list(ALL[1:])))
     times = timed_together(fns, args.repeats)
-    out = {"length": args.length, "question_len": args.question_len, "answer_len": args.answer_len, "threads": torch.get_num_threads()}
+    out = {
+        "device": torch.cuda.get_device_name() if args.llama8b else "cpu",
+        "length": args.length,
+        "question_len": args.question_len,
+        "answer_len": args.answer_len,
+        "threads": torch.get_num_threads(),
+    }
     for name, (wall, cpu) in times.items():
         out |= {f"{name}_s": round(wall, 4), f"{name}_cpu_s": round(cpu, 4)}
         if name != "plain":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from needlework import artifacts as A
 from needlework.errors import NeedleworkError
@@ -32,7 +33,9 @@ def test_round_trip_carries_model_and_shape(tmp_path):
     assert back.meta == s.meta and back.shape == SHAPE and back.model_config == MODEL and back.path == d
     man = json.loads((d / A.MANIFEST).read_text())
     assert man["versions"]["needlework"] and "torch" in man["versions"] and "python" in man["versions"]  # provenance
-    assert {k: v for k, v in man.items() if k not in ("files", "versions")} == {
+    assert man["versions"]["device"] == A.device_name()  # the hardware too: a GPU by its name, else the CPU's
+    assert A.device_name().startswith("cpu: ") or torch.cuda.is_initialized()
+    assert {k: v for k, v in man.items() if k not in ("files", "versions", "paths")} == {
         "kind": "head_scores",
         "version": A.VERSION,
         "model_config": MODEL,
@@ -121,3 +124,25 @@ def test_no_result_file_name_is_spelled_outside_artifacts():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
                 found.append(f"{p.relative_to(SRC)}:{node.lineno} {node.value!r}")
     assert not found, "result file names belong to needlework.artifacts:\n" + "\n".join(found)
+
+
+def test_paths_in_json_are_relative_to_the_study_or_the_out_folder(tmp_path):
+    """A result names its inputs by paths that survive moving or publishing its folder: inside a
+    study relative to the study folder, else to the folder above the result; paths elsewhere stay."""
+    study = tmp_path / "study"
+    (study / "stages" / "score").mkdir(parents=True)
+    (study / A.STUDY_INDEX).write_text("{}")
+    adapter = str(study / "stages" / "train" / "abc" / "adapter")
+    meta = {"shape": {"n_layers": 1}, "model_config": {"name": "/opt/models/m", "adapter": adapter}, "data_path": [str(study / "d.jsonl")]}
+    heads = pd.DataFrame({"layer": [0], "head": [0], "mean": [0.5]})
+    d = A.HeadScores(heads=heads, meta=meta).write(study / "stages" / "score" / ".work-k")
+    got = json.loads((d / "meta.json").read_text())
+    assert got["model_config"] == {"name": "/opt/models/m", "adapter": "stages/train/abc/adapter"}  # outside the study: kept
+    assert got["data_path"] == ["d.jsonl"]
+    man = json.loads((d / A.MANIFEST).read_text())
+    assert man["model_config"]["adapter"] == "stages/train/abc/adapter" and man["paths"] == "relative to the study folder"
+    alone = A.HeadScores(heads=heads, meta={**meta, "model_config": {"adapter": str(tmp_path / "runs" / "lora")}}).write(
+        tmp_path / "runs" / "r1"
+    )
+    assert json.loads((alone / "meta.json").read_text())["model_config"]["adapter"] == "lora"
+    assert json.loads((alone / A.MANIFEST).read_text())["paths"] == "relative to the folder above this one"

@@ -72,7 +72,8 @@ class File:
 
 def versions() -> dict[str, str | None]:
     """The versions of needlework and the libraries that decide its numbers (read from the installed
-    packages' metadata, without importing them), recorded in every manifest."""
+    packages' metadata, without importing them) and the `device` (`device_name`), recorded in
+    every manifest (left out of the study's output hashes: the same results on another machine)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -82,7 +83,28 @@ def versions() -> dict[str, str | None]:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = None
+    out["device"] = device_name()
     return out
+
+
+def device_name() -> str:
+    """The hardware that computed the results, recorded in every manifest: the GPU's name (with
+    their count) when this process used CUDA, else `cpu: <the CPU's model name>`. torch is not
+    imported for this: a process that never imported it computed on the CPU."""
+    import platform
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        n, name = torch.cuda.device_count(), torch.cuda.get_device_name(0)
+        return f"{n} x {name}" if n > 1 else name
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"cpu: {cpu}"
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -109,13 +131,35 @@ def _read_rows(path: Path):
     return pd.DataFrame(rows)
 
 
+def path_root(d: Path) -> Path:
+    """What paths in an artifact's JSON are written relative to: the study folder the artifact
+    lies in (its stages/<stage>/<key> layout), else the folder above it (a command's --out)."""
+    d = Path(d).absolute()
+    return next((p for p in d.parents[:3] if (p / STUDY_INDEX).exists()), d.parent)
+
+
+def _relative(obj: Any, root: Path) -> Any:
+    """Absolute paths under `root` made relative to it (POSIX form), so that a result moved or
+    published with its folder names its inputs; paths elsewhere (a model cache) stay as they are."""
+    if isinstance(obj, dict):
+        return {k: _relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_relative(v, root) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj):
+        try:
+            return Path(obj).relative_to(root).as_posix()
+        except ValueError:
+            return obj
+    return obj
+
+
 def _encode(path: Path, codec: str, value: Any) -> None:
     if codec == "table":
         write_parquet(path, value)
     elif codec == "rows":
         _write_rows(path, value)
     elif codec == "json":
-        write_json(path, _finite_or_none(value))
+        write_json(path, _relative(_finite_or_none(value), path_root(path.parent)))
     elif codec == "records":
         from needlework.data.records import write_jsonl
 
@@ -210,15 +254,17 @@ class Artifact:
                 continue
             _encode(d / f.name, f.codec, value)
             written.append(f.name)
+        where = "the study folder" if (path_root(d) / STUDY_INDEX).exists() else "the folder above this one"
         write_json(
             d / MANIFEST,
             {
                 "kind": self.KIND,
                 "version": VERSION,
                 "files": written,
-                "model_config": self.model_config,
+                "model_config": _relative(self.model_config, path_root(d)),
                 "shape": self.shape,
                 "versions": versions(),
+                "paths": f"relative to {where}",
             },
         )
         self.path = d
@@ -357,18 +403,61 @@ class HeadScores(Artifact):
 
     heads: layer, head, mean, std, n. per_example (optional: imports of means only): example_id,
     layer, head, score, kept, ... meta: shape, model_config (null for imports), options, counts.
+    Both tables are the scores of the primary criterion (`options.score`). With `options.criteria`
+    the other criteria, scored on the same examples, sit in `criteria_heads` and
+    `criteria_per_example` (the same columns plus `criterion`) and their counts in
+    `meta["criteria"]`; `criterion(name)` gives any of them as a HeadScores of its own, so that
+    comparison, knockout and patching take a head set from any criterion.
     """
 
     KIND: ClassVar[str] = "head_scores"
     FILES: ClassVar[dict[str, File]] = {
         "heads": File("heads.parquet", "table", ("layer", "head", "mean")),
         "per_example": File("per_example.parquet", "table", ("example_id", "layer", "head", "score"), optional=True),
+        "criteria_heads": File("criteria_heads.parquet", "table", ("criterion", "layer", "head", "mean"), optional=True),
+        "criteria_per_example": File(
+            "criteria_per_example.parquet", "table", ("criterion", "example_id", "layer", "head", "score"), optional=True
+        ),
         "meta": File("meta.json", "json", ("shape",)),
     }
     HEADER: ClassVar[str] = "meta"
     heads: Any = None
     per_example: Any = None
+    criteria_heads: Any = None
+    criteria_per_example: Any = None
     meta: dict = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        """The criterion of the main tables (`retrieval` for imports, which record none)."""
+        return (self.meta.get("options") or {}).get("score") or "retrieval"
+
+    def criteria(self) -> list[str]:
+        """Every criterion held: the primary first, then the others in the order they were asked for."""
+        others = list((self.meta.get("options") or {}).get("criteria") or [])
+        return [self.primary, *[c for c in others if c != self.primary]]
+
+    def criterion(self, name: str | None) -> HeadScores:
+        """The scores of one criterion as a HeadScores of its own (None or the primary: self), its
+        `options.score` set to `name` and its counts those of that criterion."""
+        if name is None or name == self.primary:
+            return self
+        if name not in self.criteria() or self.criteria_heads is None:
+            where = f" in {self.path}" if self.path else ""
+            raise NeedleworkError(
+                f"no {name!r} head scores{where} (it holds {', '.join(self.criteria())})",
+                f"score heads with `criteria: [{name}]` (heads score --criteria {name}), or pick one of those",
+            )
+
+        def pick(t):
+            return None if t is None else t[t["criterion"] == name].drop(columns="criterion").reset_index(drop=True)
+
+        meta = {**self.meta, **(self.meta.get("criteria") or {}).get(name, {})}
+        meta["options"] = {**(self.meta.get("options") or {}), "score": name, "criteria": []}
+        meta.pop("criteria", None)
+        out = HeadScores(heads=pick(self.criteria_heads), per_example=pick(self.criteria_per_example), meta=meta)
+        out.path = self.path
+        return out
 
 
 @dataclass

@@ -151,6 +151,29 @@ def test_run_score_writes_result_and_reports_skips(tmp_path, tiny_dir, caplog):
     assert HeadScores.read(gen.path).meta["n_failed_gate"] == 1  # a random model fails the gate
 
 
+def test_run_score_with_criteria_writes_each_as_alone(tmp_path, tiny_dir):
+    """`criteria` beside `score`: one folder whose criteria tables are what each criterion scored
+    alone writes (the same rows of the same forward shapes: equal), records skipped by one criterion
+    scored by the others, and the counts of each criterion in meta."""
+    from needlework.heads.run import run_score
+    from needlework.heads.score import ScoreConfig
+    from needlework.models.load import ModelConfig
+
+    data = _records(tmp_path / "d.jsonl")
+    mc = ModelConfig(name=str(tiny_dir), device="cpu")
+    res = HeadScores.read(run_score(mc, data, ScoreConfig(criteria=["mass", "output"]), tmp_path / "res").path)
+    assert res.criteria() == ["retrieval", "mass", "output"]
+    assert set(res.per_example.example_id) == {"ok"}  # "absent" has no answer token in its needle: retrieval skips it
+    for c in ("mass", "output"):
+        alone = run_score(mc, data, ScoreConfig(score=c), tmp_path / "res")
+        got = res.criterion(c)
+        assert set(got.per_example.example_id) == {"ok", "absent"}  # mass and output can score it
+        assert got.heads["mean"].tolist() == alone.heads["mean"].tolist()
+        assert got.per_example["score"].tolist() == alone.per_example["score"].tolist()
+        assert got.meta["n_skipped"] == alone.meta["n_skipped"] == 0 and got.meta["options"]["score"] == c
+    assert res.meta["n_skipped"] == 1 and res.meta["criteria"]["mass"]["n_scored"] == 2
+
+
 def test_cli_score(tmp_path, tiny_dir):
     from typer.testing import CliRunner
 
@@ -176,10 +199,13 @@ def test_cli_score(tmp_path, tiny_dir):
             "cpu",
             "--batch-size",
             "2",
+            "--criteria",
+            "query,output",
         ],
     )
     assert r.exit_code == 0, r.output
-    assert len([d for d in (tmp_path / "o").iterdir() if HeadScores.exists(d)]) == 1
+    found = [d for d in (tmp_path / "o").iterdir() if HeadScores.exists(d)]
+    assert len(found) == 1 and HeadScores.read(found[0]).criteria() == ["mass", "query", "output"]
 
 
 def test_result_folders_are_named_for_people():

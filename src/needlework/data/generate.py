@@ -381,7 +381,7 @@ def generate(cfg: GenerateConfig, tokenizer=None, writer=None) -> list[Record]:
     hay = _Haystack(source, tokenizer)
     depth_fixed = parse_depth(cfg.depth)
     records = []
-    for i in tqdm(range(cfg.n), desc=f"generate {cfg.task} {cfg.concept}/{cfg.context}", disable=cfg.n < 50, leave=False):
+    for i in tqdm(range(cfg.n), desc=f"generate {cfg.task} {cfg.concept}/{cfg.context}", disable=cfg.n < 50, leave=True):
         rng = random.Random(f"{cfg.seed}:{cfg.task}:{cfg.concept}:{cfg.context}:{i}")
         depth = rng.random() if depth_fixed is None else depth_fixed
         draft = BUILDERS[cfg.task](spec, rng)

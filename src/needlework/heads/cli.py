@@ -24,6 +24,8 @@ SCORE = Options(
         "keep_failed": "generate: keep examples whose answer fails the ROUGE-1 gate",
         "stop_on_newline": "generate: stop at a token holding a newline (not the first token)",
         "success_threshold": "generate: stemmed ROUGE-1 recall of the answer must exceed this (Wu et al.)",
+        "criteria": "more criteria scored on the same records, e.g. query,output (teacher mode: in the same forward); "
+        "each gets its table in the result folder, read with --criterion by compare, knockout and patch",
         "spans": "needle roles forming the span set S: auto (retrieval: answer; insight: evidence, else answer; mass: all) "
         "| answer | evidence | all (retrieval: answer only)",
     },
@@ -59,6 +61,7 @@ COMPARE = Options(
         "threshold": "head set = heads with mean score above T (when --top is not given)",
         "view": "query | kv (aggregate query heads of a kv group)",
         "kv_agg": "kv view: max | mean over a group's query heads",
+        "criterion": "in folders scored with several criteria (--criteria), the one compared (default: their --score)",
         "n_boot": "bootstrap resamples over examples (0: none)",
         "alpha": "1 - confidence level of the intervals",
         "seed": "bootstrap seed",

@@ -203,25 +203,34 @@ def _clean_table(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype({"layer": int, "head": int}).sort_values(["layer", "head"]).reset_index(drop=True)
 
 
-def load_scores(src: Scores | HeadScores | pd.DataFrame | str | os.PathLike) -> Scores:
+def load_scores(src: Scores | HeadScores | pd.DataFrame | str | os.PathLike, criterion: str | None = None) -> Scores:
     """The one reader of head scores, for comparison, plots and interventions alike.
 
     Args:
         src: Scores (returned as is), a HeadScores artifact, a heads table (DataFrame: layer, head, mean; `attrs["shape"]`
             when known), a `heads score`/`heads import` result folder or the folder above a single
             one, a heads.parquet, or a Wu et al. JSON file ({"L-H": [scores]}).
+        criterion: with a HeadScores (or its folder) scored with several criteria, the one to read
+            (`HeadScores.criterion`); None: its primary `score`. Other sources hold one criterion.
     Raises:
-        NeedleworkError: missing file, unknown format, a table without layer/head/mean columns.
+        NeedleworkError: missing file, unknown format, a table without layer/head/mean columns, a
+            criterion the scores do not hold.
     """
+    if isinstance(src, HeadScores):
+        src = src.criterion(criterion)
+        return scores_from_tables(src.per_example, _clean_table(src.heads), src.meta)
+    if criterion is not None and not (isinstance(src, (str, os.PathLike)) and _result_path(src).is_dir()):
+        raise NeedleworkError(
+            f"criterion {criterion!r} asked of scores that hold one criterion ({type(src).__name__})",
+            "pass a heads-score folder scored with that criterion, or leave criterion unset",
+        )
     if isinstance(src, Scores):
         return src
-    if isinstance(src, HeadScores):
-        return scores_from_tables(src.per_example, _clean_table(src.heads), src.meta)
     if isinstance(src, pd.DataFrame):
         return scores_from_tables(None, _clean_table(src), {"shape": src.attrs.get("shape")})
     p = _result_path(src)
     if p.is_dir():
-        return load_scores(HeadScores.read(p))
+        return load_scores(HeadScores.read(p), criterion)
     if p.suffix == ".json":
         return load_scores(read_wu(p))
     if p.suffix != ".parquet":
@@ -360,4 +369,5 @@ def compare(a: Scores, b: Scores, cfg: CompareConfig | None = None) -> pd.DataFr
 
 def compare_dirs(a: str | os.PathLike, b: str | os.PathLike, cfg: CompareConfig | None = None) -> pd.DataFrame:
     """`compare` on two result directories (written by `heads score` or `heads import`)."""
-    return compare(load_scores(a), load_scores(b), cfg)
+    criterion = cfg.criterion if cfg is not None else None
+    return compare(load_scores(a, criterion), load_scores(b, criterion), cfg)

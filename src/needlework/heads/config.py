@@ -3,7 +3,7 @@ that the CLI and the study config read them without importing torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from needlework.errors import NeedleworkError
@@ -49,6 +49,11 @@ class ScoreConfig:
         documents' tokens (`documents`: a share in [0, 1], attention sinks and the instructions
         left out; a head that spreads evenly over the documents scores |gold tokens| / |document
         tokens|), or by the number of question tokens (`none`: QRHead's mean mass per query token).
+    criteria: more criteria scored on the same examples beside `score` (the primary, whose head
+        sets the study compares and intervenes on unless told otherwise). Teacher mode computes
+        them all in the one forward of `score`; generate mode decodes once per criterion. `spans`
+        applies to the insight and mass criteria; the others take their own (`auto`). A record is
+        scored by each criterion that can score it (skips are counted per criterion).
     output_baseline: the output score (direct logit attribution, in logits of the next answer
         token): `mean` subtracts the mean logit over the vocabulary that the same head writes
         (softmax ignores a shift common to all tokens, so a head that raises every logit alike
@@ -68,6 +73,7 @@ class ScoreConfig:
     spans: str = "auto"  # auto | answer | evidence | all: the needle roles that form S (see above)
     query_norm: str = "documents"  # query score: documents (share of the document attention) | none (mean mass)
     output_baseline: str = "mean"  # output score: mean (logit minus the mean logit) | none (raw logit)
+    criteria: list[str] = field(default_factory=list)  # more criteria on the same examples (teacher mode: the same forward)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
@@ -96,9 +102,23 @@ class ScoreConfig:
                 f"spans={self.spans!r} with the {self.score} score",
                 "the query score's keys are documents and the output score reads no span; use spans=auto",
             )
+        for c in self.criteria:
+            if c not in SCORES:
+                raise NeedleworkError(f"unknown criterion {c!r} in criteria", f"use some of {', '.join(SCORES)}")
+        if len(set(self.criteria)) < len(self.criteria):
+            raise NeedleworkError(f"criteria {self.criteria} names one twice", "list each criterion once")
         self.batch_size = int_or_auto(self.batch_size, "batch_size")
         if self.max_new_tokens < 1:
             raise NeedleworkError("max_new_tokens must be >= 1", "pass a positive value")
+
+    def all_criteria(self) -> list[str]:
+        """`score` then the other `criteria` (each once)."""
+        return [self.score, *[c for c in self.criteria if c != self.score]]
+
+    def for_criterion(self, criterion: str) -> ScoreConfig:
+        """The options of one criterion alone: `spans` kept for insight and mass (`auto` for the others)."""
+        spans = self.spans if criterion in ("insight", "mass") else "auto"
+        return replace(self, score=criterion, criteria=[], spans=spans)
 
     def span_roles(self, has_evidence: bool) -> tuple[str, ...]:
         """The needle roles forming S for one record (`has_evidence`: it has an evidence span)."""
@@ -111,8 +131,6 @@ class ScoreConfig:
     def resolved(self, tokenizer) -> ScoreConfig:
         """This config with `chat` (the template when the tokenizer has one) and `match` (loose
         with the chat template, id without) decided for `tokenizer`."""
-        from dataclasses import replace
-
         from needlework.data.render import resolve_chat
 
         chat = resolve_chat(self.chat, tokenizer)
@@ -125,6 +143,7 @@ class CompareConfig:
     threshold: float = 0.1  # head set = mean score > threshold
     view: str = "query"  # query | kv
     kv_agg: str = "max"  # max | mean over the query heads of a kv group
+    criterion: str | None = None  # in folders scored with several criteria, the one compared (default: their `score`)
     n_boot: int = 1000
     alpha: float = 0.05
     seed: int = 0

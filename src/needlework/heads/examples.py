@@ -136,7 +136,7 @@ def _span_example(rec, r, ans: list[int], cfg: ScoreConfig, canon: Canon) -> tup
 
 
 def prepare_examples(
-    records, tokenizer, cfg: ScoreConfig, coverage: dict[str, tuple[int, int]] | None = None
+    records, tokenizer, cfg: ScoreConfig, coverage: dict[str, tuple[int, int]] | None = None, rendered: dict | None = None
 ) -> tuple[list[Example], dict[str, str]]:
     """Render records into Examples; returns (examples, skipped {id: reason}). S is the token
     positions of the needles whose role `cfg.span_roles` picks (retrieval: answer spans only). A
@@ -145,14 +145,23 @@ def prepare_examples(
     (the answer is absent from the context). The query score needs instead a gold document, the
     question and, with `query_norm="documents"`, a non-gold document; the output score only an
     answer. `coverage`, when given, is filled with {record id: (located, citing documents)} for
-    every record (query score: gold documents rendered / gold documents)."""
+    every record (query score: gold documents rendered / gold documents). `rendered`, when given,
+    caches each record's rendering by position, for a second criterion on the same records.
+    Raises NeedleworkError when two records share an id (every table is keyed by example id)."""
     from needlework.data.render import render
 
     cfg = cfg.resolved(tokenizer)
     canon = Canon(cfg.match, tokenizer.decode)
-    examples, skipped = [], {}
-    for rec in records:
-        r = render(rec, tokenizer, chat=cfg.chat)
+    examples, skipped, seen = [], {}, set()
+    for pos, rec in enumerate(records):
+        if rec.id in seen:
+            raise NeedleworkError(f"two records have the id {rec.id!r}", "give every record its own id (head tables are keyed by it)")
+        seen.add(rec.id)
+        r = rendered.get(pos) if rendered is not None else None
+        if r is None:
+            r = render(rec, tokenizer, chat=cfg.chat)
+            if rendered is not None:
+                rendered[pos] = r
         ans = list(r.answer_ids)
         if ans and tokenizer.eos_token_id is not None and ans[-1] == tokenizer.eos_token_id:
             ans = ans[:-1]  # the final EOS is no copy target

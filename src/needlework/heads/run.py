@@ -67,6 +67,8 @@ def _log_score_summary(res, cfg: ScoreConfig, reasons: dict[str, int], n_failed:
 def score_result(model_cfg, records, cfg: ScoreConfig, data_hash: str | None = None) -> HeadScores:
     """Load the model (the adapter checked and its saved settings applied), score heads on
     `records`, and return the HeadScores with the meta every score folder carries."""
+    import pandas as pd
+
     from needlework.heads.score import score_heads
     from needlework.models.load import check_rendering, load_model, resolve_model_config
     from needlework.models.sites import model_shape
@@ -80,12 +82,7 @@ def score_result(model_cfg, records, cfg: ScoreConfig, data_hash: str | None = N
     t0 = time.perf_counter()
     res = score_heads(model, tok, records, cfg)
     seconds = time.perf_counter() - t0
-    per = res.per_example
-    ex = per.drop_duplicates("example_id") if len(per) else per
-    n_failed = int((~ex["success"].fillna(True).astype(bool)).sum()) if len(ex) else 0
-    reasons: dict[str, int] = {}
-    for why in res.skipped.values():
-        reasons[why] = reasons.get(why, 0) + 1
+    counts = _counts(res)
     meta = {
         **inputs_key(model_cfg, data_hash, cfg),
         "model_name": model_cfg.name,
@@ -95,18 +92,37 @@ def score_result(model_cfg, records, cfg: ScoreConfig, data_hash: str | None = N
         "options": asdict(used),
         "trained_chat": trained_chat,
         "shape": model_shape(model).to_dict(),
+        **counts,
+        "elapsed_s": round(seconds, 2),  # a timing: left out of the study's output hashes
+    }
+    out = HeadScores(heads=res.heads, per_example=res.per_example, meta=meta)
+    if res.others:  # the further criteria, scored on the same records (HeadScores.criterion reads one)
+        meta["criteria"] = {c: _counts(r) for c, r in res.others.items()}
+        out.criteria_heads = pd.concat([r.heads.assign(criterion=c) for c, r in res.others.items()], ignore_index=True)
+        out.criteria_per_example = pd.concat([r.per_example.assign(criterion=c) for c, r in res.others.items()], ignore_index=True)
+    for c, r in {cfg.score: res, **res.others}.items():
+        m = meta if c == cfg.score else meta["criteria"][c]
+        _log_score_summary(r, used.for_criterion(c), m["skip_reasons"], m["n_failed_gate"], m["n_scored"])
+    return out
+
+
+def _counts(res) -> dict:
+    """A ScoreResult's counts as every score folder records them (per criterion)."""
+    per = res.per_example
+    ex = per.drop_duplicates("example_id") if len(per) else per
+    reasons: dict[str, int] = {}
+    for why in res.skipped.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    return {
         "n_records": res.n_examples,
         "n_scored": len(ex),
         "n_kept": int(ex["kept"].sum()) if len(ex) else 0,
-        "n_failed_gate": n_failed,
+        "n_failed_gate": int((~ex["success"].fillna(True).astype(bool)).sum()) if len(ex) else 0,
         "n_skipped": len(res.skipped),
         "skip_reasons": reasons,
         "skipped": res.skipped,
-        "elapsed_s": round(seconds, 2),  # a timing: left out of the study's output hashes
         "span_coverage": res.coverage,
     }
-    _log_score_summary(res, cfg, reasons, n_failed, len(ex))
-    return HeadScores(heads=res.heads, per_example=per, meta=meta)
 
 
 def _slug(text: str, n: int = 40) -> str:

@@ -44,6 +44,7 @@ class ScoreResult:
     skipped: dict[str, str] = field(default_factory=dict)
     n_examples: int = 0
     coverage: dict = field(default_factory=dict)
+    others: dict[str, ScoreResult] = field(default_factory=dict)  # the further criteria's, by name
 
 
 # ---------------------------------------------------------------------------- scoring core
@@ -89,28 +90,46 @@ def _pad_rows(lists: list[list[int]], fill: int = -1, width: int = 1) -> torch.T
     return out
 
 
-def _make_probe(cfg, rows, span, batch: list[Example], width: int, shift: list[int], dev) -> RowProbe:
-    """The probe a score needs. `span` (b, width) marks S; the query score's key sets (gold and all
-    documents) are built at prompt position + shift[i] (left padding) in the same width."""
-    if cfg.score == "query":
-        keys = {name: torch.zeros(len(batch), width, dtype=torch.bool) for name in ("gold", "docs")}
-        for i, e in enumerate(batch):
-            keys["gold"][i, [shift[i] + j for j in e.span]] = True
-            keys["docs"][i, [shift[i] + j for j in e.doc_tokens]] = True
-        return RowProbe(rows=rows, want_argmax=False, key_masks={k: v.to(dev) for k, v in keys.items()})
-    if cfg.score == "output":
-        return RowProbe(rows=rows, want_argmax=False)  # nothing from attention: `row_outputs` does the work
-    return RowProbe(rows=rows, span_mask=span.to(dev) if cfg.score == "mass" else None, want_argmax=cfg.score != "mass")
+Group = dict[str, Example]  # one record's Examples by criterion (same prompt and answer tokens)
+ARGMAX = frozenset({"retrieval", "insight"})  # criteria read from the attention argmax
 
 
-def _collect(probe: RowProbe, n_layers: int, cfg) -> dict[str, torch.Tensor]:
+def _key_mask(batch: list[Group], crit: str, keys, width: int, shift: list[int]) -> torch.Tensor:
+    """(b, width) bool: the keys `keys(example)` of each row's `crit` Example, at prompt position +
+    shift[i] (left padding); all False for a row without one."""
+    m = torch.zeros(len(batch), width, dtype=torch.bool)
+    for i, g in enumerate(batch):
+        if crit in g:
+            m[i, [shift[i] + j for j in keys(g[crit])]] = True
+    return m
+
+
+def _make_probe(crits: set[str], rows, batch: list[Group], width: int, shift: list[int], dev) -> RowProbe:
+    """One probe for every criterion asked: the argmax (retrieval, insight), the mass on S (mass),
+    the log masses on the gold and on all documents (query); the output score reads `row_outputs`."""
+    key_masks = {}
+    if "query" in crits:
+        key_masks = {
+            "gold": _key_mask(batch, "query", lambda e: e.span, width, shift).to(dev),
+            "docs": _key_mask(batch, "query", lambda e: e.doc_tokens, width, shift).to(dev),
+        }
+    span = _key_mask(batch, "mass", lambda e: e.span, width, shift).to(dev) if "mass" in crits else None
+    return RowProbe(rows=rows, span_mask=span, want_argmax=bool(crits & ARGMAX), key_masks=key_masks)
+
+
+def _collect(probe: RowProbe, n_layers: int, crits: set[str]) -> dict[str, torch.Tensor]:
     """What one forward's probe recorded, each (L, b, h, r) on the CPU; the output score's row
     captures (per-layer dicts) are kept as they are, to be attributed once the targets are known."""
-    if cfg.score == "query":
-        return {name: _stack(probe, n_layers, name) for name in ("gold", "docs")}
-    if cfg.score == "output":
-        return {"head_out": dict(probe.head_out), "attn_norm_in": dict(probe.attn_norm_in), "final_in": probe.final_in}
-    return {"argmax": _stack(probe, n_layers, "argmax")} if probe.want_argmax else {"mass": _stack(probe, n_layers, "mass")}
+    parts = {}
+    if probe.want_argmax:
+        parts["argmax"] = _stack(probe, n_layers, "argmax")
+    if probe.span_mask is not None:
+        parts["mass"] = _stack(probe, n_layers, "mass")
+    for name in probe.key_masks:
+        parts[name] = _stack(probe, n_layers, name)
+    if "output" in crits:
+        parts["output"] = {"head_out": dict(probe.head_out), "attn_norm_in": dict(probe.attn_norm_in), "final_in": probe.final_in}
+    return parts
 
 
 def _attribute(model, caps: list[dict], targets: torch.Tensor, baseline) -> torch.Tensor:
@@ -123,50 +142,61 @@ def _attribute(model, caps: list[dict], targets: torch.Tensor, baseline) -> torc
     return logit_attribution(model, head_out, norm_in, final_in, targets.to(final_in.device), baseline).cpu()
 
 
-def _score_one(cfg, parts: dict, i: int, n_steps: int, span_row, key_canon, emit) -> tuple[np.ndarray, np.ndarray]:
-    """(hits, score), each (L, h), of batch row i from the batch's recorded parts."""
+def _score_one(cfg, part: dict, n_steps: int, span_row, key_canon, emit) -> tuple[np.ndarray, np.ndarray]:
+    """(hits, score), each (L, h), of one example from its rows of the recorded parts (L, h, r)."""
     if cfg.score == "query":
-        return query_tally(parts["gold"][:, i], parts["docs"][:, i], n_steps, cfg.query_norm)
+        return query_tally(part["gold"], part["docs"], n_steps, cfg.query_norm)
     if cfg.score == "output":
-        total = parts["dla"][:, i, :, :n_steps].double().sum(-1)  # logits summed over the answer steps
+        total = part["dla"][..., :n_steps].double().sum(-1)  # logits summed over the answer steps
         return total.numpy(), (total / max(n_steps, 1)).numpy()
-    am, ms = parts.get("argmax"), parts.get("mass")
-    return _tally(cfg, am[:, i] if am is not None else None, ms[:, i] if ms is not None else None, span_row, key_canon, emit, n_steps)
+    return _tally(cfg, part.get("argmax"), part.get("mass"), span_row, key_canon, emit, n_steps)
+
+
+def _rows_of(parts: dict, i: int, start: int, n: int) -> dict:
+    """Batch row i's probe rows start..start+n of every recorded part, each (L, h, n)."""
+    return {k: v[:, i, :, start : start + n] for k, v in parts.items() if isinstance(v, torch.Tensor)}
 
 
 @torch.no_grad()
-def _teacher_batch(model, batch: list[Example], cfg, canon, pad_id, baseline=None) -> list[dict]:
-    """One forward over prompt + gold answer, right-padded; probe rows p-1 for answer positions p
-    (the query score: the question's rows, n_steps = their number)."""
-    dev, L = model_device(model), model_shape(model).n_layers
-    seqs = [e.prompt_ids + e.answer_ids for e in batch]
+def _teacher_batch(model, batch: list[Group], cfgs: dict[str, ScoreConfig], canon, pad_id, baseline=None) -> list[dict[str, dict]]:
+    """One forward over prompt + gold answer, right-padded, for every criterion at once: each row
+    probes the query rows p-1 of its answer positions p, then (query score) the question's rows.
+    Returns per example {criterion: result} for the criteria that example has."""
+    dev, L, crits = model_device(model), model_shape(model).n_layers, set(cfgs)
+    first = [next(iter(g.values())) for g in batch]
+    seqs = [e.prompt_ids + e.answer_ids for e in first]
     n = max(map(len, seqs))
     ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), n, dtype=torch.long)
-    span = torch.zeros(len(batch), n, dtype=torch.bool)
-    for i, (e, s) in enumerate(zip(batch, seqs)):
+    for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-        span[i, e.span] = True
-    if cfg.score == "query":
-        steps = [e.query_rows for e in batch]
-    else:  # the query at t predicts t+1
-        steps = [list(range(len(e.prompt_ids) - 1, len(e.prompt_ids) - 1 + len(e.answer_ids))) for e in batch]
-    probe = _make_probe(cfg, _pad_rows(steps).to(dev), span, batch, n, [0] * len(batch), dev)
+    # the query at t predicts t+1; the query score's rows follow the answer rows
+    ans = [list(range(len(e.prompt_ids) - 1, len(e.prompt_ids) - 1 + len(e.answer_ids))) if crits - {"query"} else [] for e in first]
+    qrows = [g["query"].query_rows if "query" in g else [] for g in batch]
+    probe = _make_probe(crits, _pad_rows([a + q for a, q in zip(ans, qrows)]).to(dev), batch, n, [0] * len(batch), dev)
     set_probe(model, probe)
     # no mask when nothing is padded: SDPA then takes its causal (flash / memory-efficient) path
     am = None if bool(mask.all()) else mask.to(dev)
-    with row_outputs(model, probe) if cfg.score == "output" else contextlib.nullcontext():
+    with row_outputs(model, probe) if "output" in crits else contextlib.nullcontext():
         _decoder(model)(input_ids=ids.to(dev), attention_mask=am, use_cache=False)
     set_probe(model, None)
-    parts = _collect(probe, L, cfg)
-    if cfg.score == "output":
-        parts = {"dla": _attribute(model, [parts], _pad_rows([e.answer_ids for e in batch], fill=0), baseline)}
+    parts = _collect(probe, L, crits)
+    if "output" in crits:
+        targets = _pad_rows([e.answer_ids + [0] * len(q) for e, q in zip(first, qrows)], fill=0)
+        parts["dla"] = _attribute(model, [parts.pop("output")], targets, baseline)
     out = []
-    for i, e in enumerate(batch):
-        key_canon = torch.tensor(canon(ids[i].tolist())) if parts.get("argmax") is not None else None
-        hits, score = _score_one(cfg, parts, i, len(steps[i]), span[i], key_canon, torch.tensor(canon(e.answer_ids)))
-        out.append(dict(hits=hits, score=score, n_steps=len(steps[i]), success=None, answer=e.answer_text))
+    for i, g in enumerate(batch):
+        key_canon = torch.tensor(canon(ids[i].tolist())) if "argmax" in parts else None
+        res = {}
+        for c, e in g.items():
+            start, k = (len(ans[i]), len(qrows[i])) if c == "query" else (0, len(ans[i]))
+            span_row = torch.zeros(n, dtype=torch.bool)
+            span_row[e.span] = True
+            emit = torch.tensor(canon(e.answer_ids))
+            hits, score = _score_one(cfgs[c], _rows_of(parts, i, start, k), k, span_row, key_canon, emit)
+            res[c] = dict(hits=hits, score=score, n_steps=k, success=None, answer=e.answer_text)
+        out.append(res)
     return out
 
 
@@ -220,22 +250,22 @@ def _generate_batch(model, batch: list[Example], cfg, canon, pad_id, is_stop, de
     span = torch.zeros(len(batch), P, dtype=torch.bool)  # padded coordinates; later keys are outside S
     for i, e in enumerate(batch):
         span[i, [shift[i] + j for j in e.span]] = True
-    query = cfg.score == "query"
+    query, crits = cfg.score == "query", {cfg.score}
     prefill = _pad_rows([[s + j for j in e.query_rows] for e, s in zip(batch, shift)]) if query else None
-    probe = _make_probe(cfg, None, span, batch, P, shift, dev)
+    probe = _make_probe(crits, None, [{cfg.score: e} for e in batch], P, shift, dev)
     steps: list[dict] = []
 
     def on_step(k):
         if not query or k == 0:
-            steps.append(_collect(probe, L, cfg))
+            steps.append(_collect(probe, L, crits))
         if query:
             probe.layers = frozenset()  # the prefill's question rows only
         probe.clear()
 
     with row_outputs(model, probe) if cfg.score == "output" else contextlib.nullcontext():
         emitted = greedy_decode(model, [e.prompt_ids for e in batch], cfg.max_new_tokens, pad_id, is_stop, probe, on_step, prefill)
-    if cfg.score == "output":
-        parts = {"dla": _attribute(model, steps, _pad_rows(emitted, fill=0, width=len(steps)), baseline)}  # one row per step
+    if cfg.score == "output":  # one row per step
+        parts = {"dla": _attribute(model, [st["output"] for st in steps], _pad_rows(emitted, fill=0, width=len(steps)), baseline)}
     else:
         parts = {name: torch.cat([st[name] for st in steps], -1) for name in steps[0]}  # L, b, h, steps
     out = []
@@ -244,7 +274,8 @@ def _generate_batch(model, batch: list[Example], cfg, canon, pad_id, is_stop, de
         key_canon = torch.tensor(canon(seq)) if "argmax" in parts else None
         n = len(e.query_rows) if query else len(emitted[i])
         span_full = torch.nn.functional.pad(span[i], (0, len(seq) - P))
-        hits, score = _score_one(cfg, parts, i, n, span_full, key_canon, torch.tensor(canon(emitted[i]), dtype=torch.long))
+        emit = torch.tensor(canon(emitted[i]), dtype=torch.long)
+        hits, score = _score_one(cfg, _rows_of(parts, i, 0, n), n, span_full, key_canon, emit)
         text = decode(emitted[i]) if decode else " ".join(map(str, emitted[i]))
         ok = rouge1_recall(e.answer_text, text) > cfg.success_threshold if decode else None
         out.append(dict(hits=hits, score=score, n_steps=n, success=ok, answer=text))
@@ -270,13 +301,51 @@ def stop_rule(tokenizer, cfg: ScoreConfig, model=None) -> Callable[[int, int], b
     return is_stop
 
 
-def _output_baseline(model, cfg: ScoreConfig) -> torch.Tensor | None:
+def _output_baseline(model, crits: list[str], cfg: ScoreConfig) -> torch.Tensor | None:
     """The output score's path checked before any forward (a clear error for a model it cannot
     follow), and its baseline: the mean unembedding row (logit minus the mean logit), or None."""
-    if cfg.score != "output":
+    if "output" not in crits:
         return None
     check_output_path(model)
     return unembedding_mean(model) if cfg.output_baseline == "mean" else None
+
+
+COLUMNS = [
+    "example_id",
+    "layer",
+    "head",
+    "hits",
+    "n_steps",
+    "span_tokens",
+    "score",
+    "success",
+    "kept",
+    "answer",
+    "n_spans_located",
+    "n_citing_docs",
+]
+
+
+def _frame(e: Example, r: dict, cfg: ScoreConfig, L: int, H: int) -> pd.DataFrame:
+    """One example's rows of the per-example table (see ScoreResult)."""
+    success = r["success"]
+    kept = True if cfg.mode == "teacher" or cfg.keep_failed or success is None else bool(success)
+    return pd.DataFrame(
+        {
+            "example_id": e.id,
+            "layer": np.repeat(np.arange(L), H),
+            "head": np.tile(np.arange(H), L),
+            "hits": np.asarray(r["hits"], float).ravel(),
+            "n_steps": r["n_steps"],
+            "span_tokens": len(e.span),
+            "score": np.asarray(r["score"], float).ravel(),
+            "success": pd.array([success] * (L * H), dtype="boolean"),
+            "kept": kept,
+            "answer": r["answer"],
+            "n_spans_located": e.n_spans_located,
+            "n_citing_docs": e.n_citing_docs,
+        }
+    )
 
 
 def score_examples(
@@ -288,75 +357,66 @@ def score_examples(
     decode: Callable[[list[int]], str] | None = None,
     is_stop: Callable[[int, int], bool] | None = None,
 ) -> pd.DataFrame:
-    """Score token-level examples; the per-example long table (see ScoreResult).
+    """Score token-level examples by `cfg.score` alone; the per-example long table (see ScoreResult)."""
+    one = cfg.for_criterion(cfg.score)
+    return score_groups(model, [{cfg.score: e} for e in examples], one, pad_id=pad_id, decode=decode, is_stop=is_stop)[cfg.score]
 
-    Examples are batched in order of length (less padding), `cfg.batch_size` at a time (`auto`:
-    sized to the GPU's memory, models.batching).
+
+def score_groups(
+    model,
+    groups: list[Group],
+    cfg: ScoreConfig,
+    *,
+    pad_id: int = 0,
+    decode: Callable[[list[int]], str] | None = None,
+    is_stop: Callable[[int, int], bool] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Score examples by every criterion of `cfg` (`all_criteria`); per criterion its per-example
+    long table (see ScoreResult). `groups`: per record its Example for each criterion that can
+    score it (same prompt and answer tokens).
+
+    Teacher mode runs ONE forward per batch for all criteria; generate mode decodes once per
+    criterion. Examples are batched in order of length (less padding), `cfg.batch_size` at a time
+    (`auto`: sized to the GPU's memory, models.batching).
     """
     cfg.check()
     attention_modules(model)  # a clear error when attention cannot be instrumented
-    shape = model_shape(model)
+    crits = cfg.all_criteria()
+    groups = [{c: e for c, e in g.items() if c in crits} for g in groups]  # the criteria asked for only
+    if cfg.mode == "generate" and len(crits) > 1:
+        kw = dict(pad_id=pad_id, decode=decode, is_stop=is_stop)
+        return {c: score_groups(model, [{c: g[c]} for g in groups if c in g], cfg.for_criterion(c), **kw)[c] for c in crits}
+    cfgs = {c: cfg.for_criterion(c) for c in crits}
+    L, H = model_shape(model).n_layers, model_shape(model).n_heads
     canon = Canon(cfg.match or "id", decode)  # unresolved (None): the examples' rendering is unknown here
     is_stop = is_stop or (lambda t, n: False)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].answer_ids))
-    results: dict[int, dict] = {}
+    size = lambda g: len(next(iter(g.values())).prompt_ids) + len(next(iter(g.values())).answer_ids)  # noqa: E731
+    order = sorted((i for i, g in enumerate(groups) if g), key=lambda i: size(groups[i]))
+    results: dict[int, dict[str, dict]] = {}
     was_training = model.training
     model.eval()
-    baseline = _output_baseline(model, cfg)
+    baseline = _output_baseline(model, crits, cfg)
 
     def run(idx: list[int]) -> None:
-        batch = [examples[i] for i in idx]
+        batch = [groups[i] for i in idx]
         if cfg.mode == "teacher":
-            res = _teacher_batch(model, batch, cfg, canon, pad_id, baseline)
+            res = _teacher_batch(model, batch, cfgs, canon, pad_id, baseline)
         else:
-            res = _generate_batch(model, batch, cfg, canon, pad_id, is_stop, decode, baseline)
+            done = _generate_batch(model, [g[cfg.score] for g in batch], cfg, canon, pad_id, is_stop, decode, baseline)
+            res = [{cfg.score: r} for r in done]
         results.update(zip(idx, res))
 
-    bar = tqdm(total=len(order), desc=f"heads {cfg.mode}", unit="ex", leave=False)
+    what = cfg.score if len(crits) == 1 else "+".join(crits)
+    bar = tqdm(total=len(order), desc=f"heads {cfg.mode} {what}", unit="ex", leave=True)
     with instrumented(model):
         for_batches(order, cfg.batch_size, run, model_device(model), bar)
     bar.close()
     model.train(was_training)
-    L, H = shape.n_layers, shape.n_heads
-    layer, head = np.repeat(np.arange(L), H), np.tile(np.arange(H), L)
-    frames = []
-    for i, e in enumerate(examples):
-        r = results[i]
-        success = r["success"]
-        kept = True if cfg.mode == "teacher" or cfg.keep_failed or success is None else bool(success)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "example_id": e.id,
-                    "layer": layer,
-                    "head": head,
-                    "hits": np.asarray(r["hits"], float).ravel(),
-                    "n_steps": r["n_steps"],
-                    "span_tokens": len(e.span),
-                    "score": np.asarray(r["score"], float).ravel(),
-                    "success": pd.array([success] * (L * H), dtype="boolean"),
-                    "kept": kept,
-                    "answer": r["answer"],
-                    "n_spans_located": e.n_spans_located,
-                    "n_citing_docs": e.n_citing_docs,
-                }
-            )
-        )
-    cols = [
-        "example_id",
-        "layer",
-        "head",
-        "hits",
-        "n_steps",
-        "span_tokens",
-        "score",
-        "success",
-        "kept",
-        "answer",
-        "n_spans_located",
-        "n_citing_docs",
-    ]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    out = {}
+    for c in crits:
+        frames = [_frame(g[c], results[i][c], cfgs[c], L, H) for i, g in enumerate(groups) if c in g]
+        out[c] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    return out
 
 
 def head_table(per_example: pd.DataFrame, shape=None) -> pd.DataFrame:
@@ -371,15 +431,17 @@ def head_table(per_example: pd.DataFrame, shape=None) -> pd.DataFrame:
 
 
 def score_heads(model, tokenizer, records, cfg: ScoreConfig) -> ScoreResult:
-    """Score every attention head of `model` on `records` (SPEC §2).
+    """Score every attention head of `model` on `records` (SPEC §2), by `cfg.score` and by each of
+    `cfg.criteria` (in `others`), on the same records.
 
     Args:
         model: a causal LM (any transformers Llama/Mistral/Qwen/Gemma-style model, or a peft wrap).
         tokenizer: its fast tokenizer (rendering, chat template, stop tokens, loose matching).
         records: needlework Records.
-        cfg: mode, score, batching, matching options.
+        cfg: mode, score, criteria, batching, matching options.
     Returns:
-        ScoreResult with the per-example long table, the per-head table and the skipped ids.
+        ScoreResult of `cfg.score` with the per-example long table, the per-head table and the
+        skipped ids; `others` holds one per further criterion.
     Raises:
         NeedleworkError: bad options, or a model whose attention cannot be instrumented.
     """
@@ -387,8 +449,17 @@ def score_heads(model, tokenizer, records, cfg: ScoreConfig) -> ScoreResult:
     cfg = cfg.resolved(tokenizer)  # chat and match decided once, for rendering and matching alike
     attention_modules(model)
     records = list(records)[: cfg.limit] if cfg.limit else list(records)
-    located: dict[str, tuple[int, int]] = {}
-    examples, skipped = prepare_examples(records, tokenizer, cfg, coverage=located)
+    crits = cfg.all_criteria()
+    rendered: dict[int, object] = {}  # each record rendered once for every criterion
+    prepared = {}
+    for c in crits:
+        located: dict[str, tuple[int, int]] = {}
+        examples, skipped = prepare_examples(records, tokenizer, cfg.for_criterion(c), coverage=located, rendered=rendered)
+        prepared[c] = ({e.id: e for e in examples}, skipped, located)
+    groups = [{c: prepared[c][0][r.id] for c in crits if r.id in prepared[c][0]} for r in records]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    per = score_examples(model, examples, cfg, pad_id=pad_id, decode=tokenizer.decode, is_stop=stop_rule(tokenizer, cfg, model))
-    return ScoreResult(per, head_table(per, model_shape(model)), skipped, len(records), span_coverage(located))
+    per = score_groups(model, groups, cfg, pad_id=pad_id, decode=tokenizer.decode, is_stop=stop_rule(tokenizer, cfg, model))
+    shape = model_shape(model)
+    res = {c: ScoreResult(per[c], head_table(per[c], shape), prepared[c][1], len(records), span_coverage(prepared[c][2])) for c in crits}
+    res[cfg.score].others = {c: res[c] for c in crits[1:]}
+    return res[cfg.score]

@@ -29,24 +29,26 @@ KNOCKOUT = Options(
     KnockoutConfig,
     given_only=True,
     prefix="ko_",
-    fields=("top", "threshold", "heads", "mode", "random_seeds", "mean_reference"),
+    fields=("top", "threshold", "heads", "criterion", "mode", "random_seeds", "mean_reference"),
     flags={"heads": ("--list",)},
     minimum={"top": 1, "random_seeds": 0},
     help={
         "heads": "explicit heads LAYER-HEAD,..., e.g. 17-3,18-0",
         "top": "knock out the top-K heads",
         "threshold": "knock out every head scoring above T",
+        "criterion": "rank heads by this criterion of a folder scored with several (heads score --criteria; default: its --score)",
     },
 )
 PATCH = Options(
     PatchConfig,
     given_only=True,
-    fields=("set", "top", "threshold", "random_seeds", "random_like"),
+    fields=("set", "top", "threshold", "criterion", "random_seeds", "random_like"),
     minimum={"top": 1, "random_seeds": 1},
     help={
         "set": "intersection | complement | random | all (several comma-separated: one pass) | L-H,...",
         "top": "retrieval heads = each model's top-K",
         "threshold": "retrieval heads = heads scoring above T",
+        "criterion": "rank heads by this criterion of folders scored with several (heads score --criteria; default: their --score)",
         "random_like": "each (a size- and layer-matched control per intersection/complement) | complement | intersection",
     },
 )

@@ -270,7 +270,7 @@ def run_knockout(
     records = read_jsonl(records) if data_path else list(records)
     records = records[: cfg.eval.limit] if cfg.eval.limit is not None else records
     check_records(records)
-    table = load_scores(heads_table) if heads_table is not None else None
+    table = load_scores(heads_table, cfg.criterion) if heads_table is not None else None
     model, tok = load_model(model_cfg)
     chat = resolve_chat(cfg.eval.chat, tok)
     trained_chat = check_rendering(model_cfg, chat)

@@ -371,7 +371,7 @@ def run_patch(
     records = records[: cfg.eval.limit] if cfg.eval.limit is not None else records
     check_records(records)
     explicit = cfg.set == "all" or "-" in cfg.set
-    tables = [load_scores(t) if t is not None else None for t in (heads_source, heads_target)]
+    tables = [load_scores(t, cfg.criterion) if t is not None else None for t in (heads_source, heads_target)]
     if not explicit and any(t is None for t in tables):
         raise NeedleworkError(f"--set {cfg.set} needs the head scores of both models", "pass --heads-source and --heads-target")
     source, target, tok = load_pair(source_cfg, target_cfg)
