@@ -61,6 +61,24 @@ def test_teacher_hits_equal_reference_beyond_the_sliding_window(gemma):
     assert got == ref
 
 
+def test_all_criteria_in_one_forward_keep_the_exact_hits(gemma):
+    """`criteria` on Gemma-3 (local and global layers): the retrieval hits of the forward shared with
+    the query and output criteria still equal the reference, and the others score the record."""
+    from needlework.heads.score import score_heads
+
+    model, tok = gemma
+    rec = _record("Marlowe", "The lighthouse keeper of Quillby was named Marlowe.", "Who kept the lighthouse of Quillby?", 12)
+    cfg = ScoreConfig(mode="teacher", batch_size=1, match="id", chat=False, criteria=["query", "output"])
+    res = score_heads(model, tok, [rec], cfg)
+    (e,), _ = prepare_examples([rec], tok, cfg)
+    ref = reference_hits(model, e.prompt_ids, e.answer_ids, e.span)
+    assert {(int(r.layer), int(r.head)): r.hits for r in res.per_example.itertuples()} == ref
+    for c in ("query", "output"):
+        sub = res.others[c].per_example
+        assert set(sub.example_id) == {"g0"} and len(sub) == 18 * 4 and sub.score.notna().all(), c
+    assert res.others["query"].per_example.score.between(0, 1).all()
+
+
 def test_knockout_equals_zeroing_the_output_projection(gemma):
     model, tok = gemma
     ids = torch.tensor([tok(FILLER * 8)["input_ids"][:700]])
