@@ -1,7 +1,8 @@
-"""Fixtures for the report tests: complete studies written by fake stages, one without and one with
-early prediction (and stop_early). The fakes here extend tests/study's: real evaluation records
-(gold documents at known depths), per-example predictions, a falling training loss, and knockout
-and patching results with per-example rows, so that every section of the report has its input."""
+"""Fixtures for the report tests: complete studies written by fake stages, a plain one, one with
+early prediction (and stop_early) and one scoring several head criteria. The fakes here extend
+tests/study's: real evaluation records (gold documents at known depths), per-example predictions,
+a falling training loss, and knockout and patching results with per-example rows, so that every
+section of the report has its input."""
 
 from __future__ import annotations
 
@@ -168,10 +169,12 @@ def report_stages() -> dict:
     }
 
 
-def report_config(early: bool = False) -> dict:
+def report_config(early: bool = False, criteria: bool = False) -> dict:
+    """The fake study of the report tests (with early prediction and stop_early, or with the query and
+    output criteria scored beside retrieval)."""
     import study_helpers as H
 
-    cfg = H.fake_early_config(stop_early=True) if early else H.fake_config()
+    cfg = H.fake_early_config(stop_early=True) if early else H.fake_criteria_config() if criteria else H.fake_config()
     cfg["sizes"]["n_eval"] = N_EVAL
     cfg["knockout"]["limit"] = 12
     cfg["patch"]["limit"] = 12
@@ -197,3 +200,8 @@ def fake_study(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fake_early_study(tmp_path_factory) -> Path:
     return _fake_study(tmp_path_factory.mktemp("early"), report_config(early=True))
+
+
+@pytest.fixture(scope="module")
+def fake_criteria_study(tmp_path_factory) -> Path:
+    return _fake_study(tmp_path_factory.mktemp("criteria"), report_config(criteria=True))

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from needlework.report.readings import reading_correlation, reading_heads, reading_knockout, reading_patch, reading_scores
+from needlework.report.readings import (
+    NO_CONCLUSION,
+    reading_agreement,
+    reading_correlation,
+    reading_criteria,
+    reading_heads,
+    reading_knockout,
+    reading_patch,
+    reading_scores,
+)
 from needlework.report.views import knockout_view, patch_view
 
 
@@ -139,3 +148,43 @@ def test_patch_view_pairs_each_set_with_its_own_controls_and_flags_an_old_size_m
     # no gap between source and target: nothing to recover, no conclusion
     summ, per = _patch_summary({"source": tgt, "target": tgt, "intersection": inter})
     assert "no gap to recover: no conclusion at this size" in reading_patch(patch_view(summ, per))
+
+
+def _pred(criterion, r, lo, hi, p=0.01, n=7, best=False):
+    return {"criterion": criterion, "n": n, "spearman": {"r": r, "lo": lo, "hi": hi, "p": p}, "best": best}
+
+
+def _crit(preds, clear, overlapping=(), n=7):
+    best = next((p["criterion"] for p in preds if p["best"]), None)
+    return {"predictors": preds, "best": best, "clear": clear, "overlapping": list(overlapping), "n": n}
+
+
+def test_the_best_criterion_is_named_only_when_the_intervals_say_so():
+    clear = _crit([_pred("query", 0.9, 0.7, 1.0, best=True), _pred("retrieval", 0.2, -0.4, 0.6)], clear=True)
+    r = reading_criteria(clear)
+    assert r.startswith("Recall of the query heads has the highest Spearman correlation with the score, 0.90 [0.70, 1.00] (p=0.010")
+    assert "its interval lies above every other criterion's, so query recall predicts the score best at this size" in r
+    assert "(below it: retrieval 0.20 [-0.40, 0.60])" in r and "no conclusion" not in r
+    overlap = _crit([_pred("query", 0.9, 0.5, 1.0, best=True), _pred("output", 0.7, 0.1, 0.95)], clear=False, overlapping=["output"])
+    r = reading_criteria(overlap)
+    assert "but its interval overlaps those of output 0.70 [0.10, 0.95]: no conclusion at this size about which criterion" in r
+    weak = _crit([_pred("mass", 0.5, 0.1, 0.8, p=0.2, best=True), _pred("query", -0.6, -0.9, 0.0)], clear=True)
+    assert "its own interval includes 0 or p ≥ 0.05: no conclusion at this size that it predicts the score" in reading_criteria(weak)
+    few = _crit([_pred("query", 1.0, float("nan"), float("nan"), n=2, best=True)], clear=False, n=2)
+    assert reading_criteria(few) == "Too few training sets with distinct recall to rank the criteria (n=2 sets): " + NO_CONCLUSION + "."
+
+
+def test_the_agreement_reading_names_the_closest_and_farthest_criteria():
+    a = {"criteria": ["retrieval", "query", "output"], "jaccard": [[1, 0.5, 0], [0.5, 1, 0.2], [0, 0.2, 1]]}
+    a["shared"] = [[3, 2, 0], [2, 3, 1], [0, 1, 3]]
+    r = reading_agreement(a, "top-3 heads")
+    assert r == (
+        "The reference model's head sets (top-3 heads) agree most between retrieval and query (Jaccard 0.50, 2 heads shared) "
+        "and least between retrieval and output (Jaccard 0.00, 0 heads shared)."
+    )
+    two = {"criteria": ["retrieval", "output"], "jaccard": [[1, 0.25], [0.25, 1]], "shared": [[2, 1], [1, 3]]}
+    assert reading_agreement(two, "heads above 0.1") == (
+        "The reference model's head sets (heads above 0.1) overlap between retrieval and output (Jaccard 0.25, 1 head shared)."
+    )
+    apart = {"criteria": ["a", "b"], "jaccard": [[1, 0.0], [0.0, 1]], "shared": [[3, 0], [0, 3]]}
+    assert reading_agreement(apart, "top-3 heads") == "No two criteria share a head of the reference model's head sets (top-3 heads)."

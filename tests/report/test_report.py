@@ -136,6 +136,51 @@ def test_report_early_prediction_section(fake_early_study):
     assert summary_lines(fake_early_study)[-1].startswith("tiny/mdqa: early prediction: The predicted ranking of the sets matches")
 
 
+CRITERIA_SECTIONS = SECTIONS[:3] + ["criteria-tiny_mdqa"] + SECTIONS[3:]
+
+
+def test_report_head_criteria_section(fake_criteria_study, fake_study):
+    """The fake criteria (tests/study/study_helpers.py: CRITERIA_START, DEMOTE): across hl, lh, ll, sym,
+    recall is Spearman 1 with the score under retrieval, 0.8 under output, -1 under query; the
+    reference's top-3 heads are retrieval {0-0, 0-1, 0-2}, query {0-1, 0-2, 1-0}, output {1-0, 1-1, 1-2}."""
+    html = write_report(fake_criteria_study).read_text()
+    assert re.findall(r"<h2 id='([^']+)'>", html) == CRITERIA_SECTIONS
+    section = html[html.index("<h2 id='criteria-tiny_mdqa'>") : html.index("<h2 id='depth'>")]
+    # the best-predictor table, ranked by Spearman rho, the best marked (and highlighted)
+    best = re.search(r"<table id=\"criteria-best-tiny_mdqa\">(.*?)</table>", section, re.S).group(1)
+    assert re.findall(r"<td class='l'>([^<]+)</td>", best) == ["retrieval (best, main)", "output", "query"]
+    assert "<tr class='ref'><td class='l'>retrieval (best, main)</td><td>4</td><td>1.00 [1.00, 1.00]</td><td>0.000</td>" in best
+    assert "<td class='l'>query</td><td>4</td><td>-1.00 [-1.00, -1.00]</td>" in best
+    text = _text(section)
+    # 4 sets: output's interval reaches retrieval's, so no single best is named
+    assert "Recall of the retrieval heads has the highest Spearman correlation with the score, 1.00 [1.00, 1.00]" in text
+    assert "but its interval overlaps those of output 0.80 [-1.00, 1.00]: no conclusion at this size about which criterion" in text
+    # each set's recall under every criterion
+    assert "<tr><td class='l'>ll</td><td>0.33 [0.33, 0.33]</td><td>0.67 [0.67, 0.67]</td><td>0.67 [0.67, 0.67]</td></tr>" in section
+    # the agreement matrix: Jaccard (shared heads) of the reference's head sets
+    matrix = re.search(r"<table id=\"criteria-agreement-tiny_mdqa\">(.*?)</table>", section, re.S).group(1)
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", matrix, re.S)[1:]]
+    assert rows == [
+        ["retrieval", "3 heads", "0.50 (2)", "0.00 (0)"],
+        ["query", "0.50 (2)", "3 heads", "0.20 (1)"],
+        ["output", "0.00 (0)", "0.20 (1)", "3 heads"],
+    ]
+    assert "agree most between retrieval and query (Jaccard 0.50, 2 heads shared) and least between retrieval and output" in text
+    assert "further criteria query, output on the same examples" in _text(html)  # methods
+    assert summary_lines(fake_criteria_study)[-1].startswith("tiny/mdqa: head criteria: Recall of the retrieval heads")
+    # results.csv: the recall under each criterion, with its interval
+    import pandas as pd
+
+    df = pd.read_csv(fake_criteria_study / "report" / "results.csv").set_index("set")
+    for c in ("retrieval", "query", "output"):
+        assert {f"recall_{c}", f"recall_{c}_lo", f"recall_{c}_hi"} <= set(df.columns), c
+    assert df.loc["ll", "recall_query"] == pytest.approx(2 / 3) and df.loc["ll", "recall"] == pytest.approx(1 / 3)
+    # a study of one criterion: no section, no columns
+    assert "criteria-" not in write_report(fake_study).read_text()
+    cols = set(pd.read_csv(fake_study / "report" / "results.csv").columns)
+    assert {"recall", "recall_lo", "recall_hi"} <= cols and not {c for c in cols if c.startswith("recall_")} - {"recall_lo", "recall_hi"}
+
+
 def test_report_needs_a_study(tmp_path):
     with pytest.raises(NeedleworkError, match="no study.json"):
         write_report(tmp_path)
@@ -227,6 +272,29 @@ def test_report_renders_in_headless_chromium(fake_study, tmp_path):
         loaded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
         assert loaded.count(False) == 1
         assert any(e["level"] == "SEVERE" for e in driver.get_log("browser"))
+    finally:
+        driver.quit()
+
+
+@NEEDS_CHROMIUM
+def test_report_with_head_criteria_renders_in_headless_chromium(fake_criteria_study, tmp_path):
+    page = write_report(fake_criteria_study)
+    driver = _chromium(tmp_path)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(page.as_uri())
+        loaded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        assert len(loaded) == 6 and all(loaded), loaded  # the criteria section adds tables, no figure
+        _check_sections(driver, CRITERIA_SECTIONS)
+        cells = driver.execute_script(
+            "return ['criteria-best-tiny_mdqa', 'criteria-agreement-tiny_mdqa'].map(id => {"
+            " const t = document.getElementById(id); return t ? [t.rows.length, t.rows[1].cells.length] : null; })"
+        )
+        assert cells == [[4, 6], [4, 4]]  # header + 3 criteria; 6 columns, a 3 x 3 matrix beside the names
+        highlighted = driver.execute_script("return document.querySelector('#criteria-best-tiny_mdqa tr.ref').cells[0].textContent")
+        assert highlighted == "retrieval (best, main)"
+        _screenshot(driver, _shot_dir(tmp_path) / "report-fake-criteria-study.png")
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()
 

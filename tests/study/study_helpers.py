@@ -131,16 +131,31 @@ def fake_evaluate(ctx):
     EvalResult(predictions=preds, summary=summ).write(ctx.out)
 
 
-def _heads(set_name: str, n_layers: int = 4, n_heads: int = 3):
+# Per criterion of a fake study scored with several (`score.criteria`): where the criterion's
+# ranking starts (its best head is flat head `start`, then start + 1, ...: the reference's top-3
+# are retrieval {0-0, 0-1, 0-2}, query {0-1, 0-2, 1-0}, output {1-0, 1-1, 1-2}) and how many of
+# their top heads each set loses. Query recall falls as the score rises (Spearman -1 over hl, lh,
+# ll, sym), output recall (1, 1/3, 2/3, 0) follows it roughly (Spearman 0.8), retrieval exactly (1).
+CRITERIA_START = {"retrieval": 0, "query": 1, "output": 3, "insight": 6, "mass": 9}
+DEMOTE = {
+    "retrieval": {"hh": 0, "hl": 0, "lh": 1, "ll": 2, "sym": 3, "base": 2},
+    "query": {"hh": 0, "hl": 3, "lh": 2, "ll": 1, "sym": 0, "base": 2},
+    "output": {"hh": 0, "hl": 0, "lh": 2, "ll": 1, "sym": 3, "base": 2},
+}
+
+
+def _heads(set_name: str, n_layers: int = 4, n_heads: int = 3, criterion: str = "retrieval"):
     """Per-head and per-example tables; less realistic sets lose more of the reference's top-3
-    heads (hl none, lh 1, ll 2, sym 3), so head recall falls with realism as the fake scores do."""
+    heads (hl none, lh 1, ll 2, sym 3), so head recall falls with realism as the fake scores do.
+    Another `criterion` ranks the heads from its own start and loses its own (CRITERIA_START, DEMOTE)."""
     import numpy as np
     import pandas as pd
 
     base = np.linspace(0.05, 0.9, n_layers * n_heads)[::-1].copy()  # head 0 is the best
-    demote = {"hh": 0, "hl": 0, "lh": 1, "ll": 2, "sym": 3, "base": 2}.get(set_name, 1)
-    v = base.copy()
-    v[:demote] = 0.01  # lost top heads
+    start = CRITERIA_START.get(criterion, 0)
+    demote = DEMOTE.get(criterion, DEMOTE["retrieval"]).get(set_name, 1)
+    v = np.roll(base, start)  # the criterion's best head is `start`
+    v[start : start + demote] = 0.01  # lost top heads
     rows = []
     for ex in range(4):
         for i, x in enumerate(v):
@@ -160,11 +175,25 @@ def _heads(set_name: str, n_layers: int = 4, n_heads: int = 3):
 
 
 def fake_score(ctx):
+    """The fake heads of this set (`_heads`) under the slice's primary score; with `criteria` in the
+    slice, the other criteria's in the criteria tables and the options that name them."""
+    import pandas as pd
+
     from needlework.artifacts import HeadScores
 
     CALLS.append(("score", ctx.node.label))
-    heads, per = _heads(ctx.node.set, SHAPE["n_layers"], SHAPE["n_heads"])
-    HeadScores(heads=heads, per_example=per, meta={"model_config": MODEL, "shape": SHAPE}).write(ctx.out)
+    score = ctx.node.slice["score"]
+    crits = [c for c in score.get("criteria", []) if c != score["score"]]
+    heads, per = _heads(ctx.node.set, SHAPE["n_layers"], SHAPE["n_heads"], score["score"] if crits else "retrieval")
+    meta: dict = {"model_config": MODEL, "shape": SHAPE}
+    if not crits:  # one criterion: what fake studies wrote before criteria existed
+        HeadScores(heads=heads, per_example=per, meta=meta).write(ctx.out)
+        return
+    tables = [(c, *_heads(ctx.node.set, SHAPE["n_layers"], SHAPE["n_heads"], c)) for c in crits]
+    c_heads = pd.concat([h.assign(criterion=c) for c, h, _ in tables], ignore_index=True)
+    c_per = pd.concat([p.assign(criterion=c) for c, _, p in tables], ignore_index=True)
+    meta["options"] = {"score": score["score"], "criteria": crits}
+    HeadScores(heads=heads, per_example=per, criteria_heads=c_heads, criteria_per_example=c_per, meta=meta).write(ctx.out)
 
 
 # How well each fake set learns the reference's top heads early on: its probe recall rises with
@@ -297,3 +326,13 @@ def slow_evaluate(ctx):
 
 def slow_stages() -> dict:
     return {**fake_stages(), "train": slow_train, "evaluate": slow_evaluate}
+
+
+def fake_criteria_config(criterion: str | None = None) -> dict:
+    """The fake study scoring retrieval, query and output heads (`score.criteria`), the main
+    criterion `criterion` (None: retrieval, the primary)."""
+    cfg = fake_config()
+    cfg["score"]["criteria"] = ["query", "output"]
+    if criterion is not None:
+        cfg["heads"]["criterion"] = criterion
+    return cfg

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from needlework.artifacts import Analysis, EvalResult, HeadScores, KnockoutResult, PatchResult, TrainRun
+from needlework.artifacts import Analysis, Comparison, EvalResult, HeadScores, KnockoutResult, PatchResult, TrainRun
 from needlework.study.config import from_dict
 from needlework.study.engine import run_study
 
@@ -28,6 +28,7 @@ def _cfg(model_dir: str) -> dict:
     from study_helpers import tiny_config
 
     c = tiny_config(model_dir)
+    c["score"]["criteria"] = ["query", "output"]  # scored in the retrieval score's forward (teacher mode)
     c["knockout"].update({"random_seeds": 1, "limit": 2})
     c["patch"].update({"kinds": ["intersection"], "limit": 2})
     return c
@@ -75,6 +76,17 @@ def test_two_variant_study_runs_end_to_end(baseline):
     assert [r["condition"] for r in patch.rows()] == ["source", "target", "intersection"] and patch.shape == scores.shape
     an = Analysis.read(d[("analysis", "")]).result
     assert [r["set"] for r in an["rows"]] == ["hh", "ll"] and an["rows"][0]["recall"] == 1.0
+    # the query and output criteria, scored on the same examples, compared and analysed beside retrieval
+    assert scores.criteria() == ["retrieval", "query", "output"] and len(scores.criterion("output").heads) == 2 * 4
+    cmp = Comparison.read(d[("compare", "ll")]).result
+    assert set(cmp["criteria"]) == {"retrieval", "query", "output"} and cmp["criteria"]["retrieval"]["recall"] == cmp["recall"]
+    crit = an["criteria"]
+    assert crit["main"] == "retrieval" and [len(v) for v in crit["head_sets"].values()] == [3, 3, 3]  # top-3 each
+    jac = crit["agreement"]["jaccard"]
+    assert [jac[i][i] for i in range(3)] == [1.0, 1.0, 1.0] and all(0 <= x <= 1 for row in jac for x in row)
+    assert crit["recall"]["hh"]["query"]["mean"] == 1.0 and crit["n"] == 1 and crit["best"] is None  # one set: nothing to rank
+    html = (out / "report" / "index.html").read_text()
+    assert "<h2 id='criteria-tiny_mdqa'>" in html and "Too few training sets with distinct recall to rank the criteria" in html
     assert (out / "report" / "index.html").exists() and (out / "config.yaml").exists()
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["models"]["tiny"]["name"] == _cfg(saved["models"]["tiny"]["name"])["models"]["tiny"]["name"]

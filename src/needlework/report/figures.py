@@ -38,7 +38,8 @@ def fig_scores(rows: list[dict], title: str, path: Path) -> str:
     return save_png(fig, path)
 
 
-def fig_heatmaps(tables: dict[str, Any], title: str, path: Path) -> str:
+def fig_heatmaps(tables: dict[str, Any], title: str, path: Path, label: str = "retrieval score") -> str:
+    """One layer x head panel of mean scores per set, on one colour scale (`label`: the colour bar's)."""
     import numpy as np
 
     plt = pyplot()
@@ -47,10 +48,11 @@ def fig_heatmaps(tables: dict[str, Any], title: str, path: Path) -> str:
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False, constrained_layout=True)
     vmax = max([float(np.nanmax(t["mean"].to_numpy(float))) for t in tables.values()] + [1e-9])
+    vmin = min([float(np.nanmin(t["mean"].to_numpy(float))) for t in tables.values()] + [0.0])  # below 0: the output score's logits
     im = None
     for ax, (name, t) in zip(axes.ravel(), tables.items()):
         grid = t.pivot_table(index="layer", columns="head", values="mean").sort_index()
-        im = ax.imshow(grid.to_numpy(float), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=vmax)
+        im = ax.imshow(grid.to_numpy(float), aspect="auto", origin="lower", cmap="viridis", vmin=vmin, vmax=vmax)
         ax.set_title(name, fontsize=9)
         for axis, labels in ((ax.set_xticks, list(grid.columns)), (ax.set_yticks, list(grid.index))):
             step = max(1, len(labels) // 8)  # at most ~8 tick labels per axis
@@ -60,7 +62,7 @@ def fig_heatmaps(tables: dict[str, Any], title: str, path: Path) -> str:
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="retrieval score")
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
     fig.suptitle(title)
     return save_png(fig, path)
 
@@ -72,8 +74,9 @@ def _zoom(values: list[float], pad: float = 0.08) -> tuple[float, float]:
     return lo - pad * span - 0.01, hi + pad * span + 0.01
 
 
-def fig_scatter(an: dict, title: str, path: Path) -> str:
-    """Recall vs score per set with error bars both ways, the fitted line, and a legend."""
+def fig_scatter(an: dict, title: str, path: Path, criterion: str = "retrieval") -> str:
+    """Recall vs score per set with error bars both ways, the fitted line, and a legend (`criterion`:
+    whose heads the recall is of)."""
     import numpy as np
 
     plt = pyplot()
@@ -105,7 +108,7 @@ def fig_scatter(an: dict, title: str, path: Path) -> str:
     if pts:
         ax.set_xlim(*_zoom([r["recall"] for r in pts] + [r["recall_lo"] for r in pts if finite(r["recall_lo"])]))
     c = an["recall_vs_score"]
-    ax.set_xlabel("recall of the reference's retrieval heads", fontsize=10)
+    ax.set_xlabel(f"recall of the reference's {criterion} heads", fontsize=10)
     ax.set_ylabel(an["rows"][0]["metric"] if an["rows"] else "score", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     sp = c["spearman"]

@@ -149,8 +149,10 @@ HEAD_STATS = ("recall", "precision", "jaccard", "cosine", "spearman")
 
 def results_rows(runs: list[SetRun], analyses: list[dict]) -> list[dict]:
     """One row per model x task x training set: every evaluation metric with its interval, the head
-    statistics against the reference with theirs (when the analysis ran), and the final loss."""
+    statistics against the reference with theirs (when the analysis ran), with several head criteria
+    the recall under each (`recall_<criterion>`, `_lo`, `_hi`), and the final loss."""
     by_key = {(an["model"], an["task"], r["set"]): r for an in analyses for r in an["rows"]}
+    crit = {(an["model"], an["task"]): an["criteria"] for an in analyses if an.get("criteria")}
     rows = []
     for run in runs:
         t = run.eval.summary["tasks"][run.task]
@@ -162,6 +164,10 @@ def results_rows(runs: list[SetRun], analyses: list[dict]) -> list[dict]:
         for m in HEAD_STATS:
             row |= {m: a.get(m), f"{m}_lo": a.get(f"{m}_lo"), f"{m}_hi": a.get(f"{m}_hi")}
         row |= {"n_heads": a.get("n_heads"), "n_above_threshold": a.get("n_above_threshold"), "stopped_at": a.get("stopped_at")}
+        c = crit.get((run.model, run.task))
+        for name in c["criteria"] if c else []:
+            m = c["recall"].get(run.set, {}).get(name) or {}
+            row |= {f"recall_{name}": m.get("mean"), f"recall_{name}_lo": m.get("lo"), f"recall_{name}_hi": m.get("hi")}
         losses = [x["loss"] for x in run.log if "loss" in x]
         row["final_loss"] = losses[-1] if losses else None
         rows.append(row)

@@ -12,7 +12,9 @@ from needlework.report.html import finite, fmt
 __all__ = [
     "NO_CONCLUSION",
     "compare_interval",
+    "reading_agreement",
     "reading_correlation",
+    "reading_criteria",
     "reading_depth",
     "reading_heads",
     "reading_knockout",
@@ -179,3 +181,55 @@ def reading_depth(bins: list[dict]) -> str:
     if lost:
         return f"Lost in the middle: accuracy at depth {mid['bin']} lies below both ends: {nums}."
     return f"Accuracy by needle depth: {nums}; the intervals overlap: {NO_CONCLUSION} about a depth effect."
+
+
+def _rho(s: dict) -> str:
+    return f"{fmt(s['r'])} [{fmt(s['lo'])}, {fmt(s['hi'])}]" if finite(s.get("lo")) else f"{fmt(s['r'])} (no interval)"
+
+
+def reading_criteria(c: dict) -> str:
+    """Which criterion's head recall predicts the score best across training sets, by interval: a
+    best is named only when its Spearman interval lies above every other criterion's, and it is
+    said to predict the score only when its own interval excludes 0 with p < 0.05."""
+    preds = {p["criterion"]: p for p in c["predictors"]}
+    best = c["best"]
+    if best is None or preds[best]["n"] < 3:
+        return f"Too few training sets with distinct recall to rank the criteria (n={c['n']} sets): {NO_CONCLUSION}."
+    b = preds[best]["spearman"]
+    n = preds[best]["n"]
+    sure = finite(b.get("lo")) and b["lo"] > 0 and finite(b.get("p")) and b["p"] < 0.05
+    head = f"Recall of the {best} heads has the highest Spearman correlation with the score, {_rho(b)} (p={fmt(b.get('p'), 3)}, n={n} sets)"
+    others = [p for p in c["predictors"] if p["criterion"] != best]
+    if not finite(b.get("lo")):
+        tail = f", without an interval: {NO_CONCLUSION} about which criterion predicts best"
+    elif c["clear"] and sure:
+        tail = f"; its interval lies above every other criterion's, so {best} recall predicts the score best at this size"
+    elif c["clear"]:
+        tail = f"; it lies above the others, but its own interval includes 0 or p ≥ 0.05: {NO_CONCLUSION} that it predicts the score"
+    else:
+        near = "; ".join(f"{o} {_rho(preds[o]['spearman'])}" for o in c["overlapping"]) or "no interval to compare"
+        tail = f", but its interval overlaps those of {near}: {NO_CONCLUSION} about which criterion predicts best"
+    rest = [p for p in others if p["criterion"] not in c["overlapping"]]
+    if rest:
+        tail += " (below it: " + "; ".join(f"{p['criterion']} {_rho(p['spearman'])}" for p in rest) + ")"
+    return head + tail + "."
+
+
+def reading_agreement(agreement: dict, rule: str) -> str:
+    """How far the criteria pick the same heads in the reference model: the most and least
+    agreeing pairs by Jaccard overlap of their head sets."""
+    names, jac, shared = agreement["criteria"], agreement["jaccard"], agreement["shared"]
+    pairs = [(jac[i][j], shared[i][j], names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    pairs = [p for p in pairs if finite(p[0])]
+    if not pairs:
+        return "No head set to compare between the criteria."
+    hi, lo = max(pairs, key=lambda p: p[0]), min(pairs, key=lambda p: p[0])
+    if hi[0] == 0:
+        return f"No two criteria share a head of the reference model's head sets ({rule})."
+
+    def pair(p) -> str:
+        return f"{p[2]} and {p[3]} (Jaccard {fmt(p[0])}, {_heads(p[1])} shared)"
+
+    if len(pairs) == 1:
+        return f"The reference model's head sets ({rule}) overlap between {pair(hi)}."
+    return f"The reference model's head sets ({rule}) agree most between {pair(hi)} and least between {pair(lo)}."

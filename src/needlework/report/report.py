@@ -5,8 +5,10 @@ folder: its index and the artifacts (`needlework.artifacts`) of the stages it po
 Sections: methods and provenance (model, method and LoRA settings, lr, sizes, lengths, scoring
 mode, head rule, the resolved config, library versions, device, date); scores with F1 and head
 overlap per training set; per (model, task) the score bars, recall vs score with p-values, the
-leave-one-out table and a heatmap per set; accuracy by needle depth; a per-example drill-down;
-training loss curves; early prediction (`report.early`); knockout; patching. Every figure carries
+leave-one-out table and a heatmap per set; with several head criteria, which criterion's recall
+predicts the score best and how far their head sets agree (`report.criteria`); accuracy by needle
+depth; a per-example drill-down; training loss curves; early prediction (`report.early`);
+knockout; patching. Every figure carries
 a reading written from the numbers and their intervals (`report.readings`), and its n.
 """
 
@@ -19,12 +21,14 @@ from pathlib import Path
 
 from needlework.artifacts import STUDY_INDEX, STUDY_RESULTS, Analysis, HeadScores
 from needlework.io import write_text
+from needlework.report.criteria import criteria_section
 from needlework.report.early import early_parts, pct, reading_earliest
 from needlework.report.figures import fig_heatmaps, fig_scatter, fig_scores
 from needlework.report.gather import SetRun, done, load_study, read, results_rows, set_runs, versions_of
 from needlework.report.html import CSS, ci, fig_block, fmt, table_block, tag
 from needlework.report.readings import (
     reading_correlation,
+    reading_criteria,
     reading_heads,
     reading_scores,
 )
@@ -53,6 +57,7 @@ def methods_rows(cfg: dict, runs: list[SetRun]) -> list[list[str]]:
     lengths = ", ".join(f"{k} {v['length']} tokens" for k, v in cfg["tasks"].items())
     tc = next((r.train_config for r in runs if r.train_config), None) or {}
     devices = ", ".join(sorted({str(m["device"]) for m in cfg["models"].values()}))
+    main = f", main criterion {h['criterion']}" if h.get("criterion") else ""
     dist = tc.get("distributed")
     world = f", {tc.get('world_size', 1)} process(es)" + (f" ({dist})" if dist not in (None, "none", False) else "") if tc else ""
     return [
@@ -64,11 +69,18 @@ def methods_rows(cfg: dict, runs: list[SetRun]) -> list[list[str]]:
         ],
         ["sizes", f"{s['n_train']} training and {s['n_eval']} evaluation examples per set"],
         ["lengths", lengths],
-        ["head scoring", f"{cfg['score']['score']} score, {cfg['score']['mode']} mode"],
-        ["head rule", f"{h['rule']} (k={h['top']}, threshold={h['threshold']})"],
+        ["head scoring", f"{cfg['score']['score']} score, {cfg['score']['mode']} mode" + _criteria_text(cfg)],
+        ["head rule", f"{h['rule']} (k={h['top']}, threshold={h['threshold']})" + main],
         ["evaluation", f"greedy, {e['max_new_tokens']} new tokens, {e['n_boot']} bootstrap resamples, alpha {e['alpha']}"],
         ["device", f"{devices} (as configured){world}"],
     ]
+
+
+def _criteria_text(cfg: dict) -> str:
+    """The further criteria scored beside the primary score, study-wide and per task (empty: none)."""
+    parts = [f"criteria {', '.join(c)}" for c in [cfg["score"].get("criteria")] if c]
+    parts += [f"{t}: {', '.join(c)}" for t, spec in cfg["tasks"].items() for c in [(spec.get("score") or {}).get("criteria")] if c]
+    return f"; further {'; '.join(parts)} on the same examples" if parts else ""
 
 
 def _methods_section(study_dir: Path, manifest: dict, runs: list[SetRun]) -> dict:
@@ -154,11 +166,28 @@ def _corr_table(an: dict) -> dict:
     )
 
 
+def _head_tables(study_dir: Path, an: dict, score_nodes: dict) -> tuple[dict, str | None, int, str]:
+    """Each set's heads table of the main criterion (the one whose head sets the analysis compares),
+    the reference's label, the most examples a set was scored on, and the criterion's name."""
+    tables, ref_label, n_scored, crit = {}, None, 0, (an.get("criteria") or {}).get("main")
+    for r in an["rows"]:
+        node = score_nodes.get((an["model"], an["task"], r["set"]))
+        scores = read(study_dir, node, HeadScores) if node else None
+        if scores is not None:
+            scores = scores.criterion(crit)
+            crit = scores.primary
+            tables[r["label"]] = scores.heads
+            ref_label = r["label"] if r["reference"] else ref_label
+            n_scored = max(n_scored, int(scores.heads["n"].max()) if "n" in scores.heads and len(scores.heads) else 0)
+    return tables, ref_label, n_scored, crit or "retrieval"
+
+
 def _analysis_section(study_dir: Path, an: dict, score_nodes: dict, out: Path, k: int) -> dict:
     """One (model, task): score bars, recall vs score, correlations, leave-one-out, heatmaps."""
     m, task = an["model"], an["task"]
     ftag = tag(m, task)
     n = max((r.get("n_eval") or 0 for r in an["rows"]), default=0)
+    tables, ref_label, n_scored, crit = _head_tables(study_dir, an, score_nodes)
     blocks = [
         fig_block(
             fig_scores(an["rows"], f"{m} / {task}: score per training set", out / f"scores_{ftag}.png"),
@@ -171,10 +200,8 @@ def _analysis_section(study_dir: Path, an: dict, score_nodes: dict, out: Path, k
     reading = reading_correlation(an["recall_vs_score"], [r["recall"] for r in used], "Head recall")
     reading += " " + reading_correlation(an["cosine_vs_score"], [r["cosine"] for r in used], "Cosine")
     cap = f"n={an['recall_vs_score']['n']} training sets (reference and no fine-tuning left out); bars: 95% intervals over {n} examples."
-    blocks.append(
-        fig_block(fig_scatter(an, f"{m} / {task}: recall vs score", out / f"scatter_{ftag}.png"), "recall vs score", cap, reading)
-    )
-    blocks.append(_corr_table(an))
+    src = fig_scatter(an, f"{m} / {task}: recall vs score", out / f"scatter_{ftag}.png", crit)
+    blocks += [fig_block(src, "recall vs score", cap, reading), _corr_table(an)]
     loo = an["loo"]
     blocks.append(
         {
@@ -185,24 +212,10 @@ def _analysis_section(study_dir: Path, an: dict, score_nodes: dict, out: Path, k
     )
     loo_rows = [[r["set"], fmt(r["x"]), fmt(r["actual"]), fmt(r["predicted"]), fmt(r["error"])] for r in loo["rows"]]
     blocks.append(table_block(["training set", "recall", "actual", "predicted", "error"], loo_rows, n_left=1))
-    tables, ref_label, n_scored = {}, None, 0
-    for r in an["rows"]:
-        node = score_nodes.get((m, task, r["set"]))
-        scores = read(study_dir, node, HeadScores) if node else None
-        if scores is not None:
-            tables[r["label"]] = scores.heads
-            ref_label = r["label"] if r["reference"] else ref_label
-            n_scored = max(n_scored, int(scores.heads["n"].max()) if "n" in scores.heads and len(scores.heads) else 0)
     if tables:
-        src = fig_heatmaps(tables, f"{m} / {task}: retrieval score per layer x head", out / f"heatmap_{ftag}.png")
-        blocks.append(
-            fig_block(
-                src,
-                "heatmaps",
-                f"Mean retrieval score per head over n={n_scored} scored examples per set.",
-                reading_heads(tables, k, ref_label),
-            )
-        )
+        src = fig_heatmaps(tables, f"{m} / {task}: {crit} score per layer x head", out / f"heatmap_{ftag}.png", f"{crit} score")
+        cap = f"Mean {crit} score per head over n={n_scored} scored examples per set."
+        blocks.append(fig_block(src, "heatmaps", cap, reading_heads(tables, k, ref_label)))
     return {"id": f"a-{ftag}", "title": f"{m} · {task}", "blocks": blocks}
 
 
@@ -263,7 +276,8 @@ def write_report(study_dir: str | os.PathLike) -> Path:
     sections: list[dict | None] = [_methods_section(study_dir, manifest, runs), _results_section(analyses, by_key)]
     write_results_csv(runs, analyses, out / STUDY_RESULTS)
     score_nodes = {(n["model"], n["task"], n["set"]): n for n in done(study_dir, manifest, "score")}
-    sections += [_analysis_section(study_dir, an, score_nodes, out, cfg["heads"]["top"]) for an in analyses]
+    for an in analyses:
+        sections += [_analysis_section(study_dir, an, score_nodes, out, cfg["heads"]["top"]), criteria_section(an)]
     sections += [depth_section(runs, out), examples_section(runs), loss_section(runs, cfg, out)]
     early = [part for an in analyses for part in early_parts(an, out)]
     if early:
@@ -296,6 +310,8 @@ def summary_lines(study_dir: str | os.PathLike) -> list[str]:
     for an in analyses:
         used = [r["recall"] for r in an["rows"] if r["set"] in an.get("sets", [])]
         lines.append(f"{an['model']}/{an['task']}: {reading_correlation(an['recall_vs_score'], used, 'head recall')}")
+        if an.get("criteria"):
+            lines.append(f"{an['model']}/{an['task']}: head criteria: {reading_criteria(an['criteria'])}")
         if an.get("early"):
             lines.append(f"{an['model']}/{an['task']}: early prediction: {reading_earliest(an['early'])}")
     return lines

@@ -12,6 +12,11 @@ Early prediction: `early_prediction` predicts each set's final score from its re
 of training (leave-one-out, as above) and finds the earliest fraction whose predictions rank the
 sets as their final scores do; `stop_decisions` is the stop_early rule (a set stops when its
 recall interval lies wholly below the best set's).
+
+Head criteria (`score.criteria`): `criteria_analysis` correlates each criterion's head recall with
+the score across the same sets (`rank_predictors`: criteria ranked by Spearman rho, a best named
+only when its interval clears every other's) and measures how far the criteria pick the same heads
+in the reference model (`reference_head_sets`, `agreement`: Jaccard of the head sets).
 """
 
 from __future__ import annotations
@@ -224,3 +229,86 @@ def analyze(
     else:
         out["fit"] = None
     return out
+
+
+# ----------------------------------------------------------------------------------- head criteria
+
+
+def reference_head_sets(ref, criteria: list[str], rule: str, k: int, threshold: float) -> dict[str, list[str]]:
+    """The reference model's head set under each criterion by the study's head rule, through the one
+    selection every stage uses (`heads.compare.Scores.select`, i.e. `models.sites.select_heads`).
+
+    Args:
+        ref: the reference model's HeadScores holding every criterion of `criteria`.
+    Returns:
+        criterion -> its heads as sorted "L-H" names.
+    """
+    from needlework.heads.compare import load_scores
+    from needlework.study.config import HeadsSpec
+
+    sel = HeadsSpec(rule=rule, top=k, threshold=threshold).selection()
+    return {c: [str(h) for h in sorted(load_scores(ref, c).select(**sel))] for c in criteria}
+
+
+def agreement(sets: dict[str, list[str]]) -> dict[str, Any]:
+    """How far head sets agree, pairwise: `jaccard` |A ∩ B| / |A ∪ B| (NaN when both are empty) and
+    `shared` |A ∩ B|, as matrices in the order of `criteria`, with each set's size `n_heads`."""
+    names = list(sets)
+    hs = {c: set(v) for c, v in sets.items()}
+    jac = [[len(hs[a] & hs[b]) / len(hs[a] | hs[b]) if hs[a] | hs[b] else float("nan") for b in names] for a in names]
+    shared = [[len(hs[a] & hs[b]) for b in names] for a in names]
+    return {"criteria": names, "n_heads": [len(hs[c]) for c in names], "shared": shared, "jaccard": jac}
+
+
+def rank_predictors(recall: dict[str, list[float]], score: list[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Which criterion's head recall predicts the score best across training sets.
+
+    Args:
+        recall: criterion -> each set's recall under it (NaN: none), in the order of `score`.
+    Returns:
+        {`predictors`: per criterion {criterion, n, spearman, pearson (correlate()), best}, ranked by
+        Spearman rho (undefined last); `best`: the highest rho (None when none is defined); `clear`:
+        whether the best's interval lies wholly above the interval of every other criterion with a
+        rho (`overlapping` names those whose interval reaches it: then no single best can be named)}.
+    """
+    rows = [{"criterion": c, **correlate(x, score, n_boot, alpha, seed)} for c, x in recall.items()]
+    ranked = sorted(rows, key=lambda r: -r["spearman"]["r"] if _finite(r["spearman"]["r"]) else math.inf)
+    best = ranked[0] if ranked and _finite(ranked[0]["spearman"]["r"]) else None
+    overlapping = []
+    for r in ranked:
+        r["best"] = r is best
+        if best is not None and r is not best and _finite(r["spearman"]["r"]):
+            apart = _finite(best["spearman"]["lo"]) and _finite(r["spearman"]["hi"]) and r["spearman"]["hi"] < best["spearman"]["lo"]
+            if not apart:
+                overlapping.append(r["criterion"])
+    clear = best is not None and _finite(best["spearman"]["lo"]) and not overlapping
+    return {"predictors": ranked, "best": best["criterion"] if best else None, "clear": clear, "overlapping": overlapping}
+
+
+def criteria_analysis(
+    criteria: list[str],
+    recall: dict[str, dict[str, dict]],
+    score: dict[str, float],
+    used: list[str],
+    ref_sets: dict[str, list[str]],
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Head criteria across a task's training sets.
+
+    Args:
+        criteria: the criteria scored (the primary first).
+        recall: set -> criterion -> {mean, lo, hi}: the set's recall of the reference's heads under
+            that criterion (its comparison with the reference).
+        score: set -> downstream score. used: the sets the correlations use (`analyze`'s `sets`).
+        ref_sets: criterion -> the reference model's head set (`reference_head_sets`).
+    Returns:
+        {`criteria`, `recall` (as given), `n` (sets used), `rank_predictors`' keys, `head_sets`
+        (ref_sets), `agreement` (`agreement(ref_sets)`)}.
+    """
+    nan = float("nan")
+    x = {c: [recall.get(n, {}).get(c, {}).get("mean", nan) for n in used] for c in criteria}
+    x = {c: [nan if v is None else v for v in vals] for c, vals in x.items()}
+    pred = rank_predictors(x, [score[n] for n in used], n_boot, alpha, seed)
+    return {"criteria": list(criteria), "recall": recall, "n": len(used), **pred, "head_sets": ref_sets, "agreement": agreement(ref_sets)}

@@ -36,7 +36,7 @@ HEAD_RULES = ("top_k", "threshold")
 PATCH_KINDS = ("intersection", "complement", "random", "all")  # head sets of SPEC §2 (and every head)
 # Keys renamed to the code's names: old path -> new path (an old key fails and names the new one).
 RENAMED = {"heads.k": "heads.top", "knockout.sets": "knockout.train_sets", "patch.sets": "patch.kinds"}
-_HEADS_FIX = "choose heads with the `heads:` section (rule, top, threshold)"
+_HEADS_FIX = "choose heads with the `heads:` section (rule, top, threshold, criterion)"
 _EVAL_FIX = "set evaluation options in the study-wide `eval:` section, the number of examples with `limit`"
 
 
@@ -89,11 +89,15 @@ class Sizes:
 @dataclass
 class HeadsSpec:
     """The head-set rule of SPEC §2: the top heads, or every head with mean score above a threshold.
-    Its keys are KnockoutConfig's and PatchConfig's (`top`, `threshold`), which the study fills."""
+    Its keys are KnockoutConfig's and PatchConfig's (`top`, `threshold`, `criterion`), which the
+    study fills. `criterion`: when the score stage scores several criteria (`score.criteria`), the
+    one whose head sets the study compares as its main row, knocks out and patches (None: the
+    score's primary `score`); the others are compared and analysed beside it."""
 
     rule: str = "top_k"  # top_k | threshold
     top: int = 10
     threshold: float = 0.1
+    criterion: str | None = None  # the main criterion among the score's (None: `score.score` of each task)
 
     def selection(self) -> dict[str, Any]:
         """The `top`/`threshold` fields of a knockout or patch config for this rule."""
@@ -150,7 +154,13 @@ class KnockoutSection(KnockoutConfig):
     """`knockout:`: KnockoutConfig's options plus which models the study knocks out. The head
     set (`top`, `threshold`, `heads`) comes from `heads:`, the evaluation options from `eval:`."""
 
-    FILLED: ClassVar[dict[str, str]] = {"top": _HEADS_FIX, "threshold": _HEADS_FIX, "heads": _HEADS_FIX, "eval": _EVAL_FIX}
+    FILLED: ClassVar[dict[str, str]] = {
+        "top": _HEADS_FIX,
+        "threshold": _HEADS_FIX,
+        "heads": _HEADS_FIX,
+        "criterion": _HEADS_FIX,
+        "eval": _EVAL_FIX,
+    }
     enabled: bool = True
     train_sets: str | list[str] = "reference"  # training sets whose models are knocked out: reference | all | none | names
     limit: int | None = None  # evaluation examples (default: all of the evaluation set)
@@ -166,6 +176,7 @@ class PatchSection(PatchConfig):
         "set": "list the head-set kinds under `kinds`",
         "top": _HEADS_FIX,
         "threshold": _HEADS_FIX,
+        "criterion": _HEADS_FIX,
         "eval": _EVAL_FIX,
     }
     enabled: bool = True
@@ -203,6 +214,15 @@ class StudyConfig:
         """The score options of one task: the study-wide `score:` with the task's overrides."""
         over = self.tasks[task].score
         return dataclasses.replace(self.score, **over) if over else self.score
+
+    def task_criteria(self, task: str) -> list[str]:
+        """The criteria one task's score stage scores: its primary `score`, then `criteria`."""
+        return self.task_score(task).all_criteria()
+
+    def main_criterion(self, task: str) -> str:
+        """The criterion whose head sets are the study's main ones for a task (`heads.criterion`,
+        else the task's primary score)."""
+        return self.heads.criterion or self.task_score(task).score
 
 
 def section_dict(section: KnockoutSection | PatchSection) -> dict[str, Any]:
@@ -344,6 +364,22 @@ def _check_score(score: ScoreConfig, path: str) -> None:
         raise NeedleworkError(f"config section `{path}`: {e.problem}", e.fix) from None
 
 
+def _check_criterion(cfg: StudyConfig) -> None:
+    """`heads.criterion` must be scored for every task (its primary `score` or one of `criteria`)."""
+    c = cfg.heads.criterion
+    if c is None:
+        return
+    for tname in cfg.tasks:
+        held = cfg.task_criteria(tname)
+        if c not in held:
+            where = "`score.criteria`" + (f" (or `tasks.{tname}.score`)" if cfg.tasks[tname].score else "")
+            raise _err(
+                "heads.criterion",
+                f"{c!r} is not scored for task {tname} (its score stage scores {', '.join(held)})",
+                f"add {c} to {where}, pick one of {', '.join(held)}, or leave heads.criterion unset (the primary score)",
+            )
+
+
 def _check_selection(cfg: StudyConfig, name: str, key: str) -> None:
     """`knockout.train_sets` / `patch.targets`: all, reference, none, or training set names."""
     sets = getattr(getattr(cfg, name), key)
@@ -376,6 +412,7 @@ def validate(cfg: StudyConfig, base_dir: Path | None = None) -> StudyConfig:
     _check_score(cfg.score, "score")
     for tname, t in cfg.tasks.items():
         _check_task(cfg, tname, t, base_dir)
+    _check_criterion(cfg)
     _check_selection(cfg, "knockout", "train_sets")
     _check_selection(cfg, "patch", "targets")
     n = cfg.scale_out.processes

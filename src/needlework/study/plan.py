@@ -8,6 +8,9 @@ training saves snapshots at those fractions, and a probe node per (set, fraction
 snapshot's heads against the reference model's final heads; with `early.stop_early` every set but
 the reference trains in segments, one train node per segment, and a gate node after each gate
 fraction decides which sets go on (the next segment of a stopped set carries its weights forward).
+With several head criteria (`score.criteria`) the analysis also reads the reference's head scores
+(the criteria's agreement). Keys that a feature adds to a slice are left out while it is off, so
+that studies without it keep their cached stages.
 """
 
 from __future__ import annotations
@@ -18,11 +21,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from needlework.heads.config import ScoreConfig
 from needlework.io import hash_file
 from needlework.study.config import StudyConfig, section_dict
 from needlework.study.nodes import Node
 
-__all__ = ["build_plan", "selected"]
+__all__ = ["build_plan", "heads_slice", "score_slice", "selected"]
+
+
+def score_slice(score: ScoreConfig) -> dict[str, Any]:
+    """A score config as a slice: `criteria` only when there are some (so that studies scoring one
+    criterion keep the keys they had before criteria existed)."""
+    d = asdict(score)
+    if not d["criteria"]:
+        del d["criteria"]
+    return d
+
+
+def heads_slice(cfg: StudyConfig) -> dict[str, Any]:
+    """The `heads:` rule as a slice: `criterion` only when it is set (as `score_slice`)."""
+    d = asdict(cfg.heads)
+    if d["criterion"] is None:
+        del d["criterion"]
+    return d
 
 
 def _set_slice(cfg: StudyConfig, task: str, sname: str | None, m: str) -> dict[str, Any]:
@@ -90,20 +111,21 @@ class _TaskPlan:
     def scored(self, stage: str, sname: str, evalset: Node, train: dict[str, Node]) -> Node:
         """The evaluate or score node of a training set's final model (the base model for kind none)."""
         up = {"train": train[sname]} if sname in train else {}
-        opts = {"eval": asdict(self.cfg.eval)} if stage == "evaluate" else {"score": asdict(self.cfg.task_score(self.task))}
+        opts = {"eval": asdict(self.cfg.eval)} if stage == "evaluate" else {"score": score_slice(self.cfg.task_score(self.task))}
         return self.add(stage, {"model": self.model_slice, **opts}, {"eval_data": evalset, **up}, sname)
 
     def probe(self, sname: str, fraction: float, train: Node, evalset: Node, ref_heads: Node) -> Node:
         """Heads of the snapshot at `fraction` (teacher mode, the first `probe_n` evaluation examples)
-        against the reference model's final heads."""
+        against the reference model's final heads, by the main criterion only (the one it scores)."""
         task_score = self.cfg.task_score(self.task)
-        score = dataclasses.replace(task_score, mode="teacher", limit=self.cfg.early.probe_n or task_score.limit)
+        score = task_score.for_criterion(self.cfg.main_criterion(self.task))
+        score = dataclasses.replace(score, mode="teacher", limit=self.cfg.early.probe_n or task_score.limit)
         return self.add(
             "probe",
             {
                 "model": self.model_slice,
-                "score": asdict(score),
-                "heads": asdict(self.cfg.heads),
+                "score": score_slice(score),
+                "heads": heads_slice(self.cfg),
                 "analysis": {k: v for k, v in asdict(self.cfg.analysis).items() if k != "include_reference"},
                 "fraction": fraction,
             },
@@ -169,7 +191,7 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
     for n in t.train_sets:
         ev[n] = p.scored("evaluate", n, evalset, train)
         score[n] = score[n] if n == ref else p.scored("score", n, evalset, train)
-    heads, analysis = asdict(cfg.heads), asdict(cfg.analysis)
+    heads, analysis = heads_slice(cfg), asdict(cfg.analysis)
     cmp = {
         n: p.add("compare", {"heads": heads, "analysis": analysis}, {"heads": score[n], "ref_heads": score[ref]}, n) for n in t.train_sets
     }
@@ -181,6 +203,10 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
         a_slice["early"] = asdict(early)
         deps |= {f"probe:{n}@{f:g}": node for (n, f), node in probes.items()} | {f"train:{n}": train[n] for n in tuned}
         deps |= {f"gate:{g.slice['fraction']:g}": g for g in gates}
+    criteria = cfg.task_criteria(task)
+    if len(criteria) > 1:  # only then, as early: the criteria's agreement reads the reference's head sets
+        a_slice |= {"criteria": criteria, "main": cfg.main_criterion(task), "heads": heads}
+        deps["ref_heads"] = score[ref]
     p.add("analysis", a_slice, deps)
     return p.nodes
 
@@ -188,7 +214,7 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
 def _interventions(p: _TaskPlan, evalset: Node, train: dict[str, Node], score: dict[str, Node]) -> None:
     """Knockout of the selected sets' models, and patching of the reference into the selected targets."""
     cfg, ref = p.cfg, p.cfg.tasks[p.task].reference
-    heads, eval_opts = asdict(cfg.heads), asdict(cfg.eval)
+    heads, eval_opts = heads_slice(cfg), asdict(cfg.eval)
     for n in selected(cfg, "knockout", p.task):
         p.add(
             "knockout",

@@ -172,20 +172,31 @@ def score_stage(ctx: StageContext) -> None:
 
 
 def compare_stage(ctx: StageContext) -> None:
-    """Head-set comparison of this model with the reference model (both scored on the eval set)."""
+    """Head-set comparison of this model with the reference model (both scored on the eval set), by
+    the main criterion (`heads.criterion`, else the scores' primary); when the scores hold several
+    criteria, each criterion both hold is compared the same way under `criteria`."""
     from needlework.study.analysis import compare_heads
 
     h, a = ctx.node.slice["heads"], ctx.node.slice["analysis"]
-    res = compare_heads(
-        HeadScores.read(ctx.inputs["heads"]),
-        HeadScores.read(ctx.inputs["ref_heads"]),
-        rule=h["rule"],
-        k=h["top"],
-        threshold=h["threshold"],
-        n_boot=a["n_boot"],
-        alpha=a["alpha"],
-        seed=a["seed"],
-    )
+    mine, ref = HeadScores.read(ctx.inputs["heads"]), HeadScores.read(ctx.inputs["ref_heads"])
+
+    def one(criterion: str | None) -> dict:
+        return compare_heads(
+            mine.criterion(criterion),
+            ref.criterion(criterion),
+            rule=h["rule"],
+            k=h["top"],
+            threshold=h["threshold"],
+            n_boot=a["n_boot"],
+            alpha=a["alpha"],
+            seed=a["seed"],
+        )
+
+    main = h.get("criterion") or ref.primary
+    res = one(main)
+    both = [c for c in ref.criteria() if c in mine.criteria()]
+    if len(both) > 1:  # only then, so that comparisons of one criterion keep their output
+        res["criteria"] = {c: dict(res) if c == main else one(c) for c in both}
     Comparison(result=res).write(ctx.out)
 
 
@@ -220,11 +231,10 @@ def probe_stage(ctx: StageContext, score: Callable[[StageContext, Path], HeadSco
             )
         Probe(result={**base, "stopped_at": stopped["fraction"], **dict.fromkeys(METRICS)}).write(ctx.out)
         return
-    scores = (score or _score_snapshot)(ctx, run.snapshot_dir(f))
+    scores = (score or _score_snapshot)(ctx, run.snapshot_dir(f))  # the main criterion only (plan: `probe`)
     h, a = s["heads"], s["analysis"]
-    res = compare_heads(
-        scores, HeadScores.read(ctx.inputs["ref_heads"]), h["rule"], h["top"], h["threshold"], a["n_boot"], a["alpha"], a["seed"]
-    )
+    ref = HeadScores.read(ctx.inputs["ref_heads"]).criterion(h.get("criterion"))
+    res = compare_heads(scores, ref, h["rule"], h["top"], h["threshold"], a["n_boot"], a["alpha"], a["seed"])
     info = run.snapshot_info(f)
     result = {**base, **res, "step": info["step"], "total_steps": info["total_steps"], "snapshot_seconds": info["save_seconds"]}
     result |= {"model_config": scores.model_config, "shape": scores.shape, "probe_seconds": time.perf_counter() - t0}
@@ -260,7 +270,8 @@ def _intervention_config(ctx: StageContext, name: str) -> KnockoutConfig | Patch
     sec = build(KnockoutSection if name == "knockout" else PatchSection, s[name], name)
     ev = build(EvalConfig, s["eval"], "eval")
     ev = dataclasses.replace(ev, logprob=False, limit=ev.limit if sec.limit is None else sec.limit)
-    heads = build(HeadsSpec, s["heads"], "heads").selection()
+    spec = build(HeadsSpec, s["heads"], "heads")
+    heads = {**spec.selection(), "criterion": spec.criterion}
     if isinstance(sec, PatchSection):
         return stage_config(PatchConfig, sec, **heads, eval=ev, set=",".join(sec.kinds))
     return stage_config(KnockoutConfig, sec, **heads, eval=ev, heads=None)
@@ -327,9 +338,28 @@ def _early(ctx: StageContext, rows: list[dict], used: list[str], gates: list[dic
     return {**{k: e[k] for k in keep}, **pred, "curves": curves, "gates": gates, "stopped": stopped, "monitor_seconds": monitor}
 
 
+def _criteria(ctx: StageContext, rows: list[dict], used: list[str]) -> dict:
+    """Every head criterion: each set's recall of the reference's heads under it (its compare
+    stage's), how well that recall predicts the score across the used sets (`criteria_analysis`),
+    and the agreement of the reference model's head sets between criteria (the study's head rule)."""
+    from needlework.study.analysis import criteria_analysis, reference_head_sets
+
+    s = ctx.node.slice
+    h, a = s["heads"], s["analysis"]
+    recall = {}
+    for r in rows:
+        held = Comparison.read(ctx.inputs[f"compare:{r['set']}"]).result.get("criteria") or {}
+        recall[r["set"]] = {c: held[c]["recall"] for c in s["criteria"] if c in held}
+    ref_sets = reference_head_sets(HeadScores.read(ctx.inputs["ref_heads"]), s["criteria"], h["rule"], h["top"], h["threshold"])
+    score = {r["set"]: r["score"] for r in rows}
+    out = criteria_analysis(s["criteria"], recall, score, used, ref_sets, a["n_boot"], a["alpha"], a["seed"])
+    return {"main": s["main"], "rule": {k: h[k] for k in ("rule", "top", "threshold")}, **out}
+
+
 def analysis_stage(ctx: StageContext) -> None:
     """Per task and model: a row per training set and the correlations across sets; with early
-    prediction (`early` in the slice) also its curves, predictions, gates and cost."""
+    prediction (`early` in the slice) also its curves, predictions, gates and cost; with several
+    head criteria (`criteria` in the slice) each criterion's recall, prediction and agreement."""
     from needlework.study.analysis import analyze
 
     s = ctx.node.slice
@@ -356,6 +386,8 @@ def analysis_stage(ctx: StageContext) -> None:
     res = analyze(rows, s["reference"], a["include_reference"], a["n_boot"], a["alpha"], a["seed"])
     if "early" in s:
         res["early"] = _early(ctx, rows, res["sets"], gates)
+    if "criteria" in s:  # only then, so that analyses of one criterion keep their hash
+        res["criteria"] = _criteria(ctx, rows, res["sets"])
     Analysis(result={"model": ctx.node.model, "task": ctx.node.task, "reference": s["reference"], "rows": rows, **res}).write(ctx.out)
 
 
