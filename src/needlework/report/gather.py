@@ -43,15 +43,28 @@ def stage_inputs(study_dir: Path, node: dict) -> dict[str, Path]:
     return {k: study_dir / v for k, v in info.get("inputs", {}).items()}
 
 
-def versions_of(study_dir: Path, nodes: list[dict]) -> dict[str, Any]:
-    """The library versions the first node with a manifest recorded (every artifact records them)."""
+def _manifest_versions(study_dir: Path, nodes: list[dict]):
     for n in nodes:
         p = study_dir / n["dir"] / MANIFEST
         if p.exists():
             v = json.loads(p.read_text()).get("versions")
             if v:
-                return v
-    return {}
+                yield v
+
+
+def versions_of(study_dir: Path, nodes: list[dict]) -> dict[str, Any]:
+    """The library versions the first node with a manifest recorded (every artifact records them),
+    without the device (`devices_of`)."""
+    v = next(_manifest_versions(study_dir, nodes), {})
+    return {k: x for k, x in v.items() if k != "device"}
+
+
+def devices_of(study_dir: Path, nodes: list[dict]) -> list[str]:
+    """The hardware the results came from: every device a manifest records, GPUs only when some
+    stage used one (data stages run on the CPU of the same machine)."""
+    devs = {v["device"] for v in _manifest_versions(study_dir, nodes) if v.get("device")}
+    gpus = {d for d in devs if not d.startswith("cpu: ")}
+    return sorted(gpus or devs)
 
 
 # ----------------------------------------------------------------------------------- per training set

@@ -24,7 +24,7 @@ from needlework.io import write_text
 from needlework.report.criteria import criteria_section
 from needlework.report.early import early_parts, pct, reading_earliest
 from needlework.report.figures import fig_heatmaps, fig_scatter, fig_scores
-from needlework.report.gather import SetRun, done, load_study, read, results_rows, set_runs, versions_of
+from needlework.report.gather import SetRun, devices_of, done, load_study, read, results_rows, set_runs, versions_of
 from needlework.report.html import CSS, ci, fig_block, fmt, table_block, tag
 from needlework.report.readings import (
     reading_correlation,
@@ -90,6 +90,7 @@ def _methods_section(study_dir: Path, manifest: dict, runs: list[SetRun]) -> dic
     vers = versions_of(study_dir, [n for n in manifest["nodes"] if n.get("dir")])
     ran = dt.datetime.fromtimestamp((study_dir / STUDY_INDEX).stat().st_mtime, dt.timezone.utc)
     prov = [["versions", ", ".join(f"{k} {v}" for k, v in vers.items() if v) or "not recorded"]]
+    prov += [["device", ", ".join(devices_of(study_dir, [n for n in manifest["nodes"] if n.get("dir")])) or "not recorded"]]
     prov += [
         ["study run", ran.strftime("%Y-%m-%d %H:%M UTC")],
         ["report built", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")],
