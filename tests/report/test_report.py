@@ -83,7 +83,7 @@ def test_report_methods_and_provenance(fake_study):
     assert re.search(r"needlework \S+, .*torch \S+, transformers \S+", text) and "peft" in text  # versions from the manifests
     from needlework.artifacts import device_name
 
-    assert f"device {device_name()}" in text  # the hardware the manifests record (this machine's CPU here)
+    assert f"ran on {device_name()}" in text  # the hardware the manifests record (this machine's CPU here)
 
 
 def test_report_depth_examples_and_loss(fake_study):

@@ -126,3 +126,21 @@ def test_stop_decisions_stop_only_sets_clearly_below_the_best():
     assert stop_decisions(rows, {"e": 0.25}, 0.5, margin=0.2)["stopped"] == {"e": 0.25}  # 0.5 is not 0.2 below 0.6
     tie = stop_decisions([{"set": "x", "recall": 0.5, "lo": 0.5, "hi": 0.5}, {"set": "y", "recall": 0.5, "lo": 0.5, "hi": 0.5}], {}, 0.5)
     assert tie["best"] == "x" and tie["stopped"] == {}  # equal sets never stop each other
+
+
+def test_p_values_are_exact_for_a_few_sets():
+    """A handful of sets: the p-value counts the pairings (scipy's t approximation says 0 for a
+    perfect rank correlation of 4 sets); many sets: scipy's own test."""
+    from scipy.stats import spearmanr
+
+    from needlework.study.analysis import EXACT_P_MAX_N, exact_p
+
+    c = correlate([0.1, 0.2, 0.3, 0.4], [1.0, 3.0, 7.0, 9.0], n_boot=50)
+    assert c["spearman"]["p"] == pytest.approx(2 / 24)  # the identity and the reversal of 24 orders
+    assert correlate([0.1, 0.2, 0.3], [3.0, 2.0, 1.0], n_boot=50)["spearman"]["p"] == pytest.approx(2 / 6)
+    # 1, 2, 3, 4 against 1, 3, 2, 4: rho = 0.8; rho >= 0.8 for the identity and the 3 adjacent
+    # swaps, rho <= -0.8 for their reversals: 8 of the 24 orders
+    assert exact_p(np.array([1.0, 2, 3, 4]), np.array([1.0, 3, 2, 4])) == pytest.approx(8 / 24)
+    x = np.arange(EXACT_P_MAX_N + 2, dtype=float)
+    y = x + np.sin(7 * x)  # ten sets, not exactly monotone
+    assert correlate(x, y, n_boot=50)["spearman"]["p"] == pytest.approx(spearmanr(x, y).pvalue)

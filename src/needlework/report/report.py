@@ -90,7 +90,7 @@ def _methods_section(study_dir: Path, manifest: dict, runs: list[SetRun]) -> dic
     vers = versions_of(study_dir, [n for n in manifest["nodes"] if n.get("dir")])
     ran = dt.datetime.fromtimestamp((study_dir / STUDY_INDEX).stat().st_mtime, dt.timezone.utc)
     prov = [["versions", ", ".join(f"{k} {v}" for k, v in vers.items() if v) or "not recorded"]]
-    prov += [["device", ", ".join(devices_of(study_dir, [n for n in manifest["nodes"] if n.get("dir")])) or "not recorded"]]
+    prov += [["ran on", ", ".join(devices_of(study_dir, [n for n in manifest["nodes"] if n.get("dir")])) or "not recorded"]]
     prov += [
         ["study run", ran.strftime("%Y-%m-%d %H:%M UTC")],
         ["report built", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")],
