@@ -170,6 +170,27 @@ def _table(n_layers, n_heads, hot):
     return pd.DataFrame(rows)
 
 
+def test_knockout_ranks_heads_by_the_criterion_asked(tiny_dir, records, tmp_path):
+    """A heads folder scored with two criteria: `criterion` picks whose ranking forms the top set."""
+    from needlework.artifacts import HeadScores
+    from needlework.evaluate.evaluate import EvalConfig
+    from needlework.interventions.knockout import KnockoutConfig, run_knockout
+    from needlework.models.load import ModelConfig
+
+    shape = {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
+    meta = {"shape": shape, "options": {"score": "retrieval", "criteria": ["query"]}}
+    query = _table(2, 4, {(0, 1), (0, 2)}).assign(criterion="query")
+    HeadScores(heads=_table(2, 4, {(1, 0), (1, 3)}), criteria_heads=query, meta=meta).write(tmp_path / "heads")
+    mcfg = ModelConfig(name=str(tiny_dir), device="cpu")
+    ev = EvalConfig(max_new_tokens=2, logprob=False, n_boot=20)
+    for criterion, want in ((None, ["1-0", "1-3"]), ("query", ["0-1", "0-2"])):
+        cfg = KnockoutConfig(top=2, random_seeds=0, criterion=criterion, eval=ev)
+        got = run_knockout(mcfg, records[:1], tmp_path / "heads", cfg, tmp_path / f"ko-{criterion}", progress=False).summary
+        assert got["conditions"]["top"]["heads"] == want, criterion
+    with pytest.raises(NeedleworkError, match="no 'output' head scores"):
+        run_knockout(mcfg, records[:1], tmp_path / "heads", KnockoutConfig(criterion="output", eval=ev), tmp_path / "ko-x", progress=False)
+
+
 def test_run_knockout_writes_conditions(tiny_dir, records, tmp_path):
 
     from needlework.evaluate.evaluate import EvalConfig
