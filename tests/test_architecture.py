@@ -96,3 +96,10 @@ def test_the_cli_starts_without_torch():
     code = "import sys, needlework.cli; heavy = {'torch', 'transformers', 'scipy.stats'} & set(sys.modules); assert not heavy, heavy"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test files and their helpers by basename (the test folders are not packages),
+    so two `test_x.py` (or two `x_helpers.py`) in different folders stop the suite at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name not in ("conftest.py", "__init__.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
