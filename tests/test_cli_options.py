@@ -95,6 +95,7 @@ def test_flags_of_earlier_versions_still_exist():
 def test_help_comes_from_the_field_comment():
     assert field_help(TrainConfig, "lr") == "peak learning rate"
     assert "retrieval | insight | mass" in _options(_command("heads", "score"))["--score"].help
+    assert _options(_command("heads", "score"))["--criteria"].help.endswith("(default: none)")  # an empty list says so
 
 
 @dataclasses.dataclass

@@ -125,7 +125,8 @@ class Options:
             unset = self.given_only or container is not None  # lists: unset keeps the dataclass default
             optional = unset or default is None
             if unset and default is not None:
-                text += f" (default: {','.join(default) if isinstance(default, (list, tuple)) else default})"
+                shown = (",".join(default) or "none") if isinstance(default, (list, tuple)) else default
+                text += f" (default: {shown})"
             opt = typer.Option(None if unset else default, *names, help=text, show_default=not optional, min=self.minimum.get(f.name))
             annotation = typing.Optional[typ] if optional else typ  # noqa: UP045  (typ is a runtime value)
             params.append(inspect.Parameter(self.prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation))
