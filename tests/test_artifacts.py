@@ -129,9 +129,8 @@ def test_no_result_file_name_is_spelled_outside_artifacts():
 def test_paths_in_json_are_relative_to_the_study_or_the_out_folder(tmp_path):
     """A result names its inputs by paths that survive moving or publishing its folder: inside a
     study relative to the study folder, else to the folder above the result; paths elsewhere stay."""
-    study = tmp_path / "study"
+    study = tmp_path / "study"  # its index not written yet: the layout tells (the first stages end before it)
     (study / "stages" / "score").mkdir(parents=True)
-    (study / A.STUDY_INDEX).write_text("{}")
     adapter = str(study / "stages" / "train" / "abc" / "adapter")
     meta = {"shape": {"n_layers": 1}, "model_config": {"name": "/opt/models/m", "adapter": adapter}, "data_path": [str(study / "d.jsonl")]}
     heads = pd.DataFrame({"layer": [0], "head": [0], "mean": [0.5]})

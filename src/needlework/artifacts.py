@@ -49,6 +49,7 @@ VERSION = 1
 
 # Folder-level names of a study (written by study.engine, read by the report and the study CLI).
 STUDY_INDEX = "study.json"
+STAGES = "stages"  # a stage's results: <study>/stages/<stage>/<key>
 STAGE_DONE = "done.json"
 STAGE_INFO = "stage.json"
 # The report's study-level table (one row per model x task x training set), beside its page.
@@ -131,11 +132,17 @@ def _read_rows(path: Path):
     return pd.DataFrame(rows)
 
 
+def in_study(d: Path) -> bool:
+    """Whether folder `d` is a stage's result folder of a study (<study>/stages/<stage>/<key>),
+    told by the layout alone: the study's index may not be written yet when the first stage ends."""
+    return Path(d).absolute().parent.parent.name == STAGES
+
+
 def path_root(d: Path) -> Path:
     """What paths in an artifact's JSON are written relative to: the study folder the artifact
-    lies in (its stages/<stage>/<key> layout), else the folder above it (a command's --out)."""
+    lies in, else the folder above it (a command's --out)."""
     d = Path(d).absolute()
-    return next((p for p in d.parents[:3] if (p / STUDY_INDEX).exists()), d.parent)
+    return d.parents[2] if in_study(d) else d.parent
 
 
 def _relative(obj: Any, root: Path) -> Any:
@@ -254,7 +261,7 @@ class Artifact:
                 continue
             _encode(d / f.name, f.codec, value)
             written.append(f.name)
-        where = "the study folder" if (path_root(d) / STUDY_INDEX).exists() else "the folder above this one"
+        where = "the study folder" if in_study(d) else "the folder above this one"
         write_json(
             d / MANIFEST,
             {

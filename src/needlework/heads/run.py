@@ -47,7 +47,7 @@ def inputs_key(model_cfg, data_hash: str, cfg: ScoreConfig) -> dict:
 def _log_score_summary(res, cfg: ScoreConfig, reasons: dict[str, int], n_failed: int, n_scored: int) -> None:
     """Log `run_score`'s span coverage, skipped records and (generate mode) success-gate failures."""
     cov = res.coverage
-    if cov.get("n_citing_docs") and (cfg.score == "insight" or cov["n_spans_located"] < cov["n_citing_docs"]):
+    if cfg.score != "output" and cov.get("n_citing_docs") and (cfg.score == "insight" or cov["n_spans_located"] < cov["n_citing_docs"]):
         log.warning(
             f"heads: {cfg.score} spans located in {cov['n_spans_located']} of {cov['n_citing_docs']} citing documents "
             f"({cov['fraction']:.1%}; {cov['n_records_partial']} records with a document unlocated)"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from needlework.artifacts import STAGE_DONE, STAGE_INFO, STUDY_INDEX, TrainRun
+from needlework.artifacts import STAGE_DONE, STAGE_INFO, STAGES, STUDY_INDEX, TrainRun
 from needlework.errors import NeedleworkError
 from needlework.io import hash_obj, write_json, write_text
 from needlework.study.config import StudyConfig, dump_config
@@ -102,7 +102,7 @@ def node_key(node: Node) -> str | None:
 def _try_lock(out: Path, node: Node):
     """Take the node's lock file without waiting; None when another process holds it. The OS
     drops the lock when its holder dies, so a killed run never leaves a stale lock."""
-    path = out / "stages" / node.stage / f".lock-{node.key}"
+    path = out / STAGES / node.stage / f".lock-{node.key}"
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "w")
     try:
@@ -114,7 +114,7 @@ def _try_lock(out: Path, node: Node):
 
 
 def stage_dir(out: Path, node: Node) -> Path:
-    return out / "stages" / node.stage / str(node.key)
+    return out / STAGES / node.stage / str(node.key)
 
 
 _ICONS = {
@@ -150,7 +150,7 @@ def write_manifest(cfg: StudyConfig, out: Path, nodes: list[Node]) -> None:
             "set": n.set,
             "key": n.key,
             "status": n.status,
-            "dir": (f"stages/{n.stage}/{n.key}" if n.status in ("cached", "done") else None),
+            "dir": (f"{STAGES}/{n.stage}/{n.key}" if n.status in ("cached", "done") else None),
             "seconds": round(n.seconds, 3),
         }
         for n in nodes
@@ -171,7 +171,7 @@ def run_node(node: Node, cfg: StudyConfig, out: Path, fn: StageFn) -> None:
             "stage": node.stage,
             "label": node.label,
             "slice": node.slice,
-            "inputs": {k: f"stages/{d.stage}/{d.key}" for k, d in node.deps.items()},
+            "inputs": {k: f"{STAGES}/{d.stage}/{d.key}" for k, d in node.deps.items()},
         },
     )
     ctx = StageContext(node=node, cfg=cfg, out=work, inputs={k: stage_dir(out, d) for k, d in node.deps.items()}, study_dir=out)
