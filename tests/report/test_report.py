@@ -235,6 +235,13 @@ def _shot_dir(tmp_path: Path) -> Path:
     return d
 
 
+def _open(driver, page) -> list[bool]:
+    """Load the page; per image, whether it loaded (complete, with a width)."""
+    driver.set_page_load_timeout(60)
+    driver.get(page.as_uri())
+    return driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+
+
 def _check_sections(driver, sections: list[str]) -> None:
     """Every section is on the page with a heading, something under it, and a link in the contents."""
     for sid in sections:
@@ -252,10 +259,8 @@ def test_report_renders_in_headless_chromium(fake_study, tmp_path):
     page = write_report(fake_study)
     driver = _chromium(tmp_path)
     try:
-        driver.set_page_load_timeout(60)
-        driver.get(page.as_uri())
-        n_img = driver.execute_script("return document.images.length")
-        loaded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        loaded = _open(driver, page)
+        n_img = len(loaded)
         assert n_img == 6 and all(loaded), loaded
         assert driver.title == "needlework report: tiny"
         _check_sections(driver, SECTIONS)
@@ -273,8 +278,7 @@ def test_report_renders_in_headless_chromium(fake_study, tmp_path):
         # a broken figure must be caught: delete one PNG and reload
         first = driver.execute_script("return document.images[0].getAttribute('src')")
         (page.parent / first).unlink()
-        driver.get(page.as_uri())
-        loaded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        loaded = _open(driver, page)
         assert loaded.count(False) == 1
         assert any(e["level"] == "SEVERE" for e in driver.get_log("browser"))
     finally:
@@ -286,9 +290,7 @@ def test_report_with_head_criteria_renders_in_headless_chromium(fake_criteria_st
     page = write_report(fake_criteria_study)
     driver = _chromium(tmp_path)
     try:
-        driver.set_page_load_timeout(60)
-        driver.get(page.as_uri())
-        loaded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        loaded = _open(driver, page)
         assert len(loaded) == 6 and all(loaded), loaded  # the criteria section adds tables, no figure
         _check_sections(driver, CRITERIA_SECTIONS)
         cells = driver.execute_script(
@@ -313,9 +315,7 @@ def test_report_of_a_real_study_renders_in_headless_chromium(tmp_path):
     page = write_report(STUDY)
     driver = _chromium(tmp_path)
     try:
-        driver.set_page_load_timeout(60)
-        driver.get(page.as_uri())
-        loaded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        loaded = _open(driver, page)
         assert len(loaded) >= 6 and all(loaded), loaded
         ids = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.id)")
         want = ["methods", "results", "depth", "examples", "loss"]
@@ -333,9 +333,7 @@ def test_report_with_early_prediction_renders_in_headless_chromium(fake_early_st
     page = write_report(fake_early_study)
     driver = _chromium(tmp_path)
     try:
-        driver.set_page_load_timeout(60)
-        driver.get(page.as_uri())
-        loaded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        loaded = _open(driver, page)
         assert len(loaded) == 7 and all(loaded), loaded  # the six of a study plus recall vs training progress
         section = driver.execute_script("return document.getElementById('early').nextElementSibling.id")
         assert section == "early-tiny_mdqa"
