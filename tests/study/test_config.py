@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -165,3 +166,26 @@ def test_early_section_is_checked_on_load():
     assert cfg.early.fractions == [1.0, 0.25, 0.5] and cfg.early.gates() == [0.25, 0.5]
     assert from_dict(yaml.safe_load(dump_config(cfg))) == cfg
     assert from_dict(H.fake_config()).early.fractions == [] and from_dict(H.fake_config()).early.gates() == []  # off by default
+
+
+def test_command_line_overrides_set_keys_and_are_validated_whole(tmp_path):
+    """`needlework study CONFIG KEY.PATH=VALUE ...`: values read as YAML, sections made, the result
+    validated as any config, and malformed overrides named with the fix."""
+    from needlework.study.config import apply_overrides, load_config
+
+    p = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    cfg = load_config(p, ["sizes.n_train=4", "early.fractions=[0.5, 1.0]", "early.probe_n=8", "models.smollm2.dtype=bfloat16"])
+    assert cfg.sizes.n_train == 4 and cfg.early.fractions == [0.5, 1.0] and cfg.early.probe_n == 8
+    assert cfg.models["smollm2"].dtype == "bfloat16" and cfg.to_dict()["early"]["probe_n"] == 8  # saved with the study
+    assert load_config(p).sizes.n_train != 4  # the file itself is untouched
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=x y", "d.e=null"]) == {"a": {"b": 1, "c": "x y"}, "d": {"e": None}}
+    for bad, why in (
+        ("sizes.n_trian=4", "unknown key.*n_trian.*did you mean `n_train`"),
+        ("sizes.n_train=many", "n_train"),
+        ("sizes.n_train", "not KEY.PATH=VALUE"),
+        ("sizes..n_train=4", "not KEY.PATH=VALUE"),
+        ("sizes.n_train.x=4", "sizes.n_train is a value, not a section"),
+        ("early.fractions=[0.5", "not YAML"),
+    ):
+        with pytest.raises(NeedleworkError, match=why):
+            load_config(p, [bad])

@@ -145,6 +145,26 @@ def test_dry_run_fails_before_planning_with_the_key_path(tmp_path):
     assert not out.exists()
 
 
+def test_dry_run_takes_overrides_after_the_config(tmp_path):
+    """`needlework study CONFIG KEY=VALUE ... --dry-run`: the override reaches the plan (a bad one
+    fails before planning, named with the fix)."""
+    p = tmp_path / "study.yaml"
+    p.write_text(yaml.safe_dump(_cfg()))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "needlework.cli", "study", str(p), *a, "--out", str(tmp_path / "run"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    plain, early = run(), run("early.fractions=[0.5,1.0]")
+    assert plain.returncode == early.returncode == 0, early.stderr
+    assert " probe " not in plain.stdout and early.stdout.count(" probe ") >= 2  # probes at 50% and 100%
+    bad = run("early.fractions=half")
+    assert bad.returncode == 2 and "early.fractions" in bad.stderr and "fix:" in bad.stderr
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_pass_the_value_checks(path):
     load_config(path)  # (tests/test_configs.py also plans them)

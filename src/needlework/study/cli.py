@@ -9,6 +9,12 @@ import typer
 
 def study_cmd(
     config: Path = typer.Argument(..., help="Study config (YAML), e.g. configs/demo.yaml."),
+    overrides: list[str] | None = typer.Argument(
+        None,
+        help="KEY.PATH=VALUE settings over the config, the value read as YAML, e.g. sizes.n_train=100 "
+        "early.fractions=[0.25,0.5,1.0]; the whole config is validated after them and saved with the study.",
+        show_default=False,
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Study folder (default: runs/<config name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is cached; run nothing."),
     only: str | None = typer.Option(
@@ -40,11 +46,13 @@ def study_cmd(
         needlework study configs/demo.yaml --out runs/demo --only knockout,analysis,report
 
         needlework study configs/gpu-mdqa.yaml --out runs/mdqa --workers 4   # one GPU, 4 stages at a time
+
+        needlework study configs/gpu-mdqa.yaml early.fractions=[0.25,0.5,1.0] early.probe_n=64 --out runs/mdqa-early
     """
     from needlework.study.config import load_config
     from needlework.study.engine import run_study
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides or ())
     out = out or Path("runs") / config.stem
     stages = {s.strip() for s in only.split(",") if s.strip()} if only else None
     run_study(cfg, out, dry_run=dry_run, only=stages, workers=workers)

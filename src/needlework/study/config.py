@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -472,11 +473,47 @@ def from_dict(data: Any, base_dir: Path | None = None) -> StudyConfig:
     return validate(cfg, base_dir)
 
 
-def load_config(path: str | os.PathLike) -> StudyConfig:
-    """Read and validate a study YAML file.
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`KEY.PATH=VALUE` settings over a config mapping (torchtune's command-line overrides): VALUE
+    is read as YAML (`100`, `[0.25, 0.5, 1.0]`, `true`, `null`, `bfloat16`), missing sections are
+    made, and the caller validates the result whole, as any config (an unknown key named by its path)."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(data) if data else {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise NeedleworkError(
+                f"override {item!r} is not KEY.PATH=VALUE", "write e.g. sizes.n_train=100 or early.fractions=[0.25,0.5,1.0]"
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise NeedleworkError(
+                f"override {item!r}: its value is not YAML ({e})", "quote strings with spaces, write lists as [a, b]"
+            ) from None
+        node = out
+        for i, k in enumerate(parts[:-1]):
+            if node.get(k) is None:
+                node[k] = {}
+            if not isinstance(node[k], dict):
+                raise NeedleworkError(
+                    f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section", "set that key itself, or a key of a section"
+                )
+            node = node[k]
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Read and validate a study YAML file, with `overrides` (`apply_overrides`) applied first.
 
     Raises:
-        NeedleworkError: missing file, YAML syntax error (with line), or a bad key (named by its path).
+        NeedleworkError: missing file, YAML syntax error (with line), a malformed override, or a
+            bad key (named by its path).
     """
     import yaml
 
@@ -489,10 +526,12 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise NeedleworkError(f"{p}: YAML syntax error{where}: {getattr(e, 'problem', e)}", "fix the YAML syntax") from None
+    data = apply_overrides(data, overrides) if overrides else data
     try:
         return from_dict(data, base_dir=p.parent)
     except NeedleworkError as e:
-        raise NeedleworkError(f"{p}: {e.problem}", e.fix) from None
+        given = f" (with {' '.join(overrides)})" if overrides else ""
+        raise NeedleworkError(f"{p}{given}: {e.problem}", e.fix) from None
 
 
 def dump_config(cfg: StudyConfig) -> str:
