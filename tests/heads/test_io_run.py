@@ -57,6 +57,30 @@ def test_plot_writes_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_and_export_take_a_criterion(tmp_path):
+    """A folder with a second criterion (output: logits, negative ones too): plot and export read it
+    by name, the plot's scale reaches below 0, and the primary stays the default."""
+    import json
+
+    from needlework.heads.io import export_scores
+    from needlework.heads.plot import heatmap
+    from needlework.heads.score import head_table
+
+    src = HeadScores.read(scored_result(tmp_path))
+    per = src.per_example.assign(score=lambda d: d["score"] - 1.0, criterion="output")  # all below 0
+    meta = {**src.meta, "options": {"score": "retrieval", "criteria": ["output"]}}
+    heads = head_table(per.drop(columns="criterion")).assign(criterion="output")
+    HeadScores(heads=src.heads, per_example=src.per_example, criteria_heads=heads, criteria_per_example=per, meta=meta).write(
+        tmp_path / "two"
+    )
+    assert heatmap(tmp_path / "two").name == "heads.png"
+    png = heatmap(tmp_path / "two", criterion="output")
+    assert png.name == "heads-output.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    got = json.loads(export_scores(tmp_path / "two", "wu", tmp_path / "o.json", criterion="output").read_text())
+    want = per[(per["layer"] == 1) & (per["head"] == 2)]["score"].tolist()
+    assert got["1-2"] == want and max(want) < 0  # the output criterion's per-example scores, in order
+
+
 def test_cli_compare_plot_export(tmp_path):
     from typer.testing import CliRunner
 

@@ -102,15 +102,16 @@ def compare_cmd(
 @heads_app.command("plot")
 def plot_cmd(
     result: Path = typer.Argument(..., help="result directory"),
-    out: Path | None = typer.Option(None, help="PNG path (default RESULT/heads.png)"),
+    out: Path | None = typer.Option(None, help="PNG path (default RESULT/heads.png, RESULT/heads-<criterion>.png)"),
+    criterion: str | None = typer.Option(None, help="in a folder scored with several criteria, the one drawn (default: its --score)"),
 ) -> None:
     """Layer x head heatmap of mean scores.
 
-    Example: needlework heads plot runs/heads/smollm2-mdqa_test-3f2a9c1b
+    Example: needlework heads plot runs/heads/smollm2-mdqa_test-3f2a9c1b --criterion query
     """
     from needlework.heads.plot import heatmap
 
-    typer.echo(str(heatmap(result, out)))
+    typer.echo(str(heatmap(result, out, criterion=criterion)))
 
 
 @heads_app.command("export")
@@ -121,6 +122,7 @@ def export_cmd(
     ),  # \\[: a bracket, not rich markup
     out: Path = typer.Option(..., help="output file"),
     kv_agg: str = typer.Option("max", help="duo: max | mean over a kv group's query heads"),
+    criterion: str | None = typer.Option(None, help="in a folder scored with several criteria, the one written (default: its --score)"),
 ) -> None:
     """Write scores in Wu et al.'s JSON or DuoAttention's TSV.
 
@@ -128,7 +130,7 @@ def export_cmd(
     """
     from needlework.heads.io import export_scores
 
-    typer.echo(str(export_scores(result, format, out, kv_agg)))
+    typer.echo(str(export_scores(result, format, out, kv_agg, criterion)))
 
 
 @heads_app.command("import")

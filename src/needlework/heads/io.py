@@ -51,13 +51,16 @@ def _export_wu(per, heads, out: Path) -> None:
     write_text(ids_path, json.dumps({"example_ids": ids, "scores": out.name}) + "\n")
 
 
-def export_scores(result_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, kv_agg: str = "max") -> Path:
-    """Write the scores of a result directory as `fmt` to `out`; returns `out` (wu: the example ids
-    go to `compare.wu_ids_path(out)` beside it)."""
+def export_scores(
+    result_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, kv_agg: str = "max", criterion: str | None = None
+) -> Path:
+    """Write the scores of a result directory (`criterion`: one of a folder scored with several,
+    default its `score`) as `fmt` to `out`; returns `out` (wu: the example ids go to
+    `compare.wu_ids_path(out)` beside it)."""
     from needlework.heads.compare import scores_from_tables, to_view
 
     _check_format(fmt)
-    res = HeadScores.read(result_dir)
+    res = HeadScores.read(result_dir).criterion(criterion)
     per, heads, meta = res.per_example, res.heads, res.meta
     out = Path(out)
     if fmt == "wu":
