@@ -50,3 +50,34 @@ def scored_result(tmp_path, name="a", seed=0, L=2, H=4, K=2, n=5, order=None):
     out = tmp_path / name
     HeadScores(heads=head_table(per), per_example=per, meta={"shape": {"n_layers": L, "n_heads": H, "n_kv_heads": K}}).write(out)
     return out
+
+
+FILLER = [
+    "The harbour town woke slowly, its fishing boats knocking against the old stone pier while gulls argued overhead.",
+    "In the valley the orchards were heavy with apples, and the farmers spoke of little but the coming frost.",
+    "A small museum near the station keeps maps of railways that were planned but never built.",
+]
+
+
+def needle_record(i: int, answer: str, fact: str, question: str):
+    """A short MDQA record for the real model: three documents of filler, the fact in the second
+    one (gold: it holds the needle), the answer's span located in it. Its attention has no near-tie
+    at an argmax (test_smollm2.py checks), so the kernels' rounding cannot flip a hit."""
+    from needlework.data.records import Document, Needle, Record
+
+    text = f"{FILLER[i % 3]} {fact} {FILLER[(i + 1) % 3]}"
+    start = text.index(answer)
+    docs = [
+        Document("d0", "Notes", FILLER[(i + 2) % 3] + " " + FILLER[i % 3]),
+        Document("d1", "Facts", text),
+        Document("d2", "More", FILLER[(i + 1) % 3]),
+    ]
+    return Record(f"r{i}", "mdqa", "high", "high", docs, question, [answer], [Needle(1, start, start + len(answer))])
+
+
+def needle_records() -> list:
+    """Two records of different lengths (batches of them are padded)."""
+    return [
+        needle_record(0, "Marlowe", "The lighthouse keeper of Quillby was named Marlowe.", "Who kept the lighthouse of Quillby?"),
+        needle_record(1, "Tarragon Bay", "The painter Ilse Varn was born in Tarragon Bay.", "Where was Ilse Varn born?"),
+    ]

@@ -5,27 +5,10 @@ tolerances as in test_criteria.py)."""
 import pytest
 
 from criteria_reference import by_head, output_tol, query_rtol, query_tol, reference_output, reference_query
-from needlework.data.records import Document, Needle, Record
+from heads_helpers import needle_records
 from needlework.heads.score import ScoreConfig, prepare_examples, score_examples
 
 pytestmark = pytest.mark.slow
-
-FILLER = [
-    "The harbour town woke slowly, its fishing boats knocking against the old stone pier while gulls argued overhead.",
-    "In the valley the orchards were heavy with apples, and the farmers spoke of little but the coming frost.",
-    "A small museum near the station keeps maps of railways that were planned but never built.",
-]
-
-
-def _record(i: int, answer: str, fact: str, question: str) -> Record:
-    text = f"{FILLER[i % 3]} {fact} {FILLER[(i + 1) % 3]}"
-    start = text.index(answer)
-    docs = [
-        Document("d0", "Notes", FILLER[(i + 2) % 3]),
-        Document("d1", "Facts", text),
-        Document("d2", "More", FILLER[(i + 1) % 3] + " " + FILLER[i % 3]),
-    ]
-    return Record(f"r{i}", "mdqa", "high", "high", docs, question, [answer], [Needle(1, start, start + len(answer))], gold_docs=[1])
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +23,7 @@ def smol64():
 
 @pytest.fixture(scope="module")
 def records():
-    return [
-        _record(0, "Marlowe", "The lighthouse keeper of Quillby was named Marlowe.", "Who kept the lighthouse of Quillby?"),
-        _record(1, "Tarragon Bay", "The painter Ilse Varn was born in Tarragon Bay.", "Where was Ilse Varn born?"),
-    ]
+    return needle_records()
 
 
 def test_query_equals_reference(smol64, records):

@@ -4,32 +4,15 @@ short hand-made needle records, batched; generate mode emits transformers' greed
 import pytest
 import torch
 
+from heads_helpers import needle_records
 from heads_reference import reference_hits
-from needlework.data.records import Document, Needle, Record
 from needlework.heads.score import ScoreConfig, greedy_decode, prepare_examples, rouge1_recall, score_examples, stop_rule
 
 pytestmark = pytest.mark.slow
 
-FILLER = [
-    "The harbour town woke slowly, its fishing boats knocking against the old stone pier while gulls argued overhead.",
-    "In the valley the orchards were heavy with apples, and the farmers spoke of little but the coming frost.",
-    "A small museum near the station keeps maps of railways that were planned but never built.",
-]
-
 
 def _norm(tok, t: int) -> str:
     return tok.decode([t]).strip().lower()
-
-
-def _record(i: int, answer: str, fact: str, question: str) -> Record:
-    text = f"{FILLER[i % 3]} {fact} {FILLER[(i + 1) % 3]}"
-    start = text.index(answer)
-    docs = [
-        Document("d0", "Notes", FILLER[(i + 2) % 3] + " " + FILLER[i % 3]),
-        Document("d1", "Facts", text),
-        Document("d2", "More", FILLER[(i + 1) % 3]),
-    ]
-    return Record(f"r{i}", "mdqa", "high", "high", docs, question, [answer], [Needle(1, start, start + len(answer))])
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +24,7 @@ def smol():
 
 @pytest.fixture(scope="module")
 def records():
-    return [
-        _record(0, "Marlowe", "The lighthouse keeper of Quillby was named Marlowe.", "Who kept the lighthouse of Quillby?"),
-        _record(1, "Tarragon Bay", "The painter Ilse Varn was born in Tarragon Bay.", "Where was Ilse Varn born?"),
-    ]
+    return needle_records()
 
 
 def test_teacher_hits_equal_reference(smol, records):

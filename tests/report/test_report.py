@@ -214,6 +214,14 @@ def _chromium(tmp_path):
     return webdriver.Chrome(service=Service(DRIVER), options=opts)
 
 
+@pytest.fixture
+def driver(tmp_path):
+    """Headless Chromium for one test, quit after it."""
+    d = _chromium(tmp_path)
+    yield d
+    d.quit()
+
+
 NEEDS_CHROMIUM = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(DRIVER).exists()), reason="needs chromium and chromium-driver (scripts/install-browser.sh)"
 )
@@ -255,55 +263,47 @@ def _check_sections(driver, sections: list[str]) -> None:
 
 
 @NEEDS_CHROMIUM
-def test_report_renders_in_headless_chromium(fake_study, tmp_path):
+def test_report_renders_in_headless_chromium(fake_study, tmp_path, driver):
     page = write_report(fake_study)
-    driver = _chromium(tmp_path)
-    try:
-        loaded = _open(driver, page)
-        n_img = len(loaded)
-        assert n_img == 6 and all(loaded), loaded
-        assert driver.title == "needlework report: tiny"
-        _check_sections(driver, SECTIONS)
-        # the drill-down: the reference's examples open, the others collapsed; methods as a table
-        opened = driver.execute_script("return Array.from(document.querySelectorAll('#sec-examples details')).map(d => d.open)")
-        assert opened == [True] + [False] * 5
-        rows = driver.execute_script("return document.querySelectorAll('#sec-examples details[open] tr').length")
-        assert rows == 1 + 6  # header + a few examples
-        assert driver.execute_script("return document.querySelector('#methods-table').rows.length") >= 10
-        assert driver.execute_script("return document.querySelector(\"a[href='results.csv']\") !== null")
-        shot = _screenshot(driver, _shot_dir(tmp_path) / "report-fake-study.png")
-        assert shot.stat().st_size > 50_000
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert severe == []
-        # a broken figure must be caught: delete one PNG and reload
-        first = driver.execute_script("return document.images[0].getAttribute('src')")
-        (page.parent / first).unlink()
-        loaded = _open(driver, page)
-        assert loaded.count(False) == 1
-        assert any(e["level"] == "SEVERE" for e in driver.get_log("browser"))
-    finally:
-        driver.quit()
+    loaded = _open(driver, page)
+    n_img = len(loaded)
+    assert n_img == 6 and all(loaded), loaded
+    assert driver.title == "needlework report: tiny"
+    _check_sections(driver, SECTIONS)
+    # the drill-down: the reference's examples open, the others collapsed; methods as a table
+    opened = driver.execute_script("return Array.from(document.querySelectorAll('#sec-examples details')).map(d => d.open)")
+    assert opened == [True] + [False] * 5
+    rows = driver.execute_script("return document.querySelectorAll('#sec-examples details[open] tr').length")
+    assert rows == 1 + 6  # header + a few examples
+    assert driver.execute_script("return document.querySelector('#methods-table').rows.length") >= 10
+    assert driver.execute_script("return document.querySelector(\"a[href='results.csv']\") !== null")
+    shot = _screenshot(driver, _shot_dir(tmp_path) / "report-fake-study.png")
+    assert shot.stat().st_size > 50_000
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
+    # a broken figure must be caught: delete one PNG and reload
+    first = driver.execute_script("return document.images[0].getAttribute('src')")
+    (page.parent / first).unlink()
+    loaded = _open(driver, page)
+    assert loaded.count(False) == 1
+    assert any(e["level"] == "SEVERE" for e in driver.get_log("browser"))
 
 
 @NEEDS_CHROMIUM
-def test_report_with_head_criteria_renders_in_headless_chromium(fake_criteria_study, tmp_path):
+def test_report_with_head_criteria_renders_in_headless_chromium(fake_criteria_study, tmp_path, driver):
     page = write_report(fake_criteria_study)
-    driver = _chromium(tmp_path)
-    try:
-        loaded = _open(driver, page)
-        assert len(loaded) == 6 and all(loaded), loaded  # the criteria section adds tables, no figure
-        _check_sections(driver, CRITERIA_SECTIONS)
-        cells = driver.execute_script(
-            "return ['criteria-best-tiny_mdqa', 'criteria-agreement-tiny_mdqa'].map(id => {"
-            " const t = document.getElementById(id); return t ? [t.rows.length, t.rows[1].cells.length] : null; })"
-        )
-        assert cells == [[4, 6], [4, 4]]  # header + 3 criteria; 6 columns, a 3 x 3 matrix beside the names
-        highlighted = driver.execute_script("return document.querySelector('#criteria-best-tiny_mdqa tr.ref').cells[0].textContent")
-        assert highlighted == "retrieval (best, main)"
-        _screenshot(driver, _shot_dir(tmp_path) / "report-fake-criteria-study.png")
-        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
-    finally:
-        driver.quit()
+    loaded = _open(driver, page)
+    assert len(loaded) == 6 and all(loaded), loaded  # the criteria section adds tables, no figure
+    _check_sections(driver, CRITERIA_SECTIONS)
+    cells = driver.execute_script(
+        "return ['criteria-best-tiny_mdqa', 'criteria-agreement-tiny_mdqa'].map(id => {"
+        " const t = document.getElementById(id); return t ? [t.rows.length, t.rows[1].cells.length] : null; })"
+    )
+    assert cells == [[4, 6], [4, 4]]  # header + 3 criteria; 6 columns, a 3 x 3 matrix beside the names
+    highlighted = driver.execute_script("return document.querySelector('#criteria-best-tiny_mdqa tr.ref').cells[0].textContent")
+    assert highlighted == "retrieval (best, main)"
+    _screenshot(driver, _shot_dir(tmp_path) / "report-fake-criteria-study.png")
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 STUDY = os.environ.get("NEEDLEWORK_REPORT_STUDY")  # e.g. runs/demo after `make demo`
@@ -311,36 +311,28 @@ STUDY = os.environ.get("NEEDLEWORK_REPORT_STUDY")  # e.g. runs/demo after `make 
 
 @NEEDS_CHROMIUM
 @pytest.mark.skipif(not STUDY, reason="set NEEDLEWORK_REPORT_STUDY to a finished study folder (e.g. runs/demo)")
-def test_report_of_a_real_study_renders_in_headless_chromium(tmp_path):
+def test_report_of_a_real_study_renders_in_headless_chromium(tmp_path, driver):
     page = write_report(STUDY)
-    driver = _chromium(tmp_path)
-    try:
-        loaded = _open(driver, page)
-        assert len(loaded) >= 6 and all(loaded), loaded
-        ids = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.id)")
-        want = ["methods", "results", "depth", "examples", "loss"]
-        want += [s for s in ("knockout", "patching") if s in ids]  # when the study ran them
-        _check_sections(driver, want)
-        assert any(i.startswith("a-") for i in ids)
-        _screenshot(driver, _shot_dir(tmp_path) / f"report-{Path(STUDY).name}.png")
-        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
-    finally:
-        driver.quit()
+    loaded = _open(driver, page)
+    assert len(loaded) >= 6 and all(loaded), loaded
+    ids = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.id)")
+    want = ["methods", "results", "depth", "examples", "loss"]
+    want += [s for s in ("knockout", "patching") if s in ids]  # when the study ran them
+    _check_sections(driver, want)
+    assert any(i.startswith("a-") for i in ids)
+    _screenshot(driver, _shot_dir(tmp_path) / f"report-{Path(STUDY).name}.png")
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 @NEEDS_CHROMIUM
-def test_report_with_early_prediction_renders_in_headless_chromium(fake_early_study, tmp_path):
+def test_report_with_early_prediction_renders_in_headless_chromium(fake_early_study, tmp_path, driver):
     page = write_report(fake_early_study)
-    driver = _chromium(tmp_path)
-    try:
-        loaded = _open(driver, page)
-        assert len(loaded) == 7 and all(loaded), loaded  # the six of a study plus recall vs training progress
-        section = driver.execute_script("return document.getElementById('early').nextElementSibling.id")
-        assert section == "early-tiny_mdqa"
-        curve = driver.execute_script(
-            "const i = document.querySelector(\"img[alt='recall vs training progress']\"); return [i.naturalWidth, i.naturalHeight]"
-        )
-        assert curve[0] > 300 and curve[1] > 200
-        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
-    finally:
-        driver.quit()
+    loaded = _open(driver, page)
+    assert len(loaded) == 7 and all(loaded), loaded  # the six of a study plus recall vs training progress
+    section = driver.execute_script("return document.getElementById('early').nextElementSibling.id")
+    assert section == "early-tiny_mdqa"
+    curve = driver.execute_script(
+        "const i = document.querySelector(\"img[alt='recall vs training progress']\"); return [i.naturalWidth, i.naturalHeight]"
+    )
+    assert curve[0] > 300 and curve[1] > 200
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []

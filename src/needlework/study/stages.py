@@ -338,7 +338,7 @@ def _early(ctx: StageContext, rows: list[dict], used: list[str], gates: list[dic
     return {**{k: e[k] for k in keep}, **pred, "curves": curves, "gates": gates, "stopped": stopped, "monitor_seconds": monitor}
 
 
-def _criteria(ctx: StageContext, rows: list[dict], used: list[str]) -> dict:
+def _criteria(ctx: StageContext, rows: list[dict], used: list[str], compared: dict[str, dict]) -> dict:
     """Every head criterion: each set's recall of the reference's heads under it (its compare
     stage's), how well that recall predicts the score across the used sets (`criteria_analysis`),
     and the agreement of the reference model's head sets between criteria (the study's head rule)."""
@@ -348,7 +348,7 @@ def _criteria(ctx: StageContext, rows: list[dict], used: list[str]) -> dict:
     h, a = s["heads"], s["analysis"]
     recall = {}
     for r in rows:
-        held = Comparison.read(ctx.inputs[f"compare:{r['set']}"]).result.get("criteria") or {}
+        held = compared[r["set"]].get("criteria") or {}
         recall[r["set"]] = {c: held[c]["recall"] for c in s["criteria"] if c in held}
     ref_sets = reference_head_sets(HeadScores.read(ctx.inputs["ref_heads"]), s["criteria"], h["rule"], h["top"], h["threshold"])
     score = {r["set"]: r["score"] for r in rows}
@@ -365,9 +365,9 @@ def analysis_stage(ctx: StageContext) -> None:
     s = ctx.node.slice
     gates = _gates(ctx)
     stopped = gates[-1]["stopped"] if gates else {}
-    rows = []
+    rows, compared = [], {}
     for name, info in s["sets"].items():
-        cmp = Comparison.read(ctx.inputs[f"compare:{name}"]).result
+        cmp = compared[name] = Comparison.read(ctx.inputs[f"compare:{name}"]).result
         row = {
             "set": name,
             "label": info["label"],
@@ -387,7 +387,7 @@ def analysis_stage(ctx: StageContext) -> None:
     if "early" in s:
         res["early"] = _early(ctx, rows, res["sets"], gates)
     if "criteria" in s:  # only then, so that analyses of one criterion keep their hash
-        res["criteria"] = _criteria(ctx, rows, res["sets"])
+        res["criteria"] = _criteria(ctx, rows, res["sets"], compared)
     Analysis(result={"model": ctx.node.model, "task": ctx.node.task, "reference": s["reference"], "rows": rows, **res}).write(ctx.out)
 
 
