@@ -137,7 +137,20 @@ def run(mode: str, cfg_dict: dict, out: Path, workers: int) -> dict:
         "n_train": cfg.sizes.n_train,
         "n_eval": cfg.sizes.n_eval,
         "results": summary_lines(out),
+        "early_cost": _early_cost(out),
     }
+
+
+def _early_cost(out: Path) -> list[str]:
+    """Each analysis's measured monitoring cost (early prediction), when the study had `early:`."""
+    from needlework.report.early import reading_cost
+
+    lines = []
+    for f in sorted((out / "stages" / "analysis").glob("*/analysis.json")):
+        an = json.loads(f.read_text())
+        if an.get("early"):
+            lines.append(f"{an['model']}/{an['task']}: {reading_cost(an['early'])}")
+    return lines
 
 
 def main() -> None:
@@ -152,8 +165,18 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=None, help="override every task's length (tokens)")
     ap.add_argument("--sets", default=None, help="keep only these training sets (and the reference)")
     ap.add_argument("--device", default=None, help="override the models' device (cpu for a check of this script)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="a config override, as `needlework study CONFIG KEY.PATH=VALUE` takes (repeatable), e.g. early.probe_n=32",
+    )
     args = ap.parse_args()
-    raw = _scaled(yaml.safe_load(Path(args.config).read_text()), args)
+    from needlework.study.config import apply_overrides
+
+    raw = _scaled(apply_overrides(yaml.safe_load(Path(args.config).read_text()), args.overrides), args)
     rows = []
     for mode in args.modes.split(","):
         cfg = _serial(raw) if mode == "serial" else raw
