@@ -7,7 +7,7 @@ the same job (a ratio), with the GPU's busy fraction and the results of both sid
   fast    the config as given (e.g. configs/gpu-mdqa.yaml: `rows_per_pass: auto`, `batch_size:
           auto`) with `--workers N` stage processes sharing the GPU.
 
-Both runs start from an empty study folder (nothing cached). Prints one JSON line per run and a
+Both runs start from an empty study folder (nothing cached), unless `--keep`. Prints one JSON line per run and a
 summary line with the ratio; the results (score and head recall per training set) must agree up to
 the order of floating-point sums.
 
@@ -96,36 +96,41 @@ class GpuBusy:
         return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
 
 
-def stage_seconds(out: Path) -> tuple[dict[str, float], dict[str, int]]:
+def stage_seconds(out: Path, since: float = 0.0) -> tuple[dict[str, float], dict[str, int]]:
     """Seconds per stage summed over the study's nodes, from every node's done file (whichever
-    process ran it), and the number of nodes per stage."""
+    process ran it) written after `since` (a Unix time: this run's, not a kept earlier run's), and
+    the number of nodes per stage."""
     from needlework.artifacts import STAGE_DONE
 
     per: dict[str, float] = {}
     n: dict[str, int] = {}
     for d in sorted((out / "stages").glob(f"*/*/{STAGE_DONE}")):
+        if d.stat().st_mtime < since:
+            continue
         stage = d.parent.parent.name
         per[stage] = round(per.get(stage, 0.0) + json.loads(d.read_text())["seconds"], 1)
         n[stage] = n.get(stage, 0) + 1
     return per, n
 
 
-def run(mode: str, cfg_dict: dict, out: Path, workers: int) -> dict:
+def run(mode: str, cfg_dict: dict, out: Path, workers: int, keep: bool = False) -> dict:
     from rich.console import Console
 
     from needlework.report.report import summary_lines
     from needlework.study.config import from_dict
     from needlework.study.engine import run_study
 
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     cfg = from_dict(cfg_dict)
     log = io.StringIO()
+    started = time.time()
     t0 = time.perf_counter()
     with GpuBusy() as busy:
         nodes = run_study(cfg, out, console=Console(file=log, width=160), workers=workers)
     wall = time.perf_counter() - t0
     (out / "console.log").write_text(log.getvalue())
-    per_stage, n_run = stage_seconds(out)
+    per_stage, n_run = stage_seconds(out, since=started)
     return {
         "mode": mode,
         "workers": workers,
@@ -173,6 +178,12 @@ def main() -> None:
         metavar="KEY.PATH=VALUE",
         help="a config override, as `needlework study CONFIG KEY.PATH=VALUE` takes (repeatable), e.g. early.probe_n=32",
     )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the study folder: stages another run left there are reused (e.g. a one-task study's, before a "
+        "study that adds tasks), and the wall time covers only what is left",
+    )
     args = ap.parse_args()
     from needlework.study.config import apply_overrides
 
@@ -180,7 +191,7 @@ def main() -> None:
     rows = []
     for mode in args.modes.split(","):
         cfg = _serial(raw) if mode == "serial" else raw
-        r = run(mode, cfg, Path(args.out) / mode, 1 if mode == "serial" else args.workers)
+        r = run(mode, cfg, Path(args.out) / mode, 1 if mode == "serial" else args.workers, keep=args.keep)
         print(json.dumps(r), flush=True)
         rows.append(r)
     if len(rows) == 2:
