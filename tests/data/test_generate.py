@@ -13,6 +13,7 @@ from needlework.data.inspect import VARIANTS
 from needlework.data.phrasings import FILLER_SENTENCES
 from needlework.data.records import write_jsonl
 from needlework.data.render import answer_text, render
+from needlework.errors import NeedleworkError
 from needlework.io import hash_file
 from synth_helpers import byte_bpe_tokenizer
 
@@ -252,3 +253,22 @@ def test_haystack_path_and_writer(smollm2_tokenizer, tmp_path):
     recs = generate(GenerateConfig(task="kv", concept="symbolic", n=2, length=1024, writer_docs=60), tokenizer=smollm2_tokenizer, writer=w)
     assert w.calls == 1
     assert any("written for a prompt" in d.text for r in recs for d in r.documents)
+
+
+@pytest.mark.parametrize("task", ["mdqa", "summhay"])
+def test_max_tokens_is_a_ceiling_under_the_chat_template(smollm2_tokenizer, task):
+    """A study fits records to its task length as the model sees them (chat template included) and
+    never longer, so a task at the model's context fits it. chat=None resolves to the template
+    SmolLM2's tokenizer has."""
+    length = 2048
+    cfg = GenerateConfig(task=task, n=6, length=length, chat=None, max_tokens=length, seed=3)
+    tol = max(round(0.02 * length), 32)
+    for rec in generate(cfg, tokenizer=smollm2_tokenizer):
+        n = render(rec, smollm2_tokenizer, chat=True).n_tokens
+        assert length - tol <= n <= length, (rec.id, n)
+        assert rec.meta["chat"] is True and rec.meta["n_tokens"] == n
+
+
+def test_max_tokens_below_length_is_refused():
+    with pytest.raises(NeedleworkError, match="below --length"):
+        generate(GenerateConfig(task="mdqa", n=1, length=1024, max_tokens=1000))

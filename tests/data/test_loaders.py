@@ -382,3 +382,16 @@ def test_split_by_question_is_disjoint_stable_and_draws_distractors_from_its_own
         load_real("mdqa", str(path), LoadConfig(split="test"))
     with pytest.raises(NeedleworkError, match="eval_fraction"):
         load_real("mdqa", str(path), LoadConfig(split="eval", eval_fraction=1.5))
+
+
+def test_lengthen_with_a_ceiling_and_the_chat_template(tmp_path, smollm2_tokenizer):
+    """max_tokens: never longer than the ceiling, measured as the model sees the prompt (chat=None:
+    the template SmolLM2's tokenizer has)."""
+    path = write_lines(tmp_path / "q.jsonl", MDQA * 3)
+    recs = load_real("mdqa", str(path), LoadConfig(length=600, max_tokens=600, chat=None, seed=1))
+    assert len(recs) == 9
+    for r in recs:
+        n = render(r, smollm2_tokenizer, chat=True).n_tokens
+        assert 600 - 32 <= n <= 600 and r.meta["n_tokens"] == n
+    with pytest.raises(NeedleworkError, match="below length"):
+        load_real("mdqa", str(path), LoadConfig(length=600, max_tokens=500))

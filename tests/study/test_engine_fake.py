@@ -63,12 +63,14 @@ def test_changed_option_reruns_only_dependents(tmp_path):
     cfg["knockout"]["random_seeds"] = 3
     nodes, _ = _run(cfg, tmp_path)
     assert {s for s, _ in H.CALLS} == {"knockout"}
-    cfg["eval"]["max_new_tokens"] = 5  # evaluation options feed evaluate, knockout, patch, then analysis
+    cfg["eval"]["max_new_tokens"] = 5  # evaluation options feed evaluate, knockout, patch, then analysis;
+    # the answer budget also refits the evaluation set (its prompts leave room for it), which scoring reads
     nodes, _ = _run(cfg, tmp_path)
     ran = sorted({s for s, _ in H.CALLS})
     # analysis stays cached: the fake evaluation writes the same numbers, and keys hash outputs
-    assert ran == ["evaluate", "knockout", "patch"]
-    assert all(n.status == "cached" for n in nodes if n.stage in ("data", "train", "score", "compare"))
+    assert ran == ["data", "evaluate", "knockout", "patch", "score"]
+    assert {n.slice["role"] for n in nodes if n.stage == "data" and n.status != "cached"} == {"eval"}
+    assert all(n.status == "cached" for n in nodes if n.stage == "train")
 
 
 def test_upstream_output_change_propagates(tmp_path):

@@ -97,13 +97,16 @@ def _keys(obj) -> set[str]:
 
 
 def test_studies_without_criteria_keep_every_slice_hence_their_cached_stages():
-    """Every node's slice and inputs, as before criteria existed: the digests were computed at commit
-    8f732be (before `score.criteria` and `heads.criterion`) with this function. A change here
-    re-runs every cached stage of existing studies: change a digest only on purpose."""
-    assert _plan_digest(from_dict(H.fake_config())) == "68810ad10b9e635f"
-    assert _plan_digest(from_dict(H.fake_early_config(stop_early=True))) == "3e91e7b1eab8393c"
-    assert _plan_digest(from_dict(H.tiny_config("tiny-model"))) == "cbe5f432edd0ed9f"
-    assert _plan_digest(load_config(REPO / "configs" / "demo.yaml")) == "8c0b79c492352312"
+    """Every node's slice and inputs, as before criteria existed: criteria add nothing to a study that
+    does not ask for them. The digests were computed with this function at commit 8f732be (before
+    `score.criteria` and `heads.criterion`) and changed once on purpose since: the data slices gained
+    `chat` and `max_tokens` (records fitted as the model sees them, never beyond the task's length,
+    evaluation prompts leaving room for the answer budget).
+    A change here re-runs every cached stage of existing studies: change a digest only on purpose."""
+    assert _plan_digest(from_dict(H.fake_config())) == "3378dbb439e3c172"
+    assert _plan_digest(from_dict(H.fake_early_config(stop_early=True))) == "ecd739811cd701bf"
+    assert _plan_digest(from_dict(H.tiny_config("tiny-model"))) == "839ba1d969daed5c"
+    assert _plan_digest(load_config(REPO / "configs" / "demo.yaml")) == "a098fda9f1ad573a"
     for n in build_plan(from_dict(H.fake_early_config())):
         assert not {"criteria", "criterion"} & _keys(n.slice), n.label
         assert n.stage != "analysis" or "ref_heads" not in n.deps  # it reads the reference's heads only for criteria

@@ -16,7 +16,7 @@ token position over the prompt length, for reference.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from needlework.data import haystack as hs
 from needlework.data.phrasings import FILLER_SENTENCES
 from needlework.data.records import Document, Needle, Record, validate_record
-from needlework.data.render import answer_text, render
+from needlework.data.render import answer_text, render, resolve_chat
 from needlework.data.tasks import BUILDERS, Draft, Piece, TaskSpec
 from needlework.data.world import World, build_world, check_relations, sample_chain
 from needlework.errors import NeedleworkError, OptionError
@@ -46,7 +46,8 @@ class GenerateConfig:
     seed: int = 0
     depth: str | float = "random"  # 0..100 (percent of the haystack before the gold docs) or random
     relations: list[str] | None = None  # restrict relation types (the "limited" sets); None: all
-    chat: bool = False  # count length with the tokenizer's chat template
+    chat: bool | None = False  # count length with the tokenizer's chat template (a study passes its stages' setting; null: if it has one)
+    max_tokens: int = 0  # never exceed this many tokens (a study: its task length, so records fit the model); 0: length + tolerance
     haystack: str | None = None  # dir of .txt or JSONL with `text`; default: CPython docs prose
     hops: str | int = "2-4"  # musique: hops per question, "N" or "LO-HI"
     hard_negatives: int = 3  # mdqa: documents stating the same relation of other entities (high context)
@@ -125,6 +126,12 @@ def check_config(cfg: GenerateConfig) -> None:
     if cfg.n < 1 or cfg.length < 1:
         raise OptionError(
             "n" if cfg.n < 1 else "length", f"--n {cfg.n} and --length {cfg.length} must be positive", "e.g. --n 100 --length 2048"
+        )
+    if cfg.max_tokens and cfg.max_tokens < cfg.length:
+        raise OptionError(
+            "max_tokens",
+            f"--max-tokens {cfg.max_tokens} is below --length {cfg.length}",
+            "give 0 (no ceiling beyond the tolerance) or a ceiling of at least --length (e.g. the model's context)",
         )
     for key, least in (("hard_negatives", 0), ("insights", 0), ("kv_pairs", 1), ("kv_dicts", 1), ("world_size", 0), ("writer_docs", 1)):
         if getattr(cfg, key) < least:
@@ -253,6 +260,8 @@ def _fit(draft: Draft, hay: _Haystack, tokenizer, cfg: GenerateConfig, rng: rand
     target = cfg.length
     tol = max(round(0.02 * target), 32)  # the contract: within 2% or 32 tokens
     exact = max(4, round(0.002 * target))  # what we aim for: 4 tokens at 2K, 16 at 8K
+    ceiling = min(cfg.max_tokens or target + tol, target + tol)  # no example longer than this
+    aim = min(target, ceiling - exact)  # below a ceiling at the target, so that the aim's error stays under it
     neg_costs = [hay.cost(p) for p in draft.negatives]
     neg_u = [rng.random() for _ in draft.negatives]
     elastic_u = rng.random()
@@ -263,14 +272,14 @@ def _fit(draft: Draft, hay: _Haystack, tokenizer, cfg: GenerateConfig, rng: rand
 
     rec, r0 = build([])
     n0 = r0.n_tokens
-    if n0 > target + tol:
+    if n0 > ceiling:
         raise NeedleworkError(
             f"--length {target} is too short for {cfg.task} ({cfg.concept}/{cfg.context}): the instruction, question, "
             f"answer and needle documents alone take {n0} tokens",
             f"use --length {int(n0 * 1.25) + 32} or more (or fewer --hard-negatives/--insights/--kv-dicts)",
         )
     stream, drawn = hay.stream(rng), []
-    budget, best = target - n0, (abs(n0 - target), rec, r0)
+    budget, best = aim - n0, (abs(n0 - aim), rec, r0)
     for attempt in range(8):
         items, used, i = [], 0.0, 0
         while True:
@@ -294,18 +303,18 @@ def _fit(draft: Draft, hay: _Haystack, tokenizer, cfg: GenerateConfig, rng: rand
             piece = hay.piece(key, rest)
             items.insert(round(elastic_u * len(items)), (piece, hay.cost(piece)))
         rec, r = build(items)
-        diff = r.n_tokens - target
+        diff = r.n_tokens - aim
         if attempt == 0 and items:  # learn the estimate's per-document error from this render
             hay.learn((r.n_tokens - n0 - sum(c for _p, c in items)) / len(items))
-        if abs(diff) < best[0]:
+        if abs(diff) < best[0] and r.n_tokens <= ceiling:
             best = (abs(diff), rec, r)
         if abs(diff) <= exact or (attempt >= 2 and best[0] <= 4 * exact):  # exact enough; stop re-rendering
             break
         budget -= diff
     _, rec, r = best
-    if abs(r.n_tokens - target) > tol:
+    if abs(r.n_tokens - target) > tol or r.n_tokens > ceiling:
         raise NeedleworkError(
-            f"could not fit example {rec_id} to {target} tokens (got {r.n_tokens})",
+            f"could not fit example {rec_id} to {target} tokens, at most {ceiling} (got {r.n_tokens})",
             "use a larger --length; report this if it persists",
         )
     starts = [s[0] for s in r.needle_spans if s is not None]
@@ -358,6 +367,7 @@ def generate(cfg: GenerateConfig, tokenizer=None, writer=None) -> list[Record]:
         from needlework.models.load import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer)
+    cfg = replace(cfg, chat=resolve_chat(cfg.chat, tokenizer))
     if not getattr(tokenizer, "is_fast", False):
         raise NeedleworkError(
             f"tokenizer {cfg.tokenizer!r} is not a fast tokenizer (no character offsets)",

@@ -42,7 +42,8 @@ class LoadConfig:
     limited: tuple[str, ...] = ()  # keep only these types: MDQA wh-types, MuSiQue 2hop/3hop1/...
     seed: int = 0  # order of the distractor pool, random depths
     depth: float | str | None = None  # None: keep the gold position (relative); 0-100 or "random"
-    chat: bool = False  # measure the length with the chat template applied
+    chat: bool | None = False  # measure the length with the chat template applied (a study passes its stages' setting; null: if it has one)
+    max_tokens: int = 0  # never exceed this many tokens (a study: its task length, so records fit the model); 0: length + tolerance
     insight_threshold: float = INSIGHT_THRESHOLD  # SummHay: least similarity of an insight's span (locate.py)
     tolerance_frac: float = 0.02  # length may miss by max(2% of length, 32 tokens)
     tolerance_tokens: int = 32
@@ -475,6 +476,12 @@ def check_options(fmt: str, cfg: LoadConfig) -> None:
             "insight_threshold",
             f"--insight-threshold {cfg.insight_threshold} is not in (0, 1]",
             f"give a similarity (weighted content-word F1) in (0, 1]; the calibrated default is {INSIGHT_THRESHOLD}",
+        )
+    if cfg.max_tokens and cfg.length and cfg.max_tokens < cfg.length:
+        raise OptionError(
+            "max_tokens",
+            f"max_tokens {cfg.max_tokens} is below length {cfg.length}",
+            "give 0 (no ceiling beyond the tolerance) or a ceiling of at least the length (e.g. the model's context)",
         )
     for key in ("tolerance_frac", "tolerance_tokens"):
         if getattr(cfg, key) < 0:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from needlework.data.locate import normalize
 from needlework.data.records import Document, Record
-from needlework.data.render import render
+from needlework.data.render import render, resolve_chat
 from needlework.errors import NeedleworkError
 
 _MAX_ROUNDS = 8
@@ -40,7 +40,8 @@ class LengthOptions(Protocol):
     tokenizer: str
     seed: int
     depth: float | str | None
-    chat: bool
+    chat: bool | None
+    max_tokens: int
     tolerance_frac: float
     tolerance_tokens: int
 
@@ -132,6 +133,9 @@ def lengthen(
     """
     target = int(cfg.length)
     tol = max(cfg.tolerance_tokens, int(cfg.tolerance_frac * target))
+    ceiling = min(cfg.max_tokens or target + tol, target + tol)  # no example longer than this
+    aim = min(target, ceiling - min(tol, 2))  # the rounds below stop within 2 tokens of the aim
+    chat = resolve_chat(cfg.chat, tok)
     gold = sorted(set(rec.gold_docs) | {n.doc for n in rec.needles})
     depth = cfg.depth
     if depth == "random":
@@ -140,17 +144,17 @@ def lengthen(
 
     def measure(fillers: list[Document]) -> tuple[Record, int]:
         r = _place(rec, gold, fillers, depth)
-        return r, render(r, tok, chat=cfg.chat).n_tokens
+        return r, render(r, tok, chat=chat).n_tokens
 
     _, base = measure([])
-    if base > target + tol:
+    if base > ceiling:
         raise Skip(f"longer than --length {target} with its gold documents alone")
     avoid = [normalize(a) for a in rec.answers if a.strip()] if rec.task != "summhay" else [normalize(rec.question)]
     own = [d for i, d in enumerate(rec.documents) if i not in gold]
     candidates = itertools.chain(own, _draw(pool, rng, rec.meta.get("group")))
     used_ids = {rec.documents[g].id for g in gold}
     fillers: list[Document] = []
-    budget = target - base
+    budget = aim - base
     full_text: str | None = None  # untrimmed text of the last filler, when it has been cut
     for d in candidates:
         if d.id in used_ids or _holds(d.text, avoid):
@@ -166,7 +170,7 @@ def lengthen(
         budget -= cost
     out, n = measure(fillers)
     for _ in range(_MAX_ROUNDS):
-        diff = target - n
+        diff = aim - n
         if abs(diff) <= min(tol, 2) or not fillers:
             break
         last = fillers[-1]
@@ -180,7 +184,7 @@ def lengthen(
             fillers[-1] = replace(last, text=_cut(tok, full_text or last.text, have + diff))
             full_text = full_text or last.text
         out, n = measure(fillers)
-    if abs(target - n) > tol:
+    if abs(target - n) > tol or n > ceiling:
         raise Skip(f"cannot reach --length {target} (got {n} tokens; too few distractor documents in other examples)")
     out.meta.update(
         {

@@ -20,6 +20,10 @@ from needlework.data import phrasings as ph
 from needlework.data.haystack import insert_sentences
 from needlework.data.world import World, sample_chain
 
+# Answer tokens a task's evaluation generates at most (evaluate's max_new_tokens: None); the study
+# also leaves this room after an evaluation prompt when it fits the evaluation set to a length.
+DEFAULT_MAX_NEW_TOKENS = {"mdqa": 32, "musique": 32, "kv": 32, "summhay": 64}
+
 
 @dataclass
 class Piece:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from needlework.data.records import Record
 from needlework.data.render import render, resolve_chat
+from needlework.data.tasks import DEFAULT_MAX_NEW_TOKENS
 from needlework.errors import NeedleworkError
 from needlework.models.batching import for_batches
 from needlework.models.sites import cache_of, model_device, with_cache
@@ -61,7 +62,6 @@ __all__ = [
     "resolve_chat",
 ]
 
-DEFAULT_MAX_NEW_TOKENS = {"mdqa": 32, "musique": 32, "kv": 32, "summhay": 64}
 NEWLINE_STOP_TASKS = frozenset({"mdqa", "musique", "kv"})
 
 # step(ids (b, q), mask (b, t), position_ids (b, q), k) -> last position's logits (b, vocab)

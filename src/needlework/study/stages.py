@@ -49,6 +49,14 @@ def records_of(ctx: StageContext, dep: str = "eval_data"):
 # ----------------------------------------------------------------------------------- data
 
 
+def _fit(s: dict) -> dict:
+    """How a data stage fits its records (plan.data_slice): to at most `max_tokens` tokens (the task's
+    length; less for an evaluation set, which leaves room for the answer budget), measured with the
+    chat setting of the stage that reads them."""
+    top = s.get("max_tokens") or s["length"]
+    return {"length": top, "max_tokens": top, "chat": s.get("chat", False)}
+
+
 def data_stage(ctx: StageContext) -> None:
     """Generate, load or copy a data set at the task's length for the model's tokenizer."""
     from needlework.data.records import read_jsonl
@@ -58,9 +66,7 @@ def data_stage(ctx: StageContext) -> None:
     if s.get("generate") is not None:
         from needlework.data.generate import GenerateConfig, generate
 
-        gcfg = GenerateConfig(
-            **{**s["generate"], "task": s["task"], "n": n, "length": s["length"], "tokenizer": s["tokenizer"], "seed": seed}
-        )
+        gcfg = GenerateConfig(**{**_fit(s), **s["generate"], "task": s["task"], "n": n, "tokenizer": s["tokenizer"], "seed": seed})
         records = generate(gcfg)
     elif s.get("load") is not None:
         from needlework.data.loaders import LoadConfig, load_real
@@ -69,7 +75,7 @@ def data_stage(ctx: StageContext) -> None:
         fmt, path = opts.pop("format"), opts.pop("path")
         if "limited" in opts and isinstance(opts["limited"], list):
             opts["limited"] = tuple(opts["limited"])
-        records = load_real(fmt, path, LoadConfig(**{**opts, "length": s["length"], "tokenizer": s["tokenizer"], "limit": n, "seed": seed}))
+        records = load_real(fmt, path, LoadConfig(**{**_fit(s), **opts, "tokenizer": s["tokenizer"], "limit": n, "seed": seed}))
     else:
         records = read_jsonl(s["file"])[:n]
     if not records:
