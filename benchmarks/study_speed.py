@@ -148,11 +148,12 @@ def run(mode: str, cfg_dict: dict, out: Path, workers: int, keep: bool = False) 
 
 def _early_cost(out: Path) -> list[str]:
     """Each analysis's measured monitoring cost (early prediction), when the study had `early:`."""
+    from needlework.artifacts import MANIFEST, Analysis
     from needlework.report.early import reading_cost
 
     lines = []
-    for f in sorted((out / "stages" / "analysis").glob("*/analysis.json")):
-        an = json.loads(f.read_text())
+    for m in sorted((out / "stages" / "analysis").glob(f"*/{MANIFEST}")):
+        an = Analysis.read(m.parent).result
         if an.get("early"):
             lines.append(f"{an['model']}/{an['task']}: {reading_cost(an['early'])}")
     return lines

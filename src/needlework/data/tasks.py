@@ -25,6 +25,11 @@ from needlework.data.world import World, sample_chain
 DEFAULT_MAX_NEW_TOKENS = {"mdqa": 32, "musique": 32, "kv": 32, "summhay": 64}
 
 
+def answer_budget(task: str, max_new_tokens: int | None = None) -> int:
+    """Answer tokens an evaluation of `task` generates at most: `max_new_tokens`, else the task's default."""
+    return max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(task, 32)
+
+
 @dataclass
 class Piece:
     """A document under construction. `needles`/`sentences` are char spans inside `text`."""

@@ -33,6 +33,7 @@ import numpy as np
 
 from needlework.artifacts import EvalResult
 from needlework.data.records import Record, read_jsonl
+from needlework.data.tasks import answer_budget
 from needlework.errors import NeedleworkError
 from needlework.evaluate.bootstrap import bootstrap_ci
 from needlework.evaluate.config import EvalConfig, config_with_eval
@@ -40,7 +41,7 @@ from needlework.evaluate.generate import generate_answers
 from needlework.evaluate.logprob import gold_logprobs
 from needlework.evaluate.metrics import METRICS, PRIMARY, score_example
 from needlework.io import hash_file, hash_obj
-from needlework.models.decode import DEFAULT_MAX_NEW_TOKENS, render_prompts, resolve_chat
+from needlework.models.decode import render_prompts, resolve_chat
 
 __all__ = ["EvalConfig", "check_records", "config_with_eval", "evaluate", "evaluate_loaded"]
 
@@ -114,7 +115,7 @@ def _summary(df, cfg: EvalConfig, run_cfg: EvalConfig, elapsed: float) -> dict[s
     return {
         "n": len(df),
         "options": asdict(run_cfg),
-        "max_new_tokens_by_task": {t: cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[t] for t in sorted(set(df["task"]))},
+        "max_new_tokens_by_task": {t: answer_budget(t, cfg.max_new_tokens) for t in sorted(set(df["task"]))},
         "elapsed_s": elapsed,
         "examples_per_s": len(df) / elapsed if elapsed > 0 else float("nan"),
         "tasks": _summarise(df, cfg),

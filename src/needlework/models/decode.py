@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from needlework.data.records import Record
 from needlework.data.render import render, resolve_chat
-from needlework.data.tasks import DEFAULT_MAX_NEW_TOKENS
+from needlework.data.tasks import DEFAULT_MAX_NEW_TOKENS, answer_budget
 from needlework.errors import NeedleworkError
 from needlework.models.batching import for_batches
 from needlework.models.sites import cache_of, model_device, with_cache
@@ -377,7 +377,7 @@ def plan_answers(model, tokenizer, records: Sequence[Record], chat: bool | None,
         NeedleworkError: a prompt is too long for the model; chat asked for without a template.
     """
     prompts = render_prompts(records, tokenizer, resolve_chat(chat, tokenizer))
-    max_new = [max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(r.task, 32) for r in records]
+    max_new = [answer_budget(r.task, max_new_tokens) for r in records]
     check_lengths(model, prompts, max_new, records)
     newline_ids, blank_ids = newline_and_blank_ids(tokenizer)
     return AnswerPlan(

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from needlework.data.tasks import DEFAULT_MAX_NEW_TOKENS
+from needlework.data.tasks import answer_budget
 from needlework.heads.config import ScoreConfig
 from needlework.io import hash_file
 from needlework.study.config import StudyConfig, section_dict
@@ -58,16 +58,15 @@ def _set_slice(cfg: StudyConfig, task: str, sname: str | None, m: str) -> dict[s
         d["file_hash"] = hash_file(s.file) if Path(s.file).exists() else "missing"
     if s.load and Path(str(s.load.get("path", ""))).is_file():
         d["load_hash"] = hash_file(s.load["path"])
-    # Records are fitted as the model will see them: rendered with the chat setting of the stage that
-    # reads them (training or evaluation), and never longer than the task's length, so that a task at
-    # the model's context fits it (the generator's tolerance and the chat template made 8K SummHay
-    # records 8,215 tokens for SmolLM2's 8,192 positions).
-    # An evaluation prompt also leaves room for the answer budget: prompt + max_new_tokens <= length
-    # (a record is prompt + answer + EOS, so at most length - budget + 1 tokens).
-    chat = cfg.eval.chat if sname is None else cfg.train.chat
+    # Records are fitted as the model sees them: with the chat setting of the stage that reads them,
+    # and never longer than the task's length (an evaluation record, prompt + answer + EOS, at most
+    # length - budget + 1, so that its prompt and answer budget fit), so a task at the model's
+    # context fits it.
+    if sname is None:
+        fit = {"chat": cfg.eval.chat, "max_tokens": t.length - answer_budget(task, cfg.eval.max_new_tokens) + 1}
+    else:
+        fit = {"chat": cfg.train.chat, "max_tokens": t.length}
     role = "eval" if sname is None else "train"
-    budget = (cfg.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(task, 32)) if sname is None else 1
-    fit = {"chat": chat, "max_tokens": t.length - budget + 1}
     return {"task": task, "length": t.length, "tokenizer": cfg.models[m].name, "role": role, **fit, **d}
 
 

@@ -50,11 +50,10 @@ def records_of(ctx: StageContext, dep: str = "eval_data"):
 
 
 def _fit(s: dict) -> dict:
-    """How a data stage fits its records (plan.data_slice): to at most `max_tokens` tokens (the task's
-    length; less for an evaluation set, which leaves room for the answer budget), measured with the
-    chat setting of the stage that reads them."""
-    top = s.get("max_tokens") or s["length"]
-    return {"length": top, "max_tokens": top, "chat": s.get("chat", False)}
+    """How a data stage fits its records (`plan._set_slice`): to at most `max_tokens` tokens (the
+    task's length; less for an evaluation set, which leaves room for the answer budget), measured
+    with the chat setting of the stage that reads them."""
+    return {"length": s["max_tokens"], "max_tokens": s["max_tokens"], "chat": s["chat"]}
 
 
 def data_stage(ctx: StageContext) -> None:
