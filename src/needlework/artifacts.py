@@ -351,6 +351,8 @@ class TrainRun:
     # holds what ADAPTER (or MODEL) holds at the end, plus SNAPSHOT_INFO, written last
     SNAPSHOTS: ClassVar[str] = "snapshots"
     SNAPSHOT_INFO: ClassVar[str] = "snapshot.json"
+    # a study's probe of the snapshot, scored during training on the model in memory: HeadScores
+    SNAPSHOT_HEADS: ClassVar[str] = "heads"
     STOPPED: ClassVar[str] = "stopped.json"  # a study's stop_early gate stopped this run (fraction, step)
 
     path: Path

@@ -85,3 +85,42 @@ def test_analysis_and_report_show_early_prediction(early_study):
     html = (out / "report" / "index.html").read_text()
     assert "<h2 id='early'>" in html and "recall vs training progress" in html and "Monitoring cost (measured)" in html
     assert (out / "report" / "early_tiny_mdqa.png").stat().st_size > 1000
+
+
+def _probe_ctx(out, d, nodes, label, work):
+    from needlework.study.nodes import StageContext
+
+    node = next(n for n in nodes if n.stage == "probe" and n.label == label)
+    return StageContext(node, None, work, {k: d[dep.stage, dep.label] for k, dep in node.deps.items()}, out)
+
+
+def test_training_scores_the_probes_as_scoring_the_snapshot_does(early_study, tmp_path):
+    """Training scored every probe on the model in memory (one process), and those scores are the
+    ones that loading the saved snapshot and scoring it gives; with them gone (training on several
+    processes, or resumed past the snapshot) the probe stage scores the snapshot itself, to the
+    same result."""
+    import pandas as pd
+
+    from needlework.study.stages import _score_snapshot, _scored_in_training, probe_stage
+
+    out, d, nodes = early_study
+    for n in nodes:
+        if n.stage == "probe":
+            p = Probe.read(d["probe", n.label]).result
+            assert p["probed_in_training"] == (p["stopped_at"] is None), n.label
+    ctx = _probe_ctx(out, d, nodes, "tiny/mdqa/hh@0.5", tmp_path / "again")
+    snap = TrainRun(ctx.inputs["train"]).snapshot_dir(0.5)
+    in_training = _scored_in_training(ctx, snap)
+    assert in_training.meta["in_training_seconds"] > 0
+    afresh = _score_snapshot(ctx, snap)
+    pd.testing.assert_frame_equal(in_training.per_example, afresh.per_example)
+    pd.testing.assert_frame_equal(in_training.heads, afresh.heads)
+    assert in_training.meta["model_config"] == afresh.meta["model_config"] and in_training.meta["score"] == afresh.meta["score"]
+
+    import shutil
+
+    shutil.rmtree(snap / TrainRun.SNAPSHOT_HEADS)
+    ctx.out.mkdir()
+    probe_stage(ctx)
+    again, before = Probe.read(ctx.out).result, Probe.read(d["probe", "tiny/mdqa/hh@0.5"]).result
+    assert not again["probed_in_training"] and again["recall"] == before["recall"] and again["n_examples"] == before["n_examples"]

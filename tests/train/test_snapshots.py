@@ -113,3 +113,34 @@ def test_a_resumed_run_neither_loses_nor_duplicates_snapshots(tiny_llama, tmp_pa
         assert all(torch.allclose(b_w[k], w, rtol=1e-6, atol=1e-7) for k, w in a_w.items())
     assert [r["step"] for r in _rows(b) if "snapshot" in r] == [2, 4, 6, 8]
     assert not list((b / TrainRun.SNAPSHOTS).glob(".*"))
+
+
+def test_on_snapshot_sees_the_model_in_memory_without_perturbing_the_run(tiny_llama, tmp_path):
+    """The hook runs at each snapshot on the model being trained (eval mode, its weights those of
+    the snapshot), may draw random numbers and run forwards, and leaves the run as it was: the
+    same losses and final weights as without it, and the model back in train mode."""
+    data = copy_records(16, seed=3)
+    plain = train(tiny_llama, data, _cfg(snapshots=[0.25, 1.0]), tmp_path / "plain")
+    seen = []
+
+    def hook(model, tok, fraction, folder):
+        assert not model.training and not torch.is_grad_enabled()
+        saved = _weights(folder)
+        mine = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        assert len(saved) == len(mine) > 0
+        for k, w in saved.items():  # peft saves "…lora_A.weight"; in memory it is "…lora_A.default.weight"
+            assert torch.equal(mine[k.replace(".weight", ".default.weight")].detach().cpu(), w)
+        torch.rand(1000)  # the run's RNG stream must not move
+        ids = tok("a probe", return_tensors="pt").input_ids
+        model(input_ids=ids)
+        seen.append((fraction, folder.name))
+
+    res = train(tiny_llama, data, _cfg(snapshots=[0.25, 1.0]), tmp_path / "hooked", on_snapshot=hook)
+    assert seen == [(0.25, "0.25"), (1.0, "1")]
+    assert _losses(tmp_path / "hooked") == _losses(tmp_path / "plain")  # lora_dropout 0.1: the RNG matters
+    final = _weights(res.saved)
+    assert all(torch.equal(final[k], w) for k, w in _weights(plain.saved).items())
+    rows = [r for r in _rows(tmp_path / "hooked") if "snapshot" in r]
+    assert all(r["probe_seconds"] > 0 for r in rows)
+    train_s = TrainRun(tmp_path / "hooked").seconds()["train"]
+    assert train_s > 0  # the hook's time is left out of the training seconds (as saving is)

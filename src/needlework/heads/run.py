@@ -67,16 +67,26 @@ def _log_score_summary(res, cfg: ScoreConfig, reasons: dict[str, int], n_failed:
 def score_result(model_cfg, records, cfg: ScoreConfig, data_hash: str | None = None) -> HeadScores:
     """Load the model (the adapter checked and its saved settings applied), score heads on
     `records`, and return the HeadScores with the meta every score folder carries."""
-    import pandas as pd
-
-    from needlework.heads.score import score_heads
-    from needlework.models.load import check_rendering, load_model, resolve_model_config
-    from needlework.models.sites import model_shape
+    from needlework.models.load import load_model, resolve_model_config
 
     cfg.check()
     model_cfg = resolve_model_config(model_cfg)
-    data_hash = data_hash or hash_obj([r.to_dict() for r in records])
     model, tok = load_model(model_cfg)
+    return score_loaded(model, tok, model_cfg, records, cfg, data_hash)
+
+
+def score_loaded(model, tok, model_cfg, records, cfg: ScoreConfig, data_hash: str | None = None) -> HeadScores:
+    """`score_result` on a model already in memory, which `model_cfg` (resolved) describes: the
+    same scores and meta as loading `model_cfg` would give. Training probes its snapshots this
+    way, on the model it trains (`study.stages`), without loading it again."""
+    import pandas as pd
+
+    from needlework.heads.score import score_heads
+    from needlework.models.load import check_rendering
+    from needlework.models.sites import model_shape
+
+    cfg.check()
+    data_hash = data_hash or hash_obj([r.to_dict() for r in records])
     used = cfg.resolved(tok)  # chat and match as scored (score_heads resolves them the same way)
     trained_chat = check_rendering(model_cfg, used.chat, "scored")
     t0 = time.perf_counter()

@@ -111,12 +111,27 @@ class _TaskPlan:
     def model_slice(self) -> dict[str, Any]:
         return asdict(self.cfg.models[self.model])
 
-    def train_slice(self) -> dict[str, Any]:
-        """The training options, with the early-prediction fractions as snapshots (the key is left
-        out when there are none, so that studies without them keep their cached training)."""
+    def train(self, sname: str, data: Node, evalset: Node, extra: dict[str, Any] | None = None, **deps: Node) -> Node:
+        """A train node: the training options, with the early-prediction fractions as snapshots
+        (the key is left out when there are none, so that studies without them keep their cached
+        training) and then the probe that training scores at each of them on the model in memory
+        (`probe`: the probe stage's score options; `probe_data`: the evaluation set)."""
         opts = self.cfg.train.to_dict()
         snapshots = sorted(set(opts.pop("snapshots")) | set(self.cfg.early.fractions))
-        return {"model": self.model_slice, "train": {**opts, "snapshots": snapshots} if snapshots else opts}
+        slice_ = {"model": self.model_slice, "train": {**opts, "snapshots": snapshots} if snapshots else opts}
+        ups = {"data": data, **deps}
+        if self.cfg.early.fractions:
+            slice_["probe"] = {"score": score_slice(self.probe_score()), "fractions": sorted(self.cfg.early.fractions)}
+            ups["probe_data"] = evalset
+        stop = (extra or {}).get("stop_at", 1.0)
+        return self.add("train", {**slice_, **(extra or {})}, ups, sname, "" if stop == 1 else f"@{stop:g}")
+
+    def probe_score(self) -> ScoreConfig:
+        """What a probe scores: the main criterion only, in teacher mode, on the first `probe_n`
+        evaluation examples."""
+        task_score = self.cfg.task_score(self.task)
+        score = task_score.for_criterion(self.cfg.main_criterion(self.task))
+        return dataclasses.replace(score, mode="teacher", limit=self.cfg.early.probe_n or task_score.limit)
 
     def scored(self, stage: str, sname: str, evalset: Node, train: dict[str, Node]) -> Node:
         """The evaluate or score node of a training set's final model (the base model for kind none)."""
@@ -125,16 +140,13 @@ class _TaskPlan:
         return self.add(stage, {"model": self.model_slice, **opts}, {"eval_data": evalset, **up}, sname)
 
     def probe(self, sname: str, fraction: float, train: Node, evalset: Node, ref_heads: Node) -> Node:
-        """Heads of the snapshot at `fraction` (teacher mode, the first `probe_n` evaluation examples)
+        """Heads of the snapshot at `fraction` (`probe_score`, scored by training when it could)
         against the reference model's final heads, by the main criterion only (the one it scores)."""
-        task_score = self.cfg.task_score(self.task)
-        score = task_score.for_criterion(self.cfg.main_criterion(self.task))
-        score = dataclasses.replace(score, mode="teacher", limit=self.cfg.early.probe_n or task_score.limit)
         return self.add(
             "probe",
             {
                 "model": self.model_slice,
-                "score": score_slice(score),
+                "score": score_slice(self.probe_score()),
                 "heads": heads_slice(self.cfg),
                 "analysis": {k: v for k, v in asdict(self.cfg.analysis).items() if k != "include_reference"},
                 "fraction": fraction,
@@ -146,7 +158,7 @@ class _TaskPlan:
 
 
 def _segmented_training(
-    p: _TaskPlan, data: dict[str, Node], sets: list[str], probe_of: Callable[[str, float, Node], Node]
+    p: _TaskPlan, data: dict[str, Node], evalset: Node, sets: list[str], probe_of: Callable[[str, float, Node], Node]
 ) -> tuple[dict[str, list[tuple[float, Node]]], list[Node]]:
     """stop_early: each of `sets` trains in segments that end at each gate fraction and at 1, each
     resuming from the one before; after each gate fraction a gate over the sets' probes decides
@@ -156,13 +168,10 @@ def _segmented_training(
     gates: list[Node] = []
     for stop in [*p.cfg.early.gates(), 1.0]:
         for n in sets:
-            deps = {"data": data[n]}
-            if segments[n]:
-                deps["previous"] = segments[n][-1][1]
+            deps = {"previous": segments[n][-1][1]} if segments[n] else {}
             if gates:
                 deps["gate"] = gates[-1]
-            seg = p.add("train", {**p.train_slice(), "stop_at": stop}, deps, n, "" if stop == 1 else f"@{stop:g}")
-            segments[n].append((stop, seg))
+            segments[n].append((stop, p.train(n, data[n], evalset, {"stop_at": stop}, **deps)))
         if stop < 1:
             deps = {f"probe:{n}": probe_of(n, stop, segments[n][-1][1]) for n in sets} | ({"previous": gates[-1]} if gates else {})
             gates.append(p.add("gate", {"fraction": stop, "margin": p.cfg.early.margin, "sets": sets}, deps, suffix=f"@{stop:g}"))
@@ -182,7 +191,7 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
     for n in tuned:
         data[n] = p.add("data", _set_slice(cfg, task, n, m), set_=n)
         if n not in chained:
-            train[n] = p.add("train", p.train_slice(), {"data": data[n]}, n)
+            train[n] = p.train(n, data[n], evalset)
     score = {ref: p.scored("score", ref, evalset, train)}
     probes: dict[tuple[str, float], Node] = {}
 
@@ -191,7 +200,7 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
             probes[n, f] = p.probe(n, f, provider, evalset, score[ref])
         return probes[n, f]
 
-    segments, gates = _segmented_training(p, data, chained, probe_of)
+    segments, gates = _segmented_training(p, data, evalset, chained, probe_of)
     segments |= {n: [(1.0, train[n])] for n in train}
     train |= {n: segs[-1][1] for n, segs in segments.items()}
     for n in tuned:

@@ -10,6 +10,7 @@ classes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -96,7 +97,34 @@ def _train_here(ctx: StageContext) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # launched processes split the configured global batch (launch.stage_processes)
         cfg = dataclasses.replace(cfg, grad_accum=cfg.grad_accum // world)
-    train(model_config(ctx, None), records_of(ctx, "data"), cfg, ctx.out, stop_at=ctx.node.slice.get("stop_at", 1.0))
+    probe = _probe_in_training(ctx) if world == 1 and "probe" in ctx.node.slice else None
+    train(model_config(ctx, None), records_of(ctx, "data"), cfg, ctx.out, stop_at=ctx.node.slice.get("stop_at", 1.0), on_snapshot=probe)
+
+
+def _probe_in_training(ctx: StageContext):
+    """Early prediction's probes, scored by the training process on the model in memory at each
+    probed snapshot (`train(on_snapshot=...)`) and written beside the snapshot's weights, so that
+    the probe stage need not load the model again (its dominant cost on small models). The scores
+    and their meta are what scoring the saved snapshot gives (`heads.run.score_loaded`)."""
+    from needlework.heads.config import ScoreConfig
+    from needlework.heads.run import score_loaded
+    from needlework.io import hash_obj
+    from needlework.models.load import resolve_model_config
+
+    s = ctx.node.slice["probe"]
+    records, cfg = records_of(ctx, "probe_data"), ScoreConfig.from_dict(s["score"])
+    data_hash = hash_obj([r.to_dict() for r in records])
+
+    def on_snapshot(model, tok, fraction: float, folder: Path) -> None:
+        if fraction not in s["fractions"]:
+            return
+        t0 = time.perf_counter()
+        mc = resolve_model_config(model_config(ctx, None, weights=folder))
+        scores = score_loaded(model, tok, mc, records, cfg, data_hash)
+        scores.meta["in_training_seconds"] = time.perf_counter() - t0  # a timing: the monitoring cost
+        scores.write(folder / TrainRun.SNAPSHOT_HEADS)
+
+    return on_snapshot
 
 
 def _evaluate_here(ctx: StageContext) -> None:
@@ -145,7 +173,7 @@ def _stop_here(ctx: StageContext, stopped_at: float) -> None:
     if ctx.node.slice["stop_at"] == 1:
         dest = ctx.out / (TrainRun.ADAPTER if ctx.node.slice["train"]["method"] == "lora" else TrainRun.MODEL)
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(run.snapshot_dir(stopped_at), dest, ignore=shutil.ignore_patterns(TrainRun.SNAPSHOT_INFO))
+        shutil.copytree(run.snapshot_dir(stopped_at), dest, ignore=shutil.ignore_patterns(TrainRun.SNAPSHOT_INFO, TrainRun.SNAPSHOT_HEADS))
 
 
 def train_stage(ctx: StageContext, fit: Callable[[StageContext], None] | None = None) -> None:
@@ -216,6 +244,30 @@ def _score_snapshot(ctx: StageContext, weights: Path) -> HeadScores:
     return score_result(model_config(ctx, weights=weights), records_of(ctx), ScoreConfig.from_dict(ctx.node.slice["score"]))
 
 
+def _scored_in_training(ctx: StageContext, snapshot: Path) -> HeadScores | None:
+    """The snapshot's heads as training scored them (`_probe_in_training`), when they are there,
+    complete, and scored on this probe's records with its options; else None (the probe stage then
+    loads the snapshot: training ran on several processes, or was resumed past this snapshot)."""
+    from needlework.heads.config import ScoreConfig
+    from needlework.io import hash_obj
+
+    try:
+        scores = HeadScores.read(snapshot / TrainRun.SNAPSHOT_HEADS)
+    except (NeedleworkError, FileNotFoundError, OSError):
+        return None
+    cfg = ScoreConfig.from_dict(ctx.node.slice["score"])
+    same = scores.meta.get("score") == json.loads(json.dumps(dataclasses.asdict(cfg))) and scores.meta.get("data_hash") == hash_obj(
+        [r.to_dict() for r in records_of(ctx)]
+    )
+    if not same:
+        return None
+    from needlework.models.load import resolve_model_config
+
+    # written inside the snapshot (from training's work folder), its model config says "."; as scoring it here would
+    scores.meta["model_config"] = dataclasses.asdict(resolve_model_config(model_config(ctx, weights=snapshot)))
+    return scores
+
+
 def probe_stage(ctx: StageContext, score: Callable[[StageContext, Path], HeadScores] | None = None) -> None:
     """Heads of the training snapshot at this node's fraction against the reference model's final
     heads, by the compare stage's rule and statistics; the seconds it took (loading, scoring,
@@ -236,13 +288,17 @@ def probe_stage(ctx: StageContext, score: Callable[[StageContext, Path], HeadSco
             )
         Probe(result={**base, "stopped_at": stopped["fraction"], **dict.fromkeys(METRICS)}).write(ctx.out)
         return
-    scores = (score or _score_snapshot)(ctx, run.snapshot_dir(f))  # the main criterion only (plan: `probe`)
+    scores = _scored_in_training(ctx, run.snapshot_dir(f))
+    in_training = None if scores is None else float(scores.meta.get("in_training_seconds") or 0.0)
+    if scores is None:
+        scores = (score or _score_snapshot)(ctx, run.snapshot_dir(f))  # the main criterion only (plan: `probe`)
     h, a = s["heads"], s["analysis"]
     ref = HeadScores.read(ctx.inputs["ref_heads"]).criterion(h.get("criterion"))
     res = compare_heads(scores, ref, h["rule"], h["top"], h["threshold"], a["n_boot"], a["alpha"], a["seed"])
     info = run.snapshot_info(f)
     result = {**base, **res, "step": info["step"], "total_steps": info["total_steps"], "snapshot_seconds": info["save_seconds"]}
-    result |= {"model_config": scores.model_config, "shape": scores.shape, "probe_seconds": time.perf_counter() - t0}
+    result |= {"model_config": scores.model_config, "shape": scores.shape, "probed_in_training": in_training is not None}
+    result["probe_seconds"] = (in_training or 0.0) + time.perf_counter() - t0  # scoring (in training or here) and comparing
     Probe(result=result).write(ctx.out)
 
 

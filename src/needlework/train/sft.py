@@ -24,6 +24,10 @@ batch (and the loss) does not depend on how many processes share it.
 
 Snapshots (`TrainConfig.snapshots`): at those fractions of the steps the weights are written as the
 final save writes them (one `_write_weights`), to OUT/snapshots/<fraction>/, for early head probes.
+`on_snapshot(model, tokenizer, fraction, folder)`, when given (one process only), runs right after
+each snapshot is in place, on the model in memory in eval mode, with the RNG states restored after
+it: a study scores the snapshot's heads there instead of loading it again. Its time, like saving,
+is left out of the training seconds and logged (`probe_seconds`).
 `stop_at` trains only up to a fraction of the steps (the schedule still spans them all) and
 checkpoints there, so a later call with a larger `stop_at` continues exactly: a study trains a set
 in such segments when its stop_early gates may stop it.
@@ -41,6 +45,7 @@ import resource
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +83,8 @@ from needlework.train.data import Example, collate, encode_all, epoch_plan
 from needlework.train.loss import AnswerOnlyLM, base_causal_lm
 
 log = logging.getLogger(__name__)
+
+OnSnapshot = Callable[[Any, Any, float, Path], None]  # (model, tokenizer, fraction, snapshot folder)
 
 __all__ = ["SFTRecipe", "TrainResult", "check_distributed", "evaluate_answers", "peak_mem_gb", "setup_trainable", "train"]
 
@@ -223,12 +230,20 @@ class SFTRecipe:
     model, data, optimizer, resume), `train` is the loop, `save` writes the final weights.
     `train()` below calls them in order; the state they share lives on the instance."""
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | os.PathLike, stop_at: float = 1.0) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        cfg: TrainConfig,
+        out_dir: str | os.PathLike,
+        stop_at: float = 1.0,
+        on_snapshot: OnSnapshot | None = None,
+    ) -> None:
         if not 0 < stop_at <= 1:
             raise NeedleworkError(f"stop_at must be a fraction of training in (0, 1], not {stop_at}", "pass e.g. 0.25 (1: the whole run)")
         self.model_cfg = resolve_model_config(model_cfg)  # an adapter to continue: checked, its settings applied
         self.cfg = cfg
         self.stop_at = stop_at
+        self.on_snapshot = on_snapshot
         self.out = Path(out_dir)
         self.ckpt_root = self.out / TrainRun.CHECKPOINTS
         self.log_path = self.out / TrainRun.LOG
@@ -252,6 +267,10 @@ class SFTRecipe:
         tracker = None if self.cfg.report_to == "none" else self.cfg.report_to
         self.acc = Accelerator(cpu=self.model_cfg.device == "cpu", log_with=tracker, project_dir=self.out / TrainRun.TRACKING)
         self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
+        if self.on_snapshot is not None and self.world > 1:
+            raise NeedleworkError(
+                "on_snapshot runs on the model of one process, not of several", "score the snapshots after training instead"
+            )
         self.device = self.acc.device
         self.sharded = check_distributed(self.acc, self.cfg)  # FSDP2: gather checkpoints collectively; eval in lockstep
         set_seed(self.cfg.seed)
@@ -507,10 +526,29 @@ class SFTRecipe:
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
         self.acc.wait_for_everyone()
+        saved = time.perf_counter() - t0
+        row = {"step": step, "snapshot": self.snapshot_at[step], "snapshot_seconds": saved}
+        if self.on_snapshot is not None:
+            row["probe_seconds"] = self._probe_snapshots(step)
+        self._log(row)
         spent = time.perf_counter() - t0
-        self._log({"step": step, "snapshot": self.snapshot_at[step], "snapshot_seconds": spent})
         self.paused += spent
         self._since = (self._since[0] + spent, self._since[1])  # throughput counts training time only
+
+    def _probe_snapshots(self, step: int) -> float:
+        """`on_snapshot` on each snapshot of this step, on the model in memory (eval mode, no
+        gradients); the training RNG states are restored after it, so that probing never changes
+        the run. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            try:
+                self.inner.eval()
+                for f in self.snapshot_at[step]:
+                    self.on_snapshot(self.inner, self.tok, f, TrainRun(self.out).snapshot_dir(f))
+            finally:
+                self.inner.train()
+        return time.perf_counter() - t0
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -576,6 +614,7 @@ def train(
     out_dir: str | os.PathLike,
     eval_records: list[Record] | None = None,
     stop_at: float = 1.0,
+    on_snapshot: OnSnapshot | None = None,
 ) -> TrainResult:
     """Fine-tune a causal LM on records, the loss on answer tokens only.
 
@@ -588,13 +627,15 @@ def train(
         stop_at: train up to this fraction of the steps and checkpoint there, without a final save
             (the learning-rate schedule still spans every step); a later call with the same config,
             `out_dir` and a larger `stop_at` continues exactly where it stopped.
+        on_snapshot: called as `on_snapshot(model, tokenizer, fraction, folder)` after each snapshot
+            is saved, on the model in memory (one process only; see the module docstring).
     Returns:
         TrainResult.
     Raises:
         NeedleworkError: bad data (no answer, too long), a non-finite loss (the last good checkpoint is
             kept), a checkpoint or adapter that does not match the model.
     """
-    recipe = SFTRecipe(ModelConfig(name=model_cfg) if isinstance(model_cfg, str) else model_cfg, cfg, out_dir, stop_at)
+    recipe = SFTRecipe(ModelConfig(name=model_cfg) if isinstance(model_cfg, str) else model_cfg, cfg, out_dir, stop_at, on_snapshot)
     recipe.setup(train_records, eval_records)
     try:
         recipe.train()
