@@ -561,7 +561,9 @@ class Analysis(Artifact):
 class Probe(Artifact):
     """Heads of one training snapshot against the reference model's final heads (the study's probe
     stage): recall/precision/jaccard/cosine/spearman as {mean, lo, hi}, `fraction`, `step`,
-    `n_examples`, and the measured `probe_seconds`/`snapshot_seconds`. A set that a stop_early
+    `n_examples`, the measured `probe_seconds`/`snapshot_seconds`, and where the scores came from
+    (`probed`: "training", the model in memory; "final score", the final model's score stage, at
+    fraction 1; "snapshot", the saved snapshot scored by the probe stage). A set that a stop_early
     gate stopped before this fraction has no snapshot: `stopped_at` is that fraction and the
     statistics are null."""
 

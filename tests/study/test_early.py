@@ -60,6 +60,19 @@ def test_the_plan_probes_every_snapshot_and_trains_gated_sets_in_segments():
     assert p.deps["ref_heads"].stage == "score" and p.deps["ref_heads"].set == "hh" and p.deps["train"].set == "ll"
     train = [n for n in nodes if n.stage == "train"]
     assert len(train) == 5 and all(n.slice["train"]["snapshots"] == [0.25, 0.5, 1.0] for n in train)
+    # training scores the probes before the end on the model in memory; the probe at the end reads
+    # the final model's score node (teacher mode, on at least the probe's examples)
+    assert all(n.slice["probe"]["fractions"] == [0.25, 0.5] and n.deps["probe_data"].set == "eval" for n in train)
+    assert probes["ll", 1.0].deps["final_heads"].stage == "score" and probes["ll", 1.0].deps["final_heads"].set == "ll"
+    assert "final_heads" not in p.deps
+    gen = H.fake_early_config() | {"score": {"mode": "generate"}}  # the final scores are not teacher-forced: train scores 1 too
+    gen_nodes = build_plan(from_dict(gen))
+    assert all(n.slice["probe"]["fractions"] == [0.25, 0.5, 1.0] for n in gen_nodes if n.stage == "train")
+    assert not any("final_heads" in n.deps for n in gen_nodes if n.stage == "probe")
+    few = H.fake_early_config() | {"score": {"mode": "teacher", "limit": 4}}  # the score stage scores fewer than probe_n (8)
+    assert not any("final_heads" in n.deps for n in build_plan(from_dict(few)) if n.stage == "probe")
+    plain = build_plan(from_dict(H.fake_config()))
+    assert not any("probe" in n.slice or "probe_data" in n.deps for n in plain if n.stage == "train")
 
     staged = build_plan(from_dict(H.fake_early_config(stop_early=True)))
     seg = {n.label: n for n in staged if n.stage == "train"}

@@ -49,7 +49,8 @@ def test_probes_score_snapshots_against_the_reference(early_study):
                 continue
             assert 0 <= p["recall"]["mean"] <= 1 and p["n_examples"] == 2  # probe_n of the evaluation examples, paired with the ref's
             assert p["shape"] == {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
-            assert p["model_config"]["adapter"].endswith(f"snapshots/{f}") and p["probe_seconds"] > 0 and p["snapshot_seconds"] > 0
+            weights = f"snapshots/{f}" if f != "1" else "adapter"  # at the end: the final model, as its score stage scored it
+            assert p["model_config"]["adapter"].endswith(weights) and p["probe_seconds"] > 0 and p["snapshot_seconds"] > 0
     own = Probe.read(d["probe", "tiny/mdqa/hh@1"]).result
     assert own["n_heads_ref"] == 3 and own["step"] == 4
 
@@ -105,9 +106,9 @@ def test_training_scores_the_probes_as_scoring_the_snapshot_does(early_study, tm
 
     out, d, nodes = early_study
     for n in nodes:
-        if n.stage == "probe":
+        if n.stage == "probe" and not n.label.endswith("@1"):
             p = Probe.read(d["probe", n.label]).result
-            assert p["probed_in_training"] == (p["stopped_at"] is None), n.label
+            assert p.get("probed") == ("training" if p["stopped_at"] is None else None), n.label
     ctx = _probe_ctx(out, d, nodes, "tiny/mdqa/hh@0.5", tmp_path / "again")
     snap = TrainRun(ctx.inputs["train"]).snapshot_dir(0.5)
     in_training = _scored_in_training(ctx, snap)
@@ -119,8 +120,36 @@ def test_training_scores_the_probes_as_scoring_the_snapshot_does(early_study, tm
 
     import shutil
 
-    shutil.rmtree(snap / TrainRun.SNAPSHOT_HEADS)
-    ctx.out.mkdir()
-    probe_stage(ctx)
+    shutil.move(snap / TrainRun.SNAPSHOT_HEADS, tmp_path / "aside")  # put back below: the study is shared
+    try:
+        ctx.out.mkdir()
+        probe_stage(ctx)
+    finally:
+        shutil.move(tmp_path / "aside", snap / TrainRun.SNAPSHOT_HEADS)
     again, before = Probe.read(ctx.out).result, Probe.read(d["probe", "tiny/mdqa/hh@0.5"]).result
-    assert not again["probed_in_training"] and again["recall"] == before["recall"] and again["n_examples"] == before["n_examples"]
+    assert again["probed"] == "snapshot" and again["recall"] == before["recall"] and again["n_examples"] == before["n_examples"]
+
+
+def test_the_probe_at_the_end_reads_the_final_score_on_its_examples(early_study, tmp_path):
+    """At fraction 1 the probe does not score the model again: it takes the final model's score
+    stage's rows of its examples (the first probe_n), which are what scoring the snapshot at 1 on
+    those examples gives; training scored only the earlier fractions."""
+    import pandas as pd
+
+    from needlework.study.stages import _final_on_probe_examples, _score_snapshot
+
+    out, d, nodes = early_study
+    ctx = _probe_ctx(out, d, nodes, "tiny/mdqa/hh@1", tmp_path / "end")
+    assert "final_heads" in ctx.inputs and ctx.node.deps["final_heads"].stage == "score"
+    p = Probe.read(d["probe", "tiny/mdqa/hh@1"]).result
+    assert p["probed"] == "final score" and p["n_examples"] == 2
+    final = _final_on_probe_examples(ctx)
+    afresh = _score_snapshot(ctx, TrainRun(ctx.inputs["train"]).snapshot_dir(1.0))
+    cols = ["example_id", "layer", "head", "hits", "n_steps", "score"]
+    pd.testing.assert_frame_equal(
+        final.per_example[cols].sort_values(cols[:3]).reset_index(drop=True),
+        afresh.per_example[cols].sort_values(cols[:3]).reset_index(drop=True),
+    )
+    pd.testing.assert_frame_equal(final.heads, afresh.heads)
+    run = TrainRun(d["train", "tiny/mdqa/hh"])
+    assert (run.snapshot_dir(0.5) / TrainRun.SNAPSHOT_HEADS).is_dir() and not (run.snapshot_dir(1.0) / TrainRun.SNAPSHOT_HEADS).exists()

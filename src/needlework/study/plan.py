@@ -120,8 +120,9 @@ class _TaskPlan:
         snapshots = sorted(set(opts.pop("snapshots")) | set(self.cfg.early.fractions))
         slice_ = {"model": self.model_slice, "train": {**opts, "snapshots": snapshots} if snapshots else opts}
         ups = {"data": data, **deps}
-        if self.cfg.early.fractions:
-            slice_["probe"] = {"score": score_slice(self.probe_score()), "fractions": sorted(self.cfg.early.fractions)}
+        in_training = sorted(f for f in self.cfg.early.fractions if not (f == 1 and self.final_probe_reuses_score()))
+        if in_training:
+            slice_["probe"] = {"score": score_slice(self.probe_score()), "fractions": in_training}
             ups["probe_data"] = evalset
         stop = (extra or {}).get("stop_at", 1.0)
         return self.add("train", {**slice_, **(extra or {})}, ups, sname, "" if stop == 1 else f"@{stop:g}")
@@ -139,9 +140,17 @@ class _TaskPlan:
         opts = {"eval": asdict(self.cfg.eval)} if stage == "evaluate" else {"score": score_slice(self.cfg.task_score(self.task))}
         return self.add(stage, {"model": self.model_slice, **opts}, {"eval_data": evalset, **up}, sname)
 
-    def probe(self, sname: str, fraction: float, train: Node, evalset: Node, ref_heads: Node) -> Node:
-        """Heads of the snapshot at `fraction` (`probe_score`, scored by training when it could)
-        against the reference model's final heads, by the main criterion only (the one it scores)."""
+    def final_probe_reuses_score(self) -> bool:
+        """Whether the probe at the end of training (fraction 1) reads the final model's own score
+        stage instead of scoring it again: that stage scores the same model in teacher mode on the
+        same first evaluation examples (at least the probe's), so the probe takes their rows."""
+        s, n = self.cfg.task_score(self.task), self.cfg.early.probe_n
+        return s.mode == "teacher" and (s.limit is None or (n is not None and n <= s.limit))
+
+    def probe(self, sname: str, fraction: float, train: Node, evalset: Node, ref_heads: Node, final: Node | None = None) -> Node:
+        """Heads of the snapshot at `fraction` (`probe_score`, scored by training when it could; at
+        fraction 1 read from the final model's score node `final` when given) against the reference
+        model's final heads, by the main criterion only (the one it scores)."""
         return self.add(
             "probe",
             {
@@ -151,7 +160,7 @@ class _TaskPlan:
                 "analysis": {k: v for k, v in asdict(self.cfg.analysis).items() if k != "include_reference"},
                 "fraction": fraction,
             },
-            {"eval_data": evalset, "train": train, "ref_heads": ref_heads},
+            {"eval_data": evalset, "train": train, "ref_heads": ref_heads} | ({"final_heads": final} if final else {}),
             sname,
             f"@{fraction:g}",
         )
@@ -197,19 +206,20 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
 
     def probe_of(n: str, f: float, provider: Node) -> Node:
         if (n, f) not in probes:
-            probes[n, f] = p.probe(n, f, provider, evalset, score[ref])
+            final = score[n] if f == 1 and p.final_probe_reuses_score() else None
+            probes[n, f] = p.probe(n, f, provider, evalset, score[ref], final)
         return probes[n, f]
 
     segments, gates = _segmented_training(p, data, evalset, chained, probe_of)
     segments |= {n: [(1.0, train[n])] for n in train}
     train |= {n: segs[-1][1] for n, segs in segments.items()}
-    for n in tuned:
-        for f in early.fractions:
-            probe_of(n, f, next(node for stop, node in segments[n] if stop >= f))
     ev: dict[str, Node] = {}
     for n in t.train_sets:
         ev[n] = p.scored("evaluate", n, evalset, train)
         score[n] = score[n] if n == ref else p.scored("score", n, evalset, train)
+    for n in tuned:
+        for f in early.fractions:
+            probe_of(n, f, next(node for stop, node in segments[n] if stop >= f))
     heads, analysis = heads_slice(cfg), asdict(cfg.analysis)
     cmp = {
         n: p.add("compare", {"heads": heads, "analysis": analysis}, {"heads": score[n], "ref_heads": score[ref]}, n) for n in t.train_sets

@@ -268,12 +268,28 @@ def _scored_in_training(ctx: StageContext, snapshot: Path) -> HeadScores | None:
     return scores
 
 
+def _final_on_probe_examples(ctx: StageContext) -> HeadScores:
+    """The probe at the end of training without scoring again: the final model's scores (its score
+    stage, same mode and options) by the probe's criterion, on the probe's examples (the first
+    `limit` evaluation records), with the per-head table recomputed over them."""
+    from needlework.heads.config import ScoreConfig
+    from needlework.heads.score import head_table
+    from needlework.models.sites import ModelShape
+
+    cfg = ScoreConfig.from_dict(ctx.node.slice["score"])
+    full = HeadScores.read(ctx.inputs["final_heads"]).criterion(cfg.score)
+    ids = [r.id for r in records_of(ctx)[: cfg.limit or None]]
+    per = full.per_example[full.per_example["example_id"].isin(ids)].reset_index(drop=True)
+    meta = {**full.meta, "n_probe_examples": len(ids), "in_training_seconds": None}
+    return HeadScores(heads=head_table(per, ModelShape(**full.shape)), per_example=per, meta=meta)
+
+
 def probe_stage(ctx: StageContext, score: Callable[[StageContext, Path], HeadScores] | None = None) -> None:
     """Heads of the training snapshot at this node's fraction against the reference model's final
     heads, by the compare stage's rule and statistics; the seconds it took (loading, scoring,
     comparing) and those of saving the snapshot are the monitoring cost. A set that a stop_early
     gate stopped before this fraction has no snapshot here: a Probe with `stopped_at` and no
-    statistics. `score` scores a snapshot (tests pass a fake)."""
+    statistics. `score`, when given, scores every probe from its snapshot (tests pass a fake)."""
     from needlework.study.analysis import METRICS, compare_heads
 
     t0 = time.perf_counter()
@@ -288,17 +304,23 @@ def probe_stage(ctx: StageContext, score: Callable[[StageContext, Path], HeadSco
             )
         Probe(result={**base, "stopped_at": stopped["fraction"], **dict.fromkeys(METRICS)}).write(ctx.out)
         return
-    scores = _scored_in_training(ctx, run.snapshot_dir(f))
-    in_training = None if scores is None else float(scores.meta.get("in_training_seconds") or 0.0)
+    # where the scores come from: the final model's score stage (fraction 1), training (the model in
+    # memory), or else the saved snapshot, scored here (a test's fake `score` stands for all three)
+    scores, probed = None, "snapshot"
+    if score is None and "final_heads" in ctx.inputs:
+        scores, probed = _final_on_probe_examples(ctx), "final score"
+    elif score is None:
+        scores, probed = _scored_in_training(ctx, run.snapshot_dir(f)), "training"
+    in_training = float(scores.meta.get("in_training_seconds") or 0.0) if probed == "training" and scores is not None else 0.0
     if scores is None:
-        scores = (score or _score_snapshot)(ctx, run.snapshot_dir(f))  # the main criterion only (plan: `probe`)
+        scores, probed = (score or _score_snapshot)(ctx, run.snapshot_dir(f)), "snapshot"  # the main criterion only (plan: `probe`)
     h, a = s["heads"], s["analysis"]
     ref = HeadScores.read(ctx.inputs["ref_heads"]).criterion(h.get("criterion"))
     res = compare_heads(scores, ref, h["rule"], h["top"], h["threshold"], a["n_boot"], a["alpha"], a["seed"])
     info = run.snapshot_info(f)
     result = {**base, **res, "step": info["step"], "total_steps": info["total_steps"], "snapshot_seconds": info["save_seconds"]}
-    result |= {"model_config": scores.model_config, "shape": scores.shape, "probed_in_training": in_training is not None}
-    result["probe_seconds"] = (in_training or 0.0) + time.perf_counter() - t0  # scoring (in training or here) and comparing
+    result |= {"model_config": scores.model_config, "shape": scores.shape, "probed": probed}
+    result["probe_seconds"] = in_training + time.perf_counter() - t0  # scoring (in training or here) and comparing
     Probe(result=result).write(ctx.out)
 
 
