@@ -250,6 +250,7 @@ def _scored_in_training(ctx: StageContext, snapshot: Path) -> HeadScores | None:
     loads the snapshot: training ran on several processes, or was resumed past this snapshot)."""
     from needlework.heads.config import ScoreConfig
     from needlework.io import hash_obj
+    from needlework.models.load import resolve_model_config
 
     try:
         scores = HeadScores.read(snapshot / TrainRun.SNAPSHOT_HEADS)
@@ -261,8 +262,6 @@ def _scored_in_training(ctx: StageContext, snapshot: Path) -> HeadScores | None:
     )
     if not same:
         return None
-    from needlework.models.load import resolve_model_config
-
     # written inside the snapshot (from training's work folder), its model config says "."; as scoring it here would
     scores.meta["model_config"] = dataclasses.asdict(resolve_model_config(model_config(ctx, weights=snapshot)))
     return scores
