@@ -117,9 +117,10 @@ class AnalysisSpec:
 class EarlySpec:
     """`early:` predict each training set's final score from its head recall early in training.
 
-    At each of `fractions` of the training steps the training run saves its weights (a snapshot);
-    the probe stage scores the snapshot's heads in teacher mode on the first `probe_n` evaluation
-    examples and compares them with the reference model's final heads (the study's head rule); the
+    At each of `fractions` of the training steps the training run saves its weights (a snapshot)
+    and scores its heads in teacher mode on the first `probe_n` evaluation examples, on the model in
+    memory (at fraction 1 the final model's score stage stands in); the probe stage compares them
+    with the reference model's final heads (the study's head rule); the
     analysis predicts each set's final score from its recall at each fraction (leave-one-out across
     sets) and names the earliest fraction whose predicted ranking agrees with the final one.
 
