@@ -212,3 +212,30 @@ def test_run_knockout_writes_conditions(tiny_dir, records, tmp_path):
     assert (tmp_path / KnockoutResult.FIGURE).stat().st_size > 1000
     with pytest.raises(NeedleworkError, match="score table covers 30 layers"):
         run_knockout(mcfg, records, _table(30, 9, set()), cfg, tmp_path / "bad", progress=False)
+
+
+def test_a_given_baseline_stands_for_the_unablated_evaluation(tiny_dir, records, tmp_path, monkeypatch):
+    """The study passes its evaluate stage's predictions: knockout then evaluates one condition
+    fewer and its baseline, with every paired difference, is the one it would have computed."""
+    import needlework.evaluate.evaluate as ev_mod
+    from needlework.evaluate.evaluate import EvalConfig, evaluate
+    from needlework.interventions.knockout import KnockoutConfig, run_knockout
+    from needlework.models.load import ModelConfig
+
+    ev = EvalConfig(max_new_tokens=4, logprob=False, n_boot=50)
+    cfg = KnockoutConfig(top=2, random_seeds=1, eval=ev)
+    mcfg = ModelConfig(name=str(tiny_dir), device="cpu")
+    table = _table(2, 4, {(1, 0), (1, 3)})
+    fresh = run_knockout(mcfg, records, table, cfg, tmp_path / "fresh", progress=False).summary["conditions"]
+    given = evaluate(mcfg, records, EvalConfig(max_new_tokens=4, logprob=True, n_boot=50), tmp_path / "eval").predictions
+    calls = []
+    real = ev_mod.evaluate_loaded
+    monkeypatch.setattr(ev_mod, "evaluate_loaded", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reused = run_knockout(mcfg, records, table, cfg, tmp_path / "reused", progress=False, baseline=given).summary["conditions"]
+    assert len(calls) == 2  # top and random_0; the baseline came from the given evaluation
+    assert reused["baseline"]["from"] == "given evaluation" and "from" not in fresh["baseline"]
+    for name in fresh:
+        assert reused[name]["tasks"] == fresh[name]["tasks"], name
+        assert reused[name]["delta_vs_baseline"] == fresh[name]["delta_vs_baseline"], name
+    with pytest.raises(NeedleworkError, match="lacks 1 of the"):
+        run_knockout(mcfg, records, table, cfg, tmp_path / "short", progress=False, baseline=given.iloc[1:])

@@ -196,3 +196,20 @@ def test_ready_knockout_and_patch_run_before_the_rest_and_change_nothing(tmp_pat
     plain = {(n.stage, n.label): n.output_hash for n in nodes}
     again, _ = _run(H.fake_config(), tmp_path / "b")
     assert {(n.stage, n.label): n.output_hash for n in again} == plain
+
+
+def test_knockout_reads_its_baseline_from_the_evaluate_node_when_that_covers_its_records():
+    from needlework.study.plan import build_plan
+
+    def knockout(cfg: dict):
+        return next(n for n in build_plan(from_dict(cfg)) if n.stage == "knockout")
+
+    ko = knockout(H.fake_config())
+    assert ko.deps["baseline"].stage == "evaluate" and ko.deps["baseline"].set == ko.set
+    assert ko.deps["baseline"].deps["train"] is ko.deps["train"]  # the same model
+    cfg = H.fake_config()
+    cfg["eval"] = {"limit": 3}
+    cfg["knockout"] = {"limit": 2}
+    assert "baseline" in knockout(cfg).deps  # 2 of the 3 records evaluated
+    cfg["knockout"] = {"limit": 5}
+    assert "baseline" not in knockout(cfg).deps  # more records than the evaluate node has: evaluated here

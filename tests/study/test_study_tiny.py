@@ -72,6 +72,8 @@ def test_two_variant_study_runs_end_to_end(baseline):
     assert len(heads) == 2 * 4 and {"layer", "head", "mean", "std", "n"} <= set(heads.columns)
     ko = KnockoutResult.read(d[("knockout", "hh")]).summary
     assert set(ko["conditions"]) == {"baseline", "top", "random_0"} and ko["conditions"]["top"]["n_heads"] == 3
+    base = ko["conditions"]["baseline"]  # read from the evaluate stage's predictions (its first 2 records), not evaluated again
+    assert base["from"] == "given evaluation" and base["tasks"]["mdqa"]["n"] == 2 == ko["n"]
     patch = PatchResult.read(d[("patch", "ll")])
     assert [r["condition"] for r in patch.rows()] == ["source", "target", "intersection"] and patch.shape == scores.shape
     an = Analysis.read(d[("analysis", "")]).result

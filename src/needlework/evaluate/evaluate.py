@@ -43,7 +43,7 @@ from needlework.evaluate.metrics import METRICS, PRIMARY, score_example
 from needlework.io import hash_file, hash_obj
 from needlework.models.decode import render_prompts, resolve_chat
 
-__all__ = ["EvalConfig", "check_records", "config_with_eval", "evaluate", "evaluate_loaded"]
+__all__ = ["EvalConfig", "check_records", "config_with_eval", "evaluate", "evaluate_loaded", "summarise"]
 
 
 def check_records(records: Sequence[Record]) -> None:
@@ -61,7 +61,8 @@ def check_records(records: Sequence[Record]) -> None:
         )
 
 
-def _summarise(df, cfg: EvalConfig) -> dict[str, Any]:
+def summarise(df, cfg: EvalConfig) -> dict[str, Any]:
+    """Per task: n, the primary metric's name, and every metric's mean with its bootstrap interval."""
     tasks: dict[str, Any] = {}
     for task, g in df.groupby("task", sort=True):
         metrics = list(METRICS[task]) + (["gold_logprob", "gold_logprob_per_token"] if "gold_logprob" in g else [])
@@ -118,7 +119,7 @@ def _summary(df, cfg: EvalConfig, run_cfg: EvalConfig, elapsed: float) -> dict[s
         "max_new_tokens_by_task": {t: answer_budget(t, cfg.max_new_tokens) for t in sorted(set(df["task"]))},
         "elapsed_s": elapsed,
         "examples_per_s": len(df) / elapsed if elapsed > 0 else float("nan"),
-        "tasks": _summarise(df, cfg),
+        "tasks": summarise(df, cfg),
     }
 
 

@@ -196,18 +196,40 @@ def _paired_delta(df, cond: str, n_boot: int, alpha: float, seed: int) -> dict[s
     return out
 
 
-def _evaluate_conditions(model, tok, records, sets: dict[str, HeadSet], cfg: KnockoutConfig, means, progress: bool):
-    """Evaluate every head set knocked out in turn; returns (per-example frame, conditions dict)."""
+def _given_baseline(baseline, records, cfg: KnockoutConfig):
+    """The unablated condition from an evaluation already made (the study's evaluate stage, same
+    model and decoding options): its rows of `records`, in their order, summarised as here."""
+    from needlework.evaluate.evaluate import summarise
+
+    by_id = baseline.drop(columns=[c for c in baseline if c.startswith("gold_logprob")]).set_index("id", drop=False)
+    missing = [r.id for r in records if r.id not in by_id.index]
+    if missing:
+        raise NeedleworkError(
+            f"the given baseline evaluation lacks {len(missing)} of the {len(records)} records (e.g. {missing[0]})",
+            "pass an evaluation of the same records, or none (the baseline is then evaluated here)",
+        )
+    df = by_id.loc[[r.id for r in records]].reset_index(drop=True)
+    return df, {"tasks": summarise(df, cfg.eval), "elapsed_s": 0.0, "from": "given evaluation"}
+
+
+def _evaluate_conditions(model, tok, records, sets: dict[str, HeadSet], cfg: KnockoutConfig, means, progress: bool, baseline=None):
+    """Evaluate every head set knocked out in turn (the unablated one taken from `baseline` when
+    given); returns (per-example frame, conditions dict)."""
     import pandas as pd
 
     from needlework.evaluate.evaluate import evaluate_loaded
 
     frames, conditions = [], {}
     for name, heads in sets.items():
-        with knocked_out(model, heads, cfg.mode, means):
-            df, summ = evaluate_loaded(model, tok, records, replace(cfg.eval, limit=None), progress=progress)
+        if name == "baseline" and baseline is not None:
+            df, summ = _given_baseline(baseline, records, cfg)
+        else:
+            with knocked_out(model, heads, cfg.mode, means):
+                df, summ = evaluate_loaded(model, tok, records, replace(cfg.eval, limit=None), progress=progress)
         frames.append(df.assign(condition=name))
         conditions[name] = {**describe(heads), "tasks": summ["tasks"], "elapsed_s": summ["elapsed_s"]}
+        if "from" in summ:
+            conditions[name]["from"] = summ["from"]
     per_example = pd.concat(frames, ignore_index=True)
     for name in conditions:
         conditions[name]["delta_vs_baseline"] = _paired_delta(per_example, name, cfg.eval.n_boot, cfg.eval.alpha, cfg.eval.seed)
@@ -238,6 +260,7 @@ def run_knockout(
     cfg: KnockoutConfig | None,
     out_dir: str | os.PathLike,
     progress: bool = True,
+    baseline=None,
 ) -> dict[str, Any]:
     """Evaluate a model unablated, with the chosen head set knocked out, and with layer-matched
     random sets (one per seed); write the KnockoutResult and its bar chart to `out_dir`.
@@ -249,6 +272,9 @@ def run_knockout(
             when `cfg.heads` lists the heads.
         cfg: options (KnockoutConfig()).
         out_dir: output folder (created).
+        baseline: per-example predictions of this model on these records with these decoding
+            options, already made (an `evaluate` result's predictions): the unablated condition is
+            read from them instead of evaluated again (the study passes its evaluate stage's).
     Returns:
         the KnockoutResult; its summary: `conditions` -> name (`baseline`, `top`, `random_<seed>`) -> {`heads`,
         `tasks` (metrics with bootstrap intervals, as `evaluate`), `delta_vs_baseline` (paired
@@ -284,7 +310,7 @@ def run_knockout(
         ref = read_jsonl(cfg.mean_reference) if cfg.mean_reference else records
         prompts = render_prompts(ref, tok, chat)
         means = cached_head_means(model, prompts, model_key(model_cfg), batch_size=cfg.eval.batch_size, progress=progress)
-    per_example, conditions = _evaluate_conditions(model, tok, records, sets, cfg, means, progress)
+    per_example, conditions = _evaluate_conditions(model, tok, records, sets, cfg, means, progress, baseline)
     random_mean = _random_mean(conditions)
     summary = {
         "model": model_cfg.name,

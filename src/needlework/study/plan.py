@@ -224,7 +224,7 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
     cmp = {
         n: p.add("compare", {"heads": heads, "analysis": analysis}, {"heads": score[n], "ref_heads": score[ref]}, n) for n in t.train_sets
     }
-    _interventions(p, evalset, train, score)
+    _interventions(p, evalset, train, score, ev)
     sets = {n: {"kind": s.kind, "label": s.label or n} for n, s in t.train_sets.items()}
     deps = {f"evaluate:{n}": ev[n] for n in t.train_sets} | {f"compare:{n}": cmp[n] for n in t.train_sets}
     a_slice: dict[str, Any] = {"analysis": analysis, "sets": sets, "reference": ref}
@@ -240,15 +240,19 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
     return p.nodes
 
 
-def _interventions(p: _TaskPlan, evalset: Node, train: dict[str, Node], score: dict[str, Node]) -> None:
-    """Knockout of the selected sets' models, and patching of the reference into the selected targets."""
+def _interventions(p: _TaskPlan, evalset: Node, train: dict[str, Node], score: dict[str, Node], ev: dict[str, Node]) -> None:
+    """Knockout of the selected sets' models, and patching of the reference into the selected
+    targets. Knockout reads its unablated condition from the set's evaluate node (`baseline`):
+    the same model, records and decoding options, when that node evaluated at least its records."""
     cfg, ref = p.cfg, p.cfg.tasks[p.task].reference
     heads, eval_opts = heads_slice(cfg), asdict(cfg.eval)
+    ko_limit = cfg.knockout.limit if cfg.knockout.limit is not None else cfg.eval.limit
+    reuse = cfg.eval.limit is None or (ko_limit is not None and ko_limit <= cfg.eval.limit)
     for n in selected(cfg, "knockout", p.task):
         p.add(
             "knockout",
             {"model": p.model_slice, "knockout": section_dict(cfg.knockout), "heads": heads, "eval": eval_opts},
-            {"eval_data": evalset, "heads": score[n], "train": train[n]},
+            {"eval_data": evalset, "heads": score[n], "train": train[n]} | ({"baseline": ev[n]} if reuse else {}),
             n,
         )
     for n in selected(cfg, "patch", p.task):

@@ -363,7 +363,8 @@ def knockout_stage(ctx: StageContext) -> None:
     from needlework.interventions.knockout import run_knockout
 
     cfg = _intervention_config(ctx, "knockout")
-    run_knockout(model_config(ctx), records_of(ctx), HeadScores.read(ctx.inputs["heads"]), cfg, ctx.out)
+    baseline = EvalResult.read(ctx.inputs["baseline"]).predictions if "baseline" in ctx.inputs else None  # plan: `_interventions`
+    run_knockout(model_config(ctx), records_of(ctx), HeadScores.read(ctx.inputs["heads"]), cfg, ctx.out, baseline=baseline)
 
 
 def patch_stage(ctx: StageContext) -> None:
