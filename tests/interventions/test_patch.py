@@ -131,3 +131,21 @@ def test_models_of_different_shape_are_refused(smollm2_tokenizer, tiny_dir, buil
     smollm2_tokenizer.save_pretrained(tmp_path / "three")
     with pytest.raises(NeedleworkError, match="shapes differ"):
         load_pair(ModelConfig(name=str(tiny_dir), device="cpu"), ModelConfig(name=str(tmp_path / "three"), device="cpu"))
+
+
+def test_given_evaluations_stand_for_the_unpatched_source_and_target(tiny_dir, adapters, records, tmp_path, monkeypatch):
+    """The study passes its evaluate stages' predictions of the source and the target: patching
+    then evaluates neither again, and its table is the one it would have computed."""
+    import needlework.evaluate.evaluate as ev_mod
+    from needlework.evaluate.evaluate import EvalConfig, evaluate
+    from needlework.interventions.patch import PatchConfig
+
+    src_cfg = ModelConfig(name=str(tiny_dir), adapter=adapters[0], device="cpu")
+    tgt_cfg = ModelConfig(name=str(tiny_dir), adapter=adapters[1], device="cpu")
+    cfg = PatchConfig(set="all", eval=EvalConfig(max_new_tokens=5, logprob=False, n_boot=50))
+    fresh = run_patch(src_cfg, tgt_cfg, records, None, None, cfg, tmp_path / "fresh", progress=False).summary
+    ev = EvalConfig(max_new_tokens=5, logprob=True, n_boot=50)
+    given = {role: evaluate(c, records, ev, tmp_path / role).predictions for role, c in (("source", src_cfg), ("target", tgt_cfg))}
+    monkeypatch.setattr(ev_mod, "evaluate_loaded", lambda *a, **k: pytest.fail("evaluated again"))
+    reused = run_patch(src_cfg, tgt_cfg, records, None, None, cfg, tmp_path / "reused", progress=False, given=given).summary
+    assert reused["table"] == fresh["table"] and reused["given"] == ["source", "target"] and fresh["given"] == []

@@ -198,18 +198,24 @@ def test_ready_knockout_and_patch_run_before_the_rest_and_change_nothing(tmp_pat
     assert {(n.stage, n.label): n.output_hash for n in again} == plain
 
 
-def test_knockout_reads_its_baseline_from_the_evaluate_node_when_that_covers_its_records():
+def test_interventions_read_their_unablated_conditions_from_evaluate_nodes_that_cover_their_records():
     from needlework.study.plan import build_plan
 
-    def knockout(cfg: dict):
-        return next(n for n in build_plan(from_dict(cfg)) if n.stage == "knockout")
+    def first(cfg: dict, stage: str):
+        return next(n for n in build_plan(from_dict(cfg)) if n.stage == stage)
 
-    ko = knockout(H.fake_config())
+    ko, pa = first(H.fake_config(), "knockout"), first(H.fake_config(), "patch")
     assert ko.deps["baseline"].stage == "evaluate" and ko.deps["baseline"].set == ko.set
     assert ko.deps["baseline"].deps["train"] is ko.deps["train"]  # the same model
+    assert pa.deps["source_eval"].deps["train"] is pa.deps["source_train"]
+    assert pa.deps["target_eval"].deps["train"] is pa.deps["target_train"]
     cfg = H.fake_config()
     cfg["eval"] = {"limit": 3}
     cfg["knockout"] = {"limit": 2}
-    assert "baseline" in knockout(cfg).deps  # 2 of the 3 records evaluated
+    cfg["patch"] |= {"limit": 3}
+    assert "baseline" in first(cfg, "knockout").deps and "target_eval" in first(cfg, "patch").deps  # within the 3 evaluated
     cfg["knockout"] = {"limit": 5}
-    assert "baseline" not in knockout(cfg).deps  # more records than the evaluate node has: evaluated here
+    cfg["patch"] |= {"limit": None}  # patching then takes eval.limit: still covered
+    assert "baseline" not in first(cfg, "knockout").deps and "source_eval" in first(cfg, "patch").deps
+    cfg["patch"] |= {"limit": 4}  # more records than the evaluate nodes have: evaluated here
+    assert not {"source_eval", "target_eval"} & set(first(cfg, "patch").deps)

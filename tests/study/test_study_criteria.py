@@ -104,12 +104,13 @@ def test_studies_without_criteria_keep_every_slice_hence_their_cached_stages():
     evaluation prompts leaving room for the answer budget); and the early-prediction digest once more:
     its train nodes gained the probe that training scores on the model in memory (`probe`, `probe_data`),
     and its probes at the end of training read the final model's score node (`final_heads`); and all
-    four once more: knockout reads its unablated condition from the set's evaluate node (`baseline`).
+    four once more: knockout and patching read their unablated conditions from evaluate nodes
+    (`baseline`, `source_eval`, `target_eval`).
     A change here re-runs every cached stage of existing studies: change a digest only on purpose."""
-    assert _plan_digest(from_dict(H.fake_config())) == "34b05cb2f40a4c47"
-    assert _plan_digest(from_dict(H.fake_early_config(stop_early=True))) == "0e2ac7de5cdf7286"
-    assert _plan_digest(from_dict(H.tiny_config("tiny-model"))) == "54d2a28aec4abd9f"
-    assert _plan_digest(load_config(REPO / "configs" / "demo.yaml")) == "14032a81a1adb89f"
+    assert _plan_digest(from_dict(H.fake_config())) == "002aecd5ecc7dd72"
+    assert _plan_digest(from_dict(H.fake_early_config(stop_early=True))) == "8f32970f78ef70b7"
+    assert _plan_digest(from_dict(H.tiny_config("tiny-model"))) == "c37940b308ead276"
+    assert _plan_digest(load_config(REPO / "configs" / "demo.yaml")) == "70a19c3ebb77b063"
     for n in build_plan(from_dict(H.fake_early_config())):
         assert not {"criteria", "criterion"} & _keys(n.slice), n.label
         assert n.stage != "analysis" or "ref_heads" not in n.deps  # it reads the reference's heads only for criteria

@@ -76,6 +76,7 @@ def test_two_variant_study_runs_end_to_end(baseline):
     assert base["from"] == "given evaluation" and base["tasks"]["mdqa"]["n"] == 2 == ko["n"]
     patch = PatchResult.read(d[("patch", "ll")])
     assert [r["condition"] for r in patch.rows()] == ["source", "target", "intersection"] and patch.shape == scores.shape
+    assert patch.summary["given"] == ["source", "target"]  # read from the evaluate stages, not evaluated again
     an = Analysis.read(d[("analysis", "")]).result
     assert [r["set"] for r in an["rows"]] == ["hh", "ll"] and an["rows"][0]["recall"] == 1.0
     # the query and output criteria, scored on the same examples, compared and analysed beside retrieval

@@ -43,7 +43,7 @@ from needlework.evaluate.metrics import METRICS, PRIMARY, score_example
 from needlework.io import hash_file, hash_obj
 from needlework.models.decode import render_prompts, resolve_chat
 
-__all__ = ["EvalConfig", "check_records", "config_with_eval", "evaluate", "evaluate_loaded", "summarise"]
+__all__ = ["EvalConfig", "check_records", "config_with_eval", "evaluate", "evaluate_loaded", "predictions_for", "summarise"]
 
 
 def check_records(records: Sequence[Record]) -> None:
@@ -74,6 +74,24 @@ def summarise(df, cfg: EvalConfig) -> dict[str, Any]:
             out[m] = {"mean": mean, "lo": lo, "hi": hi}
         tasks[task] = {"n": int(len(g)), "primary": PRIMARY[task], "metrics": out}
     return tasks
+
+
+def predictions_for(predictions, records: Sequence[Record]):
+    """The rows of an evaluation already made (`evaluate`'s predictions) for `records`, in their
+    order, without the log-probability columns: what `evaluate_loaded` would return for them with
+    the same model and decoding options. Knockout and patching read their unablated conditions so.
+
+    Raises:
+        NeedleworkError: a record the evaluation does not hold.
+    """
+    by_id = predictions.drop(columns=[c for c in predictions if c.startswith("gold_logprob")]).set_index("id", drop=False)
+    missing = [r.id for r in records if r.id not in by_id.index]
+    if missing:
+        raise NeedleworkError(
+            f"the given evaluation lacks {len(missing)} of the {len(records)} records (e.g. {missing[0]})",
+            "pass an evaluation of the same records, or none (it is then evaluated here)",
+        )
+    return by_id.loc[[r.id for r in records]].reset_index(drop=True)
 
 
 def evaluate_loaded(model, tokenizer, records: Sequence[Record], cfg: EvalConfig | None = None, progress: bool = True):

@@ -198,17 +198,10 @@ def _paired_delta(df, cond: str, n_boot: int, alpha: float, seed: int) -> dict[s
 
 def _given_baseline(baseline, records, cfg: KnockoutConfig):
     """The unablated condition from an evaluation already made (the study's evaluate stage, same
-    model and decoding options): its rows of `records`, in their order, summarised as here."""
-    from needlework.evaluate.evaluate import summarise
+    model and decoding options): its rows of `records`, summarised as here."""
+    from needlework.evaluate.evaluate import predictions_for, summarise
 
-    by_id = baseline.drop(columns=[c for c in baseline if c.startswith("gold_logprob")]).set_index("id", drop=False)
-    missing = [r.id for r in records if r.id not in by_id.index]
-    if missing:
-        raise NeedleworkError(
-            f"the given baseline evaluation lacks {len(missing)} of the {len(records)} records (e.g. {missing[0]})",
-            "pass an evaluation of the same records, or none (the baseline is then evaluated here)",
-        )
-    df = by_id.loc[[r.id for r in records]].reset_index(drop=True)
+    df = predictions_for(baseline, records)
     return df, {"tasks": summarise(df, cfg.eval), "elapsed_s": 0.0, "from": "given evaluation"}
 
 

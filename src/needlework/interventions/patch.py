@@ -315,14 +315,18 @@ def _choose_sets(cfg: PatchConfig, tables, shape) -> tuple[list[HeadSet], dict[s
     return chosen, sets
 
 
-def _score_conditions(source, target, tok, records, sets: dict[str, HeadSet], ecfg, progress: bool) -> list[dict]:
-    """Per-example rows for the source, the target, and the target patched with each head set."""
-    from needlework.evaluate.evaluate import evaluate_loaded
+def _score_conditions(source, target, tok, records, sets: dict[str, HeadSet], ecfg, progress: bool, given=None) -> list[dict]:
+    """Per-example rows for the source, the target (each read from `given[role]` when there, an
+    evaluation already made), and the target patched with each head set."""
+    from needlework.evaluate.evaluate import evaluate_loaded, predictions_for
 
     rows = []
     for name, role in (("source", source), ("target", target)):
-        with role.active():
-            df, _ = evaluate_loaded(role.model, tok, records, ecfg, progress=progress)
+        if (given or {}).get(name) is not None:
+            df = predictions_for(given[name], records)
+        else:
+            with role.active():
+                df, _ = evaluate_loaded(role.model, tok, records, ecfg, progress=progress)
         rows += [{"condition": name, **r} for r in df.drop(columns=["n_prompt_tokens"], errors="ignore").to_dict("records")]
     for name, heads in sets.items():
         rows += _scores(records, patched_answers(source, target, tok, records, heads, ecfg, progress), name)
@@ -338,6 +342,7 @@ def run_patch(
     cfg: PatchConfig | None,
     out_dir: str | os.PathLike,
     progress: bool = True,
+    given: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the source, the target, and the target patched with the source's head outputs per head
     set; write the PatchResult (with its table as CSV and Markdown) to `out_dir`.
@@ -349,6 +354,10 @@ def run_patch(
             each model; may be None when `cfg.set` is `all` or an explicit list.
         cfg: options (PatchConfig()).
         out_dir: output folder (created).
+        given: `{"source": predictions, "target": predictions}` (either may be left out): those
+            models' evaluations of these records with these decoding options, already made (an
+            `evaluate` result's predictions); the unpatched conditions are read from them instead
+            of evaluated again (the study passes its evaluate stages').
     Returns:
         the PatchResult; its summary: `model_config` (the target's), `source`/`target` (the
         ModelConfigs as loaded: adapters' saved RoPE settings applied), `chat` (the rendering
@@ -380,7 +389,7 @@ def run_patch(
     shape = model_shape(target.model)
     chosen, sets = _choose_sets(cfg, tables, shape)
     ecfg = replace(cfg.eval, limit=None, logprob=False)
-    per_example = pd.DataFrame(_score_conditions(source, target, tok, records, sets, ecfg, progress))
+    per_example = pd.DataFrame(_score_conditions(source, target, tok, records, sets, ecfg, progress, given))
     table, md = _table(per_example, sets, ecfg, cfg.random_like)
     summary = {
         "model_config": asdict(target_cfg),
@@ -396,6 +405,7 @@ def run_patch(
         "heads_source": describe(chosen[0]),
         "heads_target": describe(chosen[1]),
         "sets": {k: describe(v) for k, v in sets.items()},
+        "given": sorted(k for k, v in (given or {}).items() if v is not None),  # conditions read from evaluations already made
         "table": table,
     }
     result = PatchResult(per_example=per_example, summary=summary, csv=pd.DataFrame(table).to_csv(index=False), markdown=md)

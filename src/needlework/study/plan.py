@@ -242,17 +242,21 @@ def _task_nodes(cfg: StudyConfig, m: str, task: str) -> list[Node]:
 
 def _interventions(p: _TaskPlan, evalset: Node, train: dict[str, Node], score: dict[str, Node], ev: dict[str, Node]) -> None:
     """Knockout of the selected sets' models, and patching of the reference into the selected
-    targets. Knockout reads its unablated condition from the set's evaluate node (`baseline`):
-    the same model, records and decoding options, when that node evaluated at least its records."""
+    targets. Their unablated conditions are read from evaluate nodes (knockout's `baseline`,
+    patching's `source_eval` and `target_eval`: the same models, records and decoding options)
+    when those evaluated at least the intervention's records (`limit`)."""
     cfg, ref = p.cfg, p.cfg.tasks[p.task].reference
     heads, eval_opts = heads_slice(cfg), asdict(cfg.eval)
-    ko_limit = cfg.knockout.limit if cfg.knockout.limit is not None else cfg.eval.limit
-    reuse = cfg.eval.limit is None or (ko_limit is not None and ko_limit <= cfg.eval.limit)
+
+    def covered(limit: int | None) -> bool:
+        limit = limit if limit is not None else cfg.eval.limit
+        return cfg.eval.limit is None or (limit is not None and limit <= cfg.eval.limit)
+
     for n in selected(cfg, "knockout", p.task):
         p.add(
             "knockout",
             {"model": p.model_slice, "knockout": section_dict(cfg.knockout), "heads": heads, "eval": eval_opts},
-            {"eval_data": evalset, "heads": score[n], "train": train[n]} | ({"baseline": ev[n]} if reuse else {}),
+            {"eval_data": evalset, "heads": score[n], "train": train[n]} | ({"baseline": ev[n]} if covered(cfg.knockout.limit) else {}),
             n,
         )
     for n in selected(cfg, "patch", p.task):
@@ -265,7 +269,8 @@ def _interventions(p: _TaskPlan, evalset: Node, train: dict[str, Node], score: d
                 "target_train": train[n],
                 "source_heads": score[ref],
                 "target_heads": score[n],
-            },
+            }
+            | ({"source_eval": ev[ref], "target_eval": ev[n]} if covered(cfg.patch.limit) else {}),
             n,
         )
 

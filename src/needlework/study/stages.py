@@ -369,9 +369,11 @@ def knockout_stage(ctx: StageContext) -> None:
 
 def patch_stage(ctx: StageContext) -> None:
     """Patch the reference (source) model's head outputs into this (target) model for every head
-    set kind in one run (source and target are scored once)."""
+    set kind in one run (source and target are scored once, or read from their evaluate stages:
+    plan `_interventions`)."""
     from needlework.interventions.patch import run_patch
 
+    given = {r: EvalResult.read(ctx.inputs[f"{r}_eval"]).predictions for r in ("source", "target") if f"{r}_eval" in ctx.inputs}
     run_patch(
         model_config(ctx, "source_train"),
         model_config(ctx, "target_train"),
@@ -380,6 +382,7 @@ def patch_stage(ctx: StageContext) -> None:
         HeadScores.read(ctx.inputs["target_heads"]),
         _intervention_config(ctx, "patch"),
         ctx.out,
+        given=given,
     )
 
 
