@@ -393,5 +393,5 @@ def test_lengthen_with_a_ceiling_and_the_chat_template(tmp_path, smollm2_tokeniz
     for r in recs:
         n = render(r, smollm2_tokenizer, chat=True).n_tokens
         assert 600 - 32 <= n <= 600 and r.meta["n_tokens"] == n
-    with pytest.raises(NeedleworkError, match="below length"):
+    with pytest.raises(NeedleworkError, match="below --length"):
         load_real("mdqa", str(path), LoadConfig(length=600, max_tokens=500))

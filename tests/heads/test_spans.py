@@ -191,3 +191,22 @@ def test_run_score_writes_coverage(tmp_path, tiny, caplog):
     meta = out.meta
     assert meta["span_coverage"] == {"n_spans_located": 2, "n_citing_docs": 3, "fraction": 0.6667, "n_records_partial": 1}
     assert "insight spans located in 2 of 3 citing documents" in caplog.text
+
+
+def test_a_kept_rendering_cache_renders_each_record_once_over_calls(tiny, monkeypatch):
+    """Training's probes score the same records at every fraction: with `rendered` kept across the
+    calls each record is rendered once, and the scores are those of rendering afresh."""
+    import pandas as pd
+
+    import needlework.data.render as render_mod
+
+    model, tok = tiny
+    records, cfg = [summhay_record(), musique_record()], ScoreConfig(score="insight", chat=False)
+    fresh = score_heads(model, tok, records, cfg)
+    calls, real = [], render_mod.render
+    monkeypatch.setattr(render_mod, "render", lambda *a, **k: calls.append(1) or real(*a, **k))  # examples imports it per call
+    cache: dict = {}
+    first, second = score_heads(model, tok, records, cfg, cache), score_heads(model, tok, records, cfg, cache)
+    assert len(calls) == len(records)  # the second call rendered nothing
+    for got in (first, second):
+        pd.testing.assert_frame_equal(got.per_example, fresh.per_example)

@@ -115,10 +115,15 @@ def test_a_resumed_run_neither_loses_nor_duplicates_snapshots(tiny_llama, tmp_pa
     assert not list((b / TrainRun.SNAPSHOTS).glob(".*"))
 
 
-def test_on_snapshot_sees_the_model_in_memory_without_perturbing_the_run(tiny_llama, tmp_path):
+def test_on_snapshot_sees_the_model_in_memory_without_perturbing_the_run(tiny_llama, tmp_path, monkeypatch):
     """The hook runs at each snapshot on the model being trained (eval mode, its weights those of
     the snapshot), may draw random numbers and run forwards, and leaves the run as it was: the
-    same losses and final weights as without it, and the model back in train mode."""
+    same losses and final weights as without it, and the model back in train mode. Its time is
+    logged and left out of the training seconds (a clock the hook moves 1000 s forward)."""
+    import time as time_mod
+
+    real_clock, skipped = time_mod.perf_counter, [0.0]
+    monkeypatch.setattr(time_mod, "perf_counter", lambda: real_clock() + skipped[0])
     data = copy_records(16, seed=3)
     plain = train(tiny_llama, data, _cfg(snapshots=[0.25, 1.0]), tmp_path / "plain")
     seen = []
@@ -134,6 +139,7 @@ def test_on_snapshot_sees_the_model_in_memory_without_perturbing_the_run(tiny_ll
         ids = tok("a probe", return_tensors="pt").input_ids
         model(input_ids=ids)
         seen.append((fraction, folder.name))
+        skipped[0] += 1000.0  # the hook "takes" 1000 s
 
     res = train(tiny_llama, data, _cfg(snapshots=[0.25, 1.0]), tmp_path / "hooked", on_snapshot=hook)
     assert seen == [(0.25, "0.25"), (1.0, "1")]
@@ -141,6 +147,5 @@ def test_on_snapshot_sees_the_model_in_memory_without_perturbing_the_run(tiny_ll
     final = _weights(res.saved)
     assert all(torch.equal(final[k], w) for k, w in _weights(plain.saved).items())
     rows = [r for r in _rows(tmp_path / "hooked") if "snapshot" in r]
-    assert all(r["probe_seconds"] > 0 for r in rows)
-    train_s = TrainRun(tmp_path / "hooked").seconds()["train"]
-    assert train_s > 0  # the hook's time is left out of the training seconds (as saving is)
+    assert len(rows) == 2 and all(r["probe_seconds"] >= 1000 for r in rows)
+    assert 0 < TrainRun(tmp_path / "hooked").seconds()["train"] < 1000  # the 2000 s of the hook are not training

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from needlework.data import haystack as hs
 from needlework.data.phrasings import FILLER_SENTENCES
 from needlework.data.records import Document, Needle, Record, validate_record
-from needlework.data.render import answer_text, render, resolve_chat
+from needlework.data.render import answer_text, check_max_tokens, length_ceiling, render, resolve_chat
 from needlework.data.tasks import BUILDERS, Draft, Piece, TaskSpec
 from needlework.data.world import World, build_world, check_relations, sample_chain
 from needlework.errors import NeedleworkError, OptionError
@@ -127,12 +127,7 @@ def check_config(cfg: GenerateConfig) -> None:
         raise OptionError(
             "n" if cfg.n < 1 else "length", f"--n {cfg.n} and --length {cfg.length} must be positive", "e.g. --n 100 --length 2048"
         )
-    if cfg.max_tokens and cfg.max_tokens < cfg.length:
-        raise OptionError(
-            "max_tokens",
-            f"--max-tokens {cfg.max_tokens} is below --length {cfg.length}",
-            "give 0 (no ceiling beyond the tolerance) or a ceiling of at least --length (e.g. the model's context)",
-        )
+    check_max_tokens(cfg.max_tokens, cfg.length)
     for key, least in (("hard_negatives", 0), ("insights", 0), ("kv_pairs", 1), ("kv_dicts", 1), ("world_size", 0), ("writer_docs", 1)):
         if getattr(cfg, key) < least:
             raise OptionError(key, f"--{key.replace('_', '-')} {getattr(cfg, key)} must be at least {least}", f"give a count >= {least}")
@@ -260,7 +255,7 @@ def _fit(draft: Draft, hay: _Haystack, tokenizer, cfg: GenerateConfig, rng: rand
     target = cfg.length
     tol = max(round(0.02 * target), 32)  # the contract: within 2% or 32 tokens
     exact = max(4, round(0.002 * target))  # what we aim for: 4 tokens at 2K, 16 at 8K
-    ceiling = min(cfg.max_tokens or target + tol, target + tol)  # no example longer than this
+    ceiling = length_ceiling(target, tol, cfg.max_tokens)  # no example longer than this
     aim = min(target, ceiling - exact)  # below a ceiling at the target, so that the aim's error stays under it
     neg_costs = [hay.cost(p) for p in draft.negatives]
     neg_u = [rng.random() for _ in draft.negatives]

@@ -22,6 +22,7 @@ from typing import Any
 from needlework.data.locate import INSIGHT_THRESHOLD, WH_TYPES, InsightLocator, find_span, question_type
 from needlework.data.real_length import Skip, lengthen_all
 from needlework.data.records import Document, Needle, Record, validate_record
+from needlework.data.render import check_max_tokens
 from needlework.data.ruler import parse_ruler, ruler_files, ruler_id, task_name
 from needlework.errors import NeedleworkError, OptionError
 
@@ -477,12 +478,7 @@ def check_options(fmt: str, cfg: LoadConfig) -> None:
             f"--insight-threshold {cfg.insight_threshold} is not in (0, 1]",
             f"give a similarity (weighted content-word F1) in (0, 1]; the calibrated default is {INSIGHT_THRESHOLD}",
         )
-    if cfg.max_tokens and cfg.length and cfg.max_tokens < cfg.length:
-        raise OptionError(
-            "max_tokens",
-            f"max_tokens {cfg.max_tokens} is below length {cfg.length}",
-            "give 0 (no ceiling beyond the tolerance) or a ceiling of at least the length (e.g. the model's context)",
-        )
+    check_max_tokens(cfg.max_tokens, cfg.length)
     for key in ("tolerance_frac", "tolerance_tokens"):
         if getattr(cfg, key) < 0:
             raise OptionError(key, f"{key} {getattr(cfg, key)} is negative", "give a non-negative tolerance")

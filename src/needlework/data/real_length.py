@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from needlework.data.locate import normalize
 from needlework.data.records import Document, Record
-from needlework.data.render import render, resolve_chat
+from needlework.data.render import length_ceiling, render, resolve_chat
 from needlework.errors import NeedleworkError
 
 _MAX_ROUNDS = 8
@@ -133,7 +133,7 @@ def lengthen(
     """
     target = int(cfg.length)
     tol = max(cfg.tolerance_tokens, int(cfg.tolerance_frac * target))
-    ceiling = min(cfg.max_tokens or target + tol, target + tol)  # no example longer than this
+    ceiling = length_ceiling(target, tol, cfg.max_tokens)  # no example longer than this
     aim = min(target, ceiling - min(tol, 2))  # the rounds below stop within 2 tokens of the aim
     chat = resolve_chat(cfg.chat, tok)
     gold = sorted(set(rec.gold_docs) | {n.doc for n in rec.needles})

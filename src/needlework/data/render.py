@@ -13,7 +13,7 @@ import bisect
 from dataclasses import dataclass, field
 
 from needlework.data.records import Record
-from needlework.errors import NeedleworkError
+from needlework.errors import NeedleworkError, OptionError
 
 INSTRUCTIONS = {
     "mdqa": (
@@ -163,6 +163,23 @@ def resolve_chat(chat: bool | None, tokenizer) -> bool:
     """The rendering every stage uses: `None` (the default of train, evaluate, heads score, knockout
     and patch) means the chat template when the tokenizer has one; True/False force it."""
     return bool(getattr(tokenizer, "chat_template", None)) if chat is None else bool(chat)
+
+
+def length_ceiling(length: int, tolerance: int, max_tokens: int = 0) -> int:
+    """The most tokens a record fitted to `length` may have: `length + tolerance`, or `max_tokens`
+    when that is lower (a study's ceiling, so that records fit the model). The generator and the
+    real-data loader fit to it alike."""
+    return min(max_tokens or length + tolerance, length + tolerance)
+
+
+def check_max_tokens(max_tokens: int, length: int | None) -> None:
+    """A ceiling below the length it caps cannot be met: refused, naming both options."""
+    if max_tokens and length and max_tokens < length:
+        raise OptionError(
+            "max_tokens",
+            f"--max-tokens {max_tokens} is below --length {length}",
+            "give 0 (no ceiling beyond the tolerance) or a ceiling of at least --length (e.g. the model's context)",
+        )
 
 
 def render(record: Record, tokenizer, chat: bool = False, with_answer: bool = True) -> Rendered:

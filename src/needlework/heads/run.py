@@ -75,10 +75,13 @@ def score_result(model_cfg, records, cfg: ScoreConfig, data_hash: str | None = N
     return score_loaded(model, tok, model_cfg, records, cfg, data_hash)
 
 
-def score_loaded(model, tok, model_cfg, records, cfg: ScoreConfig, data_hash: str | None = None) -> HeadScores:
+def score_loaded(
+    model, tok, model_cfg, records, cfg: ScoreConfig, data_hash: str | None = None, rendered: dict | None = None
+) -> HeadScores:
     """`score_result` on a model already in memory, which `model_cfg` (resolved) describes: the
     same scores and meta as loading `model_cfg` would give. Training probes its snapshots this
-    way, on the model it trains (`study.stages`), without loading it again."""
+    way, on the model it trains (`study.stages`), without loading it again, and without rendering
+    the records again (`rendered`: `score_heads`' cache, kept across its calls)."""
     import pandas as pd
 
     from needlework.heads.score import score_heads
@@ -90,7 +93,7 @@ def score_loaded(model, tok, model_cfg, records, cfg: ScoreConfig, data_hash: st
     used = cfg.resolved(tok)  # chat and match as scored (score_heads resolves them the same way)
     trained_chat = check_rendering(model_cfg, used.chat, "scored")
     t0 = time.perf_counter()
-    res = score_heads(model, tok, records, cfg)
+    res = score_heads(model, tok, records, cfg, rendered)
     seconds = time.perf_counter() - t0
     counts = _counts(res)
     meta = {

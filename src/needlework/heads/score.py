@@ -430,7 +430,7 @@ def head_table(per_example: pd.DataFrame, shape=None) -> pd.DataFrame:
     return t.astype({"layer": int, "head": int, "n": int})
 
 
-def score_heads(model, tokenizer, records, cfg: ScoreConfig) -> ScoreResult:
+def score_heads(model, tokenizer, records, cfg: ScoreConfig, rendered: dict | None = None) -> ScoreResult:
     """Score every attention head of `model` on `records` (SPEC §2), by `cfg.score` and by each of
     `cfg.criteria` (in `others`), on the same records.
 
@@ -439,6 +439,8 @@ def score_heads(model, tokenizer, records, cfg: ScoreConfig) -> ScoreResult:
         tokenizer: its fast tokenizer (rendering, chat template, stop tokens, loose matching).
         records: needlework Records.
         cfg: mode, score, criteria, batching, matching options.
+        rendered: a cache of the records' renderings by position, kept by a caller that scores the
+            same records with the same options again (training's probes, at every fraction).
     Returns:
         ScoreResult of `cfg.score` with the per-example long table, the per-head table and the
         skipped ids; `others` holds one per further criterion.
@@ -450,7 +452,7 @@ def score_heads(model, tokenizer, records, cfg: ScoreConfig) -> ScoreResult:
     attention_modules(model)
     records = list(records)[: cfg.limit] if cfg.limit else list(records)
     crits = cfg.all_criteria()
-    rendered: dict[int, object] = {}  # each record rendered once for every criterion
+    rendered = {} if rendered is None else rendered  # each record rendered once for every criterion (and call)
     prepared = {}
     for c in crits:
         located: dict[str, tuple[int, int]] = {}

@@ -70,6 +70,12 @@ def _set_slice(cfg: StudyConfig, task: str, sname: str | None, m: str) -> dict[s
     return {"task": task, "length": t.length, "tokenizer": cfg.models[m].name, "role": role, **fit, **d}
 
 
+def _first_covers(have: int | None, want: int | None) -> bool:
+    """Whether a stage that took the first `have` evaluation records (None: all) holds the first
+    `want` (None: all) of them: what a later stage may then read instead of running again."""
+    return have is None or (want is not None and want <= have)
+
+
 def selected(cfg: StudyConfig, section: str, task: str) -> list[str]:
     """Training sets that knockout (`knockout.train_sets`) or patching (`patch.targets`) runs on for a task."""
     sec = getattr(cfg, section)
@@ -111,11 +117,12 @@ class _TaskPlan:
     def model_slice(self) -> dict[str, Any]:
         return asdict(self.cfg.models[self.model])
 
-    def train(self, sname: str, data: Node, evalset: Node, extra: dict[str, Any] | None = None, **deps: Node) -> Node:
+    def train(self, sname: str, data: Node, evalset: Node, stop_at: float | None = None, **deps: Node) -> Node:
         """A train node: the training options, with the early-prediction fractions as snapshots
         (the key is left out when there are none, so that studies without them keep their cached
         training) and then the probe that training scores at each of them on the model in memory
-        (`probe`: the probe stage's score options; `probe_data`: the evaluation set)."""
+        (`probe`: the probe stage's score options; `probe_data`: the evaluation set). `stop_at`:
+        a stop_early segment, trained up to that fraction."""
         opts = self.cfg.train.to_dict()
         snapshots = sorted(set(opts.pop("snapshots")) | set(self.cfg.early.fractions))
         slice_ = {"model": self.model_slice, "train": {**opts, "snapshots": snapshots} if snapshots else opts}
@@ -124,8 +131,9 @@ class _TaskPlan:
         if in_training:
             slice_["probe"] = {"score": score_slice(self.probe_score()), "fractions": in_training}
             ups["probe_data"] = evalset
-        stop = (extra or {}).get("stop_at", 1.0)
-        return self.add("train", {**slice_, **(extra or {})}, ups, sname, "" if stop == 1 else f"@{stop:g}")
+        if stop_at is not None:
+            slice_["stop_at"] = stop_at
+        return self.add("train", slice_, ups, sname, "" if stop_at in (None, 1) else f"@{stop_at:g}")
 
     def probe_score(self) -> ScoreConfig:
         """What a probe scores: the main criterion only, in teacher mode, on the first `probe_n`
@@ -144,8 +152,8 @@ class _TaskPlan:
         """Whether the probe at the end of training (fraction 1) reads the final model's own score
         stage instead of scoring it again: that stage scores the same model in teacher mode on the
         same first evaluation examples (at least the probe's), so the probe takes their rows."""
-        s, n = self.cfg.task_score(self.task), self.cfg.early.probe_n
-        return s.mode == "teacher" and (s.limit is None or (n is not None and n <= s.limit))
+        s = self.cfg.task_score(self.task)
+        return s.mode == "teacher" and _first_covers(s.limit, self.probe_score().limit)
 
     def probe(self, sname: str, fraction: float, train: Node, evalset: Node, ref_heads: Node, final: Node | None = None) -> Node:
         """Heads of the snapshot at `fraction` (`probe_score`, scored by training when it could; at
@@ -180,7 +188,7 @@ def _segmented_training(
             deps = {"previous": segments[n][-1][1]} if segments[n] else {}
             if gates:
                 deps["gate"] = gates[-1]
-            segments[n].append((stop, p.train(n, data[n], evalset, {"stop_at": stop}, **deps)))
+            segments[n].append((stop, p.train(n, data[n], evalset, stop, **deps)))
         if stop < 1:
             deps = {f"probe:{n}": probe_of(n, stop, segments[n][-1][1]) for n in sets} | ({"previous": gates[-1]} if gates else {})
             gates.append(p.add("gate", {"fraction": stop, "margin": p.cfg.early.margin, "sets": sets}, deps, suffix=f"@{stop:g}"))
@@ -248,9 +256,8 @@ def _interventions(p: _TaskPlan, evalset: Node, train: dict[str, Node], score: d
     cfg, ref = p.cfg, p.cfg.tasks[p.task].reference
     heads, eval_opts = heads_slice(cfg), asdict(cfg.eval)
 
-    def covered(limit: int | None) -> bool:
-        limit = limit if limit is not None else cfg.eval.limit
-        return cfg.eval.limit is None or (limit is not None and limit <= cfg.eval.limit)
+    def covered(limit: int | None) -> bool:  # the intervention's records: its own limit, else the evaluation's
+        return _first_covers(cfg.eval.limit, cfg.eval.limit if limit is None else limit)
 
     for n in selected(cfg, "knockout", p.task):
         p.add(

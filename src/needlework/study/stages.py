@@ -10,7 +10,6 @@ classes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -113,14 +112,14 @@ def _probe_in_training(ctx: StageContext):
 
     s = ctx.node.slice["probe"]
     records, cfg = records_of(ctx, "probe_data"), ScoreConfig.from_dict(s["score"])
-    data_hash = hash_obj([r.to_dict() for r in records])
+    data_hash, rendered = hash_obj([r.to_dict() for r in records]), {}  # the same records at every fraction: hashed and rendered once
 
     def on_snapshot(model, tok, fraction: float, folder: Path) -> None:
         if fraction not in s["fractions"]:
             return
         t0 = time.perf_counter()
         mc = resolve_model_config(model_config(ctx, None, weights=folder))
-        scores = score_loaded(model, tok, mc, records, cfg, data_hash)
+        scores = score_loaded(model, tok, mc, records, cfg, data_hash, rendered)
         scores.meta["in_training_seconds"] = time.perf_counter() - t0  # a timing: the monitoring cost
         scores.write(folder / TrainRun.SNAPSHOT_HEADS)
 
@@ -245,22 +244,15 @@ def _score_snapshot(ctx: StageContext, weights: Path) -> HeadScores:
 
 
 def _scored_in_training(ctx: StageContext, snapshot: Path) -> HeadScores | None:
-    """The snapshot's heads as training scored them (`_probe_in_training`), when they are there,
-    complete, and scored on this probe's records with its options; else None (the probe stage then
-    loads the snapshot: training ran on several processes, or was resumed past this snapshot)."""
-    from needlework.heads.config import ScoreConfig
-    from needlework.io import hash_obj
+    """The snapshot's heads as training scored them (`_probe_in_training`: the train node's slice
+    holds this probe's score options and its input the same evaluation set, so they are this
+    probe's scores by construction), or None when training did not score them (several processes,
+    or a resume past this snapshot): the probe stage then loads the snapshot."""
     from needlework.models.load import resolve_model_config
 
     try:
         scores = HeadScores.read(snapshot / TrainRun.SNAPSHOT_HEADS)
-    except (NeedleworkError, FileNotFoundError, OSError):
-        return None
-    cfg = ScoreConfig.from_dict(ctx.node.slice["score"])
-    same = scores.meta.get("score") == json.loads(json.dumps(dataclasses.asdict(cfg))) and scores.meta.get("data_hash") == hash_obj(
-        [r.to_dict() for r in records_of(ctx)]
-    )
-    if not same:
+    except NeedleworkError:  # absent or unfinished
         return None
     # written inside the snapshot (from training's work folder), its model config says "."; as scoring it here would
     scores.meta["model_config"] = dataclasses.asdict(resolve_model_config(model_config(ctx, weights=snapshot)))
@@ -279,7 +271,7 @@ def _final_on_probe_examples(ctx: StageContext) -> HeadScores:
     full = HeadScores.read(ctx.inputs["final_heads"]).criterion(cfg.score)
     ids = [r.id for r in records_of(ctx)[: cfg.limit or None]]
     per = full.per_example[full.per_example["example_id"].isin(ids)].reset_index(drop=True)
-    meta = {**full.meta, "n_probe_examples": len(ids), "in_training_seconds": None}
+    meta = {**full.meta, "n_probe_examples": len(ids)}
     return HeadScores(heads=head_table(per, ModelShape(**full.shape)), per_example=per, meta=meta)
 
 
