@@ -14,7 +14,8 @@ import study_helpers as H
 from needlework.artifacts import Analysis
 from needlework.errors import NeedleworkError
 from needlework.study.config import from_dict
-from needlework.study.engine import build_plan, run_study
+from needlework.study.engine import STAGE_COST, build_plan, by_priority, critical_path, run_study
+from needlework.study.nodes import Node
 
 
 def _run(cfg_dict, out, **kw):
@@ -186,8 +187,9 @@ def test_worker_processes_share_a_study_with_the_same_results(tmp_path):
 
 
 def test_ready_knockout_and_patch_run_before_the_rest_and_change_nothing(tmp_path):
-    """Knockout and patching (the longest stages) start as soon as their inputs exist, ahead of
-    the evaluations still waiting in plan order; the results are those of plan order."""
+    """Knockout and patching (long stages at the end of the critical path) start as soon as their
+    inputs exist, ahead of the evaluations still waiting in plan order; the results are those of
+    plan order."""
     nodes, _ = _run(H.fake_config(), tmp_path / "a")
     order = [stage for stage, _ in H.CALLS]
     first_ko = order.index("knockout")
@@ -196,6 +198,49 @@ def test_ready_knockout_and_patch_run_before_the_rest_and_change_nothing(tmp_pat
     plain = {(n.stage, n.label): n.output_hash for n in nodes}
     again, _ = _run(H.fake_config(), tmp_path / "b")
     assert {(n.stage, n.label): n.output_hash for n in again} == plain
+
+
+def _node(stage: str, label: str, **deps) -> Node:
+    return Node(stage, label, {}, dict(deps))
+
+
+def test_critical_path_ranks_a_node_by_the_longest_chain_of_work_that_needs_it():
+    """Hand-built plan, costs from STAGE_COST: the reference's evaluation heads evaluate -> knockout,
+    another set's evaluation only feeds the analysis; a set's data heads data -> train -> evaluate
+    -> analysis."""
+    data_a, data_b = _node("data", "a"), _node("data", "b")
+    train_a, train_b = _node("train", "a", data=data_a), _node("train", "b", data=data_b)
+    ev_a, ev_b = _node("evaluate", "a", train=train_a), _node("evaluate", "b", train=train_b)
+    ko = _node("knockout", "a", baseline=ev_a, train=train_a)
+    an = _node("analysis", "t", a=ev_a, b=ev_b)
+    nodes = [data_a, train_a, data_b, train_b, ev_b, ev_a, ko, an]  # dependency order, ev_b before ev_a
+    rank = critical_path(nodes)
+    c = STAGE_COST
+    assert rank[id(an)] == c["analysis"] and rank[id(ko)] == c["knockout"]
+    assert rank[id(ev_b)] == c["evaluate"] + c["analysis"]
+    assert rank[id(ev_a)] == c["evaluate"] + c["knockout"]  # the longer of its two chains
+    assert rank[id(train_a)] == c["train"] + c["evaluate"] + c["knockout"]
+    assert rank[id(data_a)] == c["data"] + rank[id(train_a)] and rank[id(data_b)] == c["data"] + c["train"] + rank[id(ev_b)]
+    order = by_priority(nodes)
+    assert order.index(ev_a) < order.index(ev_b)  # the reference's evaluation first, though later in plan order
+    assert order.index(train_a) < order.index(train_b) and order[0] is data_a
+
+
+def test_a_free_process_takes_the_ready_node_heading_the_critical_path(tmp_path):
+    """In a real plan the reference's evaluation (knockout's and patching's baseline) comes after
+    the other sets' stages in plan order; with one process it still runs right after the
+    reference's training and scoring, before any other set's evaluation."""
+    cfg = H.fake_config()
+    task = cfg["tasks"]["mdqa"]
+    task["train_sets"] = {"base": task["train_sets"].pop("base"), **task["train_sets"]}  # listed first, as configs/gpu-mdqa.yaml
+    ref = task["reference"]
+    plan = build_plan(from_dict(cfg))
+    evals = [n.set for n in plan if n.stage == "evaluate"]
+    assert evals.index(ref) > 0  # plan order alone would evaluate another set first
+    _run(cfg, tmp_path)
+    ran = [(stage, label.rsplit("/", 1)[-1]) for stage, label in H.CALLS]
+    first_eval = next(s for st, s in ran if st == "evaluate")
+    assert first_eval == ref
 
 
 def test_interventions_read_their_unablated_conditions_from_evaluate_nodes_that_cover_their_records():

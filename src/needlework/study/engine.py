@@ -250,13 +250,31 @@ def run_study(
     return nodes
 
 
-# Which ready node a free process takes first: knockout and patching are the longest single stages
-# and end the critical path, so they start as soon as their inputs exist (plan order otherwise).
-PRIORITY = {"knockout": 0, "patch": 1}
+# Which ready node a free process takes first: the one that heads the longest chain of work still
+# to come (its own stage and the longest path through the nodes that need it: list scheduling's
+# "upward rank"), so the critical path never waits behind stages that can wait; ties in plan order.
+# The costs are rough seconds of one node of a small model's study on one GPU (BENCHMARKS.md);
+# they decide only the order in which ready nodes are taken, never a result.
+STAGE_COST = {"data": 15, "train": 50, "evaluate": 25, "score": 20, "knockout": 90, "patch": 60, "analysis": 2}
 
 
-def _priority(node: Node) -> int:
-    return PRIORITY.get(node.stage, 2)
+def critical_path(nodes: list[Node]) -> dict[int, float]:
+    """Per node (by id): its stage's cost plus the longest chain of costs among the nodes that need
+    it, directly or not. `nodes` are in dependency order (`build_plan`)."""
+    needed_by: dict[int, list[Node]] = {id(n): [] for n in nodes}
+    for n in nodes:
+        for d in n.deps.values():
+            needed_by.setdefault(id(d), []).append(n)
+    rank: dict[int, float] = {}
+    for n in reversed(nodes):  # every node after its inputs, so each is ranked after what needs it
+        rank[id(n)] = STAGE_COST.get(n.stage, 1) + max((rank[id(c)] for c in needed_by[id(n)]), default=0)
+    return rank
+
+
+def by_priority(nodes: list[Node]) -> list[Node]:
+    """`nodes` in the order a free process considers them: longest chain of work first, then plan order."""
+    rank = critical_path(nodes)
+    return sorted(nodes, key=lambda n: -rank[id(n)])
 
 
 def share_gpu(workers: int) -> None:
@@ -308,12 +326,13 @@ def _join_workers(pool: list, out: Path, check: bool = True) -> None:
 
 
 def _run_nodes(nodes: list[Node], cfg: StudyConfig, out: Path, stages, only, console, poll_s: float) -> None:
-    """Resolve nodes until none is pending, waiting or busy. Of the nodes ready, the long ones go
-    first (_priority); after each finished node the sweep starts again, since it may have made a
-    long one ready."""
+    """Resolve nodes until none is pending, waiting or busy. Of the nodes ready, the one heading the
+    longest chain of work goes first (`by_priority`); after each finished node the sweep starts
+    again, since it may have made such a one ready."""
+    order = by_priority(nodes)
     while True:
         progressed = False
-        for node in sorted(nodes, key=_priority):
+        for node in order:
             if node.status not in ("pending", "waiting", "busy"):
                 continue
             before = node.status
