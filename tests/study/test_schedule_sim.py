@@ -33,7 +33,8 @@ def test_replay_gives_the_sum_on_one_process_and_the_longest_chain_on_many(tmp_p
     sim, nodes = _sim(), build_plan(from_dict(cfg))
     seconds = sim.measured(tmp_path / "s", 0.0, float("inf"))
     assert {(n.stage, n.label) for n in nodes} == set(seconds)  # every node ran and was found
-    assert sum(seconds.values()) > 0.4 * 12  # the slow stages' sleeps are in there
+    slept = 0.4 * sum(n.stage in ("train", "evaluate") for n in nodes)
+    assert sum(seconds.values()) >= slept  # the slow stages' sleeps are in there
 
     chain: dict[int, float] = {}
     for n in nodes:  # dependency order: the longest chain of measured seconds ending at n
